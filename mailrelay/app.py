@@ -1,0 +1,137 @@
+"""Composition root: builds every object from Settings, starts and stops them in order, handles signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from mailrelay.config import Settings
+from mailrelay.detection import RuleSet, load_rules
+from mailrelay.metrics import Metrics
+from mailrelay.relay import Relay
+from mailrelay.signing import DkimSigner
+from mailrelay.smtp.server import RelayHandler, start_smtp_server
+from mailrelay.stages import StageContext, build_pipeline
+from mailrelay.store import EventStore
+from mailrelay.transport import DirectoryNextHop, NextHop, SmtpNextHop
+
+log = logging.getLogger("mailrelay")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else logging.Formatter("%(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aiosmtpd logs every envelope address at INFO on "mail.log"; applicant addresses stay out of logs.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+def load_ruleset(settings: Settings) -> RuleSet:
+    footers = {name for tenant in settings.tenants for name in tenant.footers}
+    return load_rules(settings.rules, footers)
+
+
+def load_hash_key(path: Path) -> bytes:
+    """The secret of the keyed recipient hash; made once, then kept (a new key would break dedupe)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+    return bytes.fromhex(path.read_text().strip())
+
+
+@dataclass
+class Components:
+    settings: Settings
+    metrics: Metrics
+    relay: Relay
+    store: EventStore
+    handler: RelayHandler
+
+
+def build(settings: Settings, metrics: Metrics | None = None, next_hop: NextHop | None = None) -> Components:
+    """Every long-lived object, built once from Settings; raises ConfigError before anything listens."""
+    metrics = metrics or Metrics()
+    rules = load_ruleset(settings)
+    signer = DkimSigner(settings.tenants, str(settings.source))
+    pipeline = build_pipeline(StageContext(settings, signer))
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    store = EventStore(settings.database_url)
+    store.create_schema()
+    if next_hop is None:
+        nh = settings.next_hop
+        next_hop = DirectoryNextHop(nh.directory) if nh.directory else SmtpNextHop(nh, settings.smtp.hostname)
+    relay = Relay(
+        settings, rules, pipeline, store, next_hop, metrics, load_hash_key(settings.referral.hash_key_file)
+    )
+    metrics.prime(rules.ids, tuple(t.id for t in settings.tenants))
+    handler = RelayHandler(settings, relay, metrics)
+    return Components(settings, metrics, relay, store, handler)
+
+
+async def start_metrics_server(metrics: Metrics, host: str, port: int) -> web.AppRunner:
+    async def serve_metrics(_request: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", serve_metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+async def serve(settings: Settings) -> int:
+    components = build(settings)
+    smtp_server = await start_smtp_server(settings, components.handler, components.metrics)
+    runner = None
+    if settings.metrics_listen is not None:
+        runner = await start_metrics_server(
+            components.metrics, settings.metrics_listen.host, settings.metrics_listen.port
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    def reload_rules() -> None:
+        try:
+            components.relay.rules = load_ruleset(settings)
+        except Exception as exc:
+            log.error("reload refused, keeping the old rules: %s", exc)
+        else:
+            log.info("rules reloaded: %d rules", len(components.relay.rules.ids))
+
+    loop.add_signal_handler(signal.SIGHUP, reload_rules)
+    where = settings.next_hop.directory or f"{settings.next_hop.host}:{settings.next_hop.port}"
+    log.info("listening on %s, next hop %s, metrics %s", settings.smtp.listen, where, settings.metrics_listen)
+    await stop.wait()
+    log.info("stopping: no new sessions, finishing transactions in flight")
+    smtp_server.close()
+    await asyncio.wait_for(smtp_server.wait_closed(), timeout=60)
+    if runner is not None:
+        await runner.cleanup()
+    components.store.close()
+    return 0

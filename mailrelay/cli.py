@@ -1,0 +1,221 @@
+"""The command line: serve, check, preview, dkim keygen; config errors exit 2 (`file › key: problem`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mailrelay import __version__
+from mailrelay.config import Settings, default_config_path, load_settings
+from mailrelay.detection import DetectionInput, Verdict
+from mailrelay.errors import ConfigError
+from mailrelay.message import MimeError, parse
+
+EXIT_CONFIG = 2
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config.toml to use (default: the embedded defaults, the shipped config.toml)",
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config or default_config_path())
+
+
+def _offline_relay(settings: Settings):  # type: ignore[no-untyped-def]
+    """The relay's planning part without listeners or the database: for check and preview."""
+    from mailrelay.app import load_ruleset
+    from mailrelay.metrics import Metrics
+    from mailrelay.relay import Relay
+    from mailrelay.signing import DkimSigner
+    from mailrelay.stages import StageContext, build_pipeline
+    from mailrelay.store import EventStore
+    from mailrelay.transport import DirectoryNextHop
+
+    rules = load_ruleset(settings)
+    signer = DkimSigner(settings.tenants, str(settings.source))
+    pipeline = build_pipeline(StageContext(settings, signer))
+    return Relay(
+        settings,
+        rules,
+        pipeline,
+        EventStore("sqlite://"),
+        DirectoryNextHop(settings.state_dir / "outbox"),
+        Metrics(),
+        secrets.token_bytes(32),
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mailrelay.app import serve, setup_logging
+
+    settings = _settings(args)
+    setup_logging(args.log_level or settings.log_level, settings.log_format)
+    return asyncio.run(serve(settings))
+
+
+def _verdict_for(relay, raw: bytes) -> tuple[Verdict | None, str]:  # type: ignore[no-untyped-def]
+    try:
+        parsed = parse(raw, relay.limits)
+    except MimeError as exc:
+        return None, f"not parsed ({exc.reason}): would be forwarded unmodified"
+    tenant, _from_domain = relay.tenant_for(parsed, "")
+    text = parsed.text()
+    verdict: Verdict = relay.rules.evaluate(
+        DetectionInput(
+            subject=text.subject,
+            plain=text.plain,
+            html=text.html,
+            header=parsed.header_values,
+            sender=next(iter(parsed.header_values("From")), ""),
+            tenant=tenant.id if tenant else None,
+        )
+    )
+    note = "" if tenant else "no tenant owns the From domain: would be forwarded unmodified"
+    if parsed.protected:
+        note = f"{parsed.protected} message: would be forwarded unmodified"
+    return verdict, note
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    relay = _offline_relay(settings)
+    status = 0
+    for file in args.eml:
+        try:
+            raw = Path(file).read_bytes()
+        except OSError as exc:
+            print(f"{file}: cannot read: {exc.strerror}", file=sys.stderr)
+            status = 1
+            continue
+        verdict, note = _verdict_for(relay, raw)
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "file": file,
+                        "rejection": bool(verdict and verdict.rejection),
+                        "rule": verdict.rule if verdict else None,
+                        "footer": verdict.footer if verdict else None,
+                        "fired": list(verdict.fired) if verdict else [],
+                        "vetoed": [list(v) for v in verdict.vetoed] if verdict else [],
+                        "shadow": list(verdict.shadow) if verdict else [],
+                        "note": note or None,
+                    },
+                    ensure_ascii=False,
+                )
+            )
+            continue
+        if verdict is None:
+            print(f"{file}: {note}")
+            continue
+        summary = f"rejection (rule {verdict.rule})" if verdict.rejection else "not a rejection"
+        print(f"{file}: {summary}" + (f"; {note}" if note else ""))
+        if args.explain:
+            for line in verdict.details:
+                print(f"  {line}")
+    return status
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from mailrelay.relay import Transaction
+
+    settings = _settings(args)
+    relay = _offline_relay(settings)
+    raw = Path(args.eml).read_bytes()
+    sender = args.sender
+    if sender is None:
+        try:
+            from email.utils import getaddresses
+
+            addresses = getaddresses(parse(raw, relay.limits).header_values("From"))
+            sender = addresses[0][1] if addresses else ""
+        except MimeError:
+            sender = ""
+    txn = Transaction("PREVIEW", sender, [], [args.rcpt], raw)
+    plan = relay.plan(txn, lambda _reason: None)
+    group = next(g for g in plan.groups if args.rcpt in g.recipients)
+    print(f"mailrelay preview: {plan.decision}", file=sys.stderr)
+    sys.stdout.buffer.write(group.content)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    from mailrelay.signing import dns_record, make_key_pair
+
+    algorithm = {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}[args.algorithm]
+    out = Path(args.out)
+    key_file = out / f"{args.selector}.{args.domain}.{args.algorithm}.key"
+    if key_file.exists():
+        print(f"{key_file} exists: refusing to overwrite a key", file=sys.stderr)
+        return 1
+    txt = make_key_pair(key_file, algorithm)
+    record = dns_record(args.selector, args.domain, txt)
+    (out / f"{args.selector}.{args.domain}.{args.algorithm}.txt").write_text(record + "\n")
+    print(f"; private key: {key_file} (mode 600)\n; publish this record, then set key_file in config.toml:")
+    print(record)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailrelay", description="SMTP relay that turns rejection mail into referrals"
+    )
+    parser.add_argument("--version", action="version", version=f"mailrelay {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the relay")
+    _add_config(p)
+    p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default=None)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check", help="the verdict of the rules for each message file")
+    _add_config(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--explain", action="store_true", help="the rule and the phrases that fired, or the veto")
+    p.add_argument("eml", nargs="+", metavar="EML")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("preview", help="write the exact bytes that would be forwarded to one recipient")
+    _add_config(p)
+    p.add_argument("--rcpt", required=True, metavar="ADDR")
+    p.add_argument(
+        "--sender", default=None, metavar="ADDR", help="envelope sender (default: the From address)"
+    )
+    p.add_argument("eml", metavar="EML")
+    p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("dkim", help="DKIM keys")
+    dkim_sub = p.add_subparsers(dest="dkim_command", required=True)
+    k = dkim_sub.add_parser("keygen", help="make a key pair and print the DNS TXT record to publish")
+    k.add_argument("--domain", required=True)
+    k.add_argument("--selector", required=True)
+    k.add_argument("--out", required=True, metavar="DIR")
+    k.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa")
+    k.set_defaults(func=cmd_dkim_keygen)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        print(f"mailrelay: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""config.toml → one frozen, typed Settings object, validated once; errors name `file › key: problem`."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
+
+from mailrelay.errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+StartTLS = Literal["off", "opportunistic", "required"]
+LogFormat = Literal["text", "json"]
+DkimAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    listen: Listen
+    hostname: str
+    client_networks: tuple[IPNetwork, ...]
+    max_message_size: int
+    max_recipients: int
+    timeout: float
+
+
+@dataclass(frozen=True)
+class NextHopSettings:
+    host: str
+    port: int
+    starttls: StartTLS
+    verify_certificate: bool
+    timeout: float
+    transaction_timeout: float
+    directory: Path | None  # deliver into this directory as .eml files instead of SMTP (first tries)
+
+
+@dataclass(frozen=True)
+class ProcessingSettings:
+    max_parts: int
+    max_depth: int
+    max_header_bytes: int
+    time_budget: float
+
+
+@dataclass(frozen=True)
+class FooterTemplate:
+    text: str  # plain text; "{link}" and "{company}" are replaced
+    html: str  # HTML markup; "{link}" and "{company}" are replaced by escaped values
+
+
+@dataclass(frozen=True)
+class DkimKeySettings:
+    selector: str
+    key_file: Path
+    algorithm: DkimAlgorithm
+    create_if_missing: bool  # the demo key of the embedded defaults; never set it in production
+
+
+@dataclass(frozen=True)
+class TenantSettings:
+    id: str
+    name: str
+    domains: tuple[str, ...]
+    dkim: tuple[DkimKeySettings, ...]
+    footers: Mapping[str, FooterTemplate]
+
+    def owns(self, domain: str) -> bool:
+        domain = domain.lower().rstrip(".")
+        return any(domain == d or domain.endswith("." + d) for d in self.domains)
+
+
+@dataclass(frozen=True)
+class ReferralSettings:
+    base_url: str
+    store_recipient: Literal["hash", "clear"]
+    hash_key_file: Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: Path
+    state_dir: Path
+    smtp: SmtpSettings
+    next_hop: NextHopSettings
+    database_url: str
+    metrics_listen: Listen | None
+    rules: tuple[Path, ...]
+    processing: ProcessingSettings
+    referral: ReferralSettings
+    tenants: tuple[TenantSettings, ...]
+    internal_domains: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    log_format: LogFormat = "text"
+    footers: Mapping[str, FooterTemplate] = field(default_factory=dict)
+
+    def tenant_for_domain(self, domain: str) -> TenantSettings | None:
+        for tenant in self.tenants:
+            if tenant.owns(domain):
+                return tenant
+        return None
+
+
+def default_config_path() -> Path:
+    """The embedded defaults: the shipped config.toml (packaged under mailrelay/defaults)."""
+    return Path(str(resources.files("mailrelay") / "defaults" / "config.toml"))
+
+
+class _Reader:
+    """Typed access to one TOML table that remembers where it is, for precise errors."""
+
+    def __init__(self, file: str, data: Mapping[str, Any], where: tuple[str, ...] = ()) -> None:
+        self.file = file
+        self.data = data
+        self.where = where
+        self.used: set[str] = set()
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.file, (".".join((*self.where, key)),), problem)
+
+    def _get(self, key: str, kind: type[T], kind_name: str, default: T | None) -> T:
+        self.used.add(key)
+        if key not in self.data:
+            if default is None:
+                raise self.error(key, "is required")
+            return default
+        value = self.data[key]
+        # bool is an int subclass: a port of `true` must not pass as 1.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(key, f"must be {kind_name}, not {type(value).__name__} {value!r}")
+        return value
+
+    def text(self, key: str, default: str | None = None, *, allow_empty: bool = False) -> str:
+        value = self._get(key, str, "a string", default)
+        if not value and not allow_empty:
+            raise self.error(key, "must not be empty")
+        return value
+
+    def integer(self, key: str, default: int | None = None, *, low: int = 0, high: int = 2**31) -> int:
+        value = self._get(key, int, "an integer", default)
+        if not low <= value <= high:
+            raise self.error(key, f"must be between {low} and {high}, not {value}")
+        return value
+
+    def number(self, key: str, default: float | None = None, *, low: float = 0.0) -> float:
+        self.used.add(key)
+        raw = self.data.get(key, default)
+        if raw is None:
+            raise self.error(key, "is required")
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise self.error(key, f"must be a number, not {type(raw).__name__} {raw!r}")
+        if raw <= low:
+            raise self.error(key, f"must be greater than {low}, not {raw}")
+        return float(raw)
+
+    def flag(self, key: str, default: bool | None = None) -> bool:
+        return self._get(key, bool, "true or false", default)
+
+    def str_list(self, key: str, default: list[str] | None = None) -> list[str]:
+        value = self._get(key, list, "a list of strings", default)
+        for item in value:
+            if not isinstance(item, str) or not item:
+                raise self.error(key, f"must be a list of non-empty strings, found {item!r}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str | None = None) -> str:
+        value = self.text(key, default)
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def table(self, key: str, *, required: bool = False) -> _Reader:
+        self.used.add(key)
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                raise self.error(key, "is required")
+            value = {}
+        if not isinstance(value, dict):
+            raise self.error(key, "must be a table")
+        return _Reader(self.file, value, (*self.where, key))
+
+    def tables(self, key: str) -> list[_Reader]:
+        self.used.add(key)
+        value = self.data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self.error(key, "must be an array of tables ([[" + ".".join((*self.where, key)) + "]])")
+        return [_Reader(self.file, v, (*self.where, f"{key}[{i}]")) for i, v in enumerate(value)]
+
+    def finish(self) -> None:
+        """Unknown keys are errors: a typo must not silently fall back to a default."""
+        for key in self.data:
+            if key not in self.used:
+                raise self.error(key, "unknown key")
+
+
+def _listen(r: _Reader, key: str, default: str | None) -> Listen:
+    text = r.text(key, default)
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise r.error(key, f"must be HOST:PORT (e.g. 127.0.0.1:10025), not {text!r}")
+    return Listen(host, int(port))
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else base / path
+
+
+def _footer(r: _Reader) -> FooterTemplate:
+    text = r.text("text")
+    html = r.text("html")
+    for key, value in (("text", text), ("html", html)):
+        if "{link}" not in value:
+            raise r.error(key, "must contain {link}, the applicant's referral link")
+        try:
+            value.format(link="", company="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise r.error(
+                key, f"bad placeholder ({exc}); use {{link}} and {{company}}, {{{{ for a brace"
+            ) from exc
+    r.finish()
+    return FooterTemplate(text=text, html=html)
+
+
+def _footers(r: _Reader) -> dict[str, FooterTemplate]:
+    footers = {}
+    for name in r.data:
+        footers[name] = _footer(r.table(name))
+    return footers
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate `path`; every problem is a ConfigError naming file, key and what is wrong."""
+    file = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(file, (), "file not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file, (), f"cannot read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, (), f"not valid TOML: {exc}") from exc
+
+    root = _Reader(file, data)
+    config_dir = path.resolve().parent
+    # state_dir is relative to the working directory, like Postfix's queue_directory is absolute: the
+    # embedded defaults then keep their database, demo key and outbox in ./var of wherever they run.
+    state_dir = Path(os.path.expanduser(root.text("state_dir", "var"))).absolute()
+
+    s = root.table("smtp")
+    networks = []
+    for text in s.str_list("client_networks", ["127.0.0.0/8", "::1/128"]):
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError as exc:
+            raise s.error("client_networks", f"{text!r} is not an IP network ({exc})") from exc
+    smtp = SmtpSettings(
+        listen=_listen(s, "listen", "127.0.0.1:10025"),
+        hostname=s.text("hostname", "localhost"),
+        client_networks=tuple(networks),
+        max_message_size=s.integer("max_message_size", 33554432, low=1024),
+        max_recipients=s.integer("max_recipients", 1000, low=1),
+        timeout=s.number("timeout", 300.0),
+    )
+    s.finish()
+
+    n = root.table("next_hop")
+    directory_text = n.text("directory", "", allow_empty=True)
+    next_hop = NextHopSettings(
+        host=n.text("host", "127.0.0.1"),
+        port=n.integer("port", 10026, low=1, high=65535),
+        starttls=cast(StartTLS, n.choice("starttls", ("off", "opportunistic", "required"), "opportunistic")),
+        verify_certificate=n.flag("verify_certificate", True),
+        timeout=n.number("timeout", 60.0),
+        transaction_timeout=n.number("transaction_timeout", 90.0),
+        directory=_resolve(state_dir, directory_text) if directory_text else None,
+    )
+    if next_hop.timeout > next_hop.transaction_timeout:
+        raise n.error("timeout", "must not exceed transaction_timeout")
+    n.finish()
+
+    d = root.table("database")
+    database_url = d.text("url", "", allow_empty=True) or f"sqlite:///{state_dir / 'mailrelay.db'}"
+    d.finish()
+
+    m = root.table("metrics")
+    metrics_text = m.text("listen", "127.0.0.1:9325", allow_empty=True)
+    metrics_listen = _listen(m, "listen", None) if metrics_text else None
+    m.finish()
+
+    p = root.table("processing")
+    processing = ProcessingSettings(
+        max_parts=p.integer("max_parts", 1000, low=1),
+        max_depth=p.integer("max_depth", 50, low=1, high=500),
+        max_header_bytes=p.integer("max_header_bytes", 102400, low=1024),
+        time_budget=p.number("time_budget", 5.0),
+    )
+    p.finish()
+
+    ru = root.table("rules")
+    rule_paths: list[Path] = []
+    for pattern in ru.str_list("paths", ["rules/*.toml"]):
+        base = config_dir if not Path(pattern).is_absolute() else Path("/")
+        matched = sorted(base.glob(pattern.lstrip("/")) if base == Path("/") else base.glob(pattern))
+        if not matched:
+            raise ru.error("paths", f"{pattern!r} matches no file (relative to {config_dir})")
+        rule_paths.extend(matched)
+    ru.finish()
+
+    rf = root.table("referral", required=True)
+    base_url = rf.text("base_url")
+    parts = urlsplit(base_url)
+    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+        raise rf.error("base_url", f"must be an https URL without query or fragment, not {base_url!r}")
+    if any(c in base_url for c in "\"'<> \t\r\n"):
+        raise rf.error("base_url", "must not contain quotes, angle brackets or whitespace")
+    referral = ReferralSettings(
+        base_url=base_url if base_url.endswith("/") else base_url + "/",
+        store_recipient=cast(
+            Literal["hash", "clear"], rf.choice("store_recipient", ("hash", "clear"), "hash")
+        ),
+        hash_key_file=_resolve(state_dir, rf.text("hash_key_file", "recipient-hash.key")),
+    )
+    rf.finish()
+
+    footers = _footers(root.table("footers"))
+
+    tenants: list[TenantSettings] = []
+    seen_ids: set[str] = set()
+    seen_domains: dict[str, str] = {}
+    for t in root.tables("tenants"):
+        tenant_id = t.text("id")
+        if tenant_id in seen_ids:
+            raise t.error("id", f"duplicate tenant id {tenant_id!r}")
+        seen_ids.add(tenant_id)
+        domains = tuple(x.lower().rstrip(".") for x in t.str_list("domains"))
+        if not domains:
+            raise t.error("domains", "must list at least one sending domain")
+        for domain in domains:
+            if domain in seen_domains:
+                raise t.error("domains", f"{domain!r} already belongs to tenant {seen_domains[domain]!r}")
+            seen_domains[domain] = tenant_id
+        keys = []
+        for k in t.tables("dkim"):
+            keys.append(
+                DkimKeySettings(
+                    selector=k.text("selector"),
+                    key_file=_resolve(state_dir, k.text("key_file")),
+                    algorithm=cast(
+                        DkimAlgorithm, k.choice("algorithm", ("rsa-sha256", "ed25519-sha256"), "rsa-sha256")
+                    ),
+                    create_if_missing=k.flag("create_if_missing", False),
+                )
+            )
+            k.finish()
+        if not keys:
+            raise t.error("dkim", "every tenant needs a DKIM key ([[tenants.dkim]] selector and key_file)")
+        tenant_footers = {**footers, **_footers(t.table("footers"))}
+        tenants.append(
+            TenantSettings(
+                id=tenant_id,
+                name=t.text("name", tenant_id),
+                domains=domains,
+                dkim=tuple(keys),
+                footers=tenant_footers,
+            )
+        )
+        t.finish()
+    if not tenants:
+        raise root.error("tenants", "at least one [[tenants]] table is required")
+
+    lg = root.table("log")
+    log_level = lg.choice("level", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO")
+    log_format = lg.choice("format", ("text", "json"), "text")
+    lg.finish()
+
+    internal = tuple(x.lower() for x in root.str_list("internal_domains", []))
+    root.finish()
+    return Settings(
+        source=path,
+        state_dir=state_dir,
+        smtp=smtp,
+        next_hop=next_hop,
+        database_url=database_url,
+        metrics_listen=metrics_listen,
+        rules=tuple(rule_paths),
+        processing=processing,
+        referral=referral,
+        tenants=tuple(tenants),
+        internal_domains=internal,
+        log_level=log_level,
+        log_format=cast(LogFormat, log_format),
+        footers=footers,
+    )

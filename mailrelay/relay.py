@@ -1,0 +1,561 @@
+"""One client session's transactions: mirror MAIL and RCPT to the next hop, then parse → detect →
+per-applicant copies → pipeline → forward → record, returning typed outcomes (smtp/ words the replies)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import getaddresses
+from typing import Literal
+
+from mailrelay.config import Settings, TenantSettings
+from mailrelay.detection import DetectionInput, RuleSet, Verdict
+from mailrelay.message import LimitExceeded, Limits, MimeError, ParsedMessage, parse
+from mailrelay.metrics import Metrics
+from mailrelay.signing import SigningError
+from mailrelay.stages import Copy, Stage
+from mailrelay.stages.mark import MARKER_HEADER
+from mailrelay.store import CopyRecord, EventStore, ReferralFields
+from mailrelay.transport import HopConnection, NextHop, NextHopUnavailable, Reply
+
+log = logging.getLogger("mailrelay.relay")
+
+
+# ---- typed outcomes -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mirrored:
+    """The next hop's own reply to a command, to be passed on as it is."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """No reply could be had from the next hop (down, timeout, hang-up, TLS): the sender must retry."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """The next hop lacks an extension this transaction needs (SMTPUTF8)."""
+
+    extension: str
+
+
+@dataclass(frozen=True)
+class PartlyDelivered:
+    """Some copies were accepted, others deferred or refused: the sender retries; delivered copies are
+    remembered and not sent again."""
+
+
+@dataclass(frozen=True)
+class LocalFailure:
+    """A fault in mailrelay itself (a bug, the event store for a needed read): never the sender's fault."""
+
+    stage: str
+
+
+CommandOutcome = Mirrored | Unavailable | Unsupported
+DataOutcome = Mirrored | Unavailable | PartlyDelivered | LocalFailure
+
+
+# ---- planning: what goes to whom ------------------------------------------------------------------------
+
+
+@dataclass
+class Group:
+    """One downstream transaction: these recipients get these bytes."""
+
+    recipients: list[str]
+    content: bytes
+    copy: Copy | None = None  # set for a decorated applicant copy
+
+
+@dataclass
+class Plan:
+    groups: list[Group]
+    decision: str  # "decorated", or the pass-through/fail-open reason, for logs
+    verdict: Verdict | None = None
+
+
+PassReason = Literal["not_rejection", "shadow", "no_applicant", "protected", "already_decorated", "no_tenant"]
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
+def mask(address: str) -> str:
+    """Applicant addresses never reach logs in clear (issue 5): keep the first letter and the domain."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return "***"
+    return f"{local[:1]}***@{domain}"
+
+
+@dataclass
+class Transaction:
+    txn_id: str
+    mail_from: str
+    mail_options: list[str]
+    rcpt_tos: list[str]
+    content: bytes
+    fingerprint: str = field(default="")
+
+
+class Relay:
+    """Everything one relay instance shares between sessions: settings, rules, pipeline, store, next hop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        rules: RuleSet,
+        pipeline: list[tuple[str, Stage]],
+        store: EventStore,
+        next_hop: NextHop,
+        metrics: Metrics,
+        hash_key: bytes,
+    ) -> None:
+        self.settings = settings
+        self.rules = rules
+        self.pipeline = pipeline
+        self.store = store
+        self.next_hop = next_hop
+        self.metrics = metrics
+        self.hash_key = hash_key
+        p = settings.processing
+        self.limits = Limits(
+            max_parts=p.max_parts, max_depth=p.max_depth, max_header_bytes=p.max_header_bytes
+        )
+
+    def recipient_hash(self, address: str) -> str:
+        return hmac.new(self.hash_key, address.lower().encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def is_internal(self, address: str, tenant: TenantSettings) -> bool:
+        domain = domain_of(address)
+        return tenant.owns(domain) or any(
+            domain == d or domain.endswith("." + d) for d in self.settings.internal_domains
+        )
+
+    def tenant_for(self, parsed: ParsedMessage, mail_from: str) -> tuple[TenantSettings | None, str]:
+        """The tenant owning the From domain, else the envelope sender's; and the From domain to sign for."""
+        from_domain = ""
+        for _name, address in getaddresses(parsed.header_values("From")):
+            if "@" in address:
+                from_domain = domain_of(address)
+                break
+        tenant = self.settings.tenant_for_domain(from_domain) if from_domain else None
+        if tenant is None:
+            tenant = self.settings.tenant_for_domain(domain_of(mail_from))
+            if tenant is not None and not from_domain:
+                from_domain = domain_of(mail_from)
+        return tenant, from_domain
+
+    def new_session(self, peer: str) -> RelaySession:
+        return RelaySession(self, peer)
+
+    # Runs in a worker thread: pure CPU work on one message, no I/O.
+    def plan(self, txn: Transaction, on_pass: Callable[[str], None]) -> Plan:
+        everyone = [Group(list(txn.rcpt_tos), txn.content)]
+
+        def passthrough(reason: PassReason, verdict: Verdict | None = None) -> Plan:
+            on_pass(reason)
+            return Plan(everyone, reason, verdict)
+
+        try:
+            parsed = parse(txn.content, self.limits)
+        except MimeError as exc:
+            failed = "limits" if isinstance(exc, LimitExceeded) else "parse"
+            self.metrics.failed_open.labels(stage=failed).inc()
+            return Plan(everyone, f"failed-open:{failed}:{exc.reason}")
+        if parsed.header_values(MARKER_HEADER):
+            return passthrough("already_decorated")
+        tenant, from_domain = self.tenant_for(parsed, txn.mail_from)
+        if tenant is None:
+            return passthrough("no_tenant")
+
+        try:
+            text = parsed.text()
+            base_url = self.settings.referral.base_url
+            if base_url in text.plain or base_url in text.html:
+                # A reply quoting an earlier footer: one link per thread is enough (issue 3, idempotent).
+                return passthrough("already_decorated")
+            verdict = self.rules.evaluate(
+                DetectionInput(
+                    subject=text.subject,
+                    plain=text.plain,
+                    html=text.html,
+                    header=parsed.header_values,
+                    sender=txn.mail_from,
+                    tenant=tenant.id,
+                )
+            )
+        except Exception:
+            log.exception("%s: detection failed; forwarding the original", txn.txn_id)
+            self.metrics.failed_open.labels(stage="detect").inc()
+            return Plan(everyone, "failed-open:detect")
+
+        for rule_id in verdict.shadow:
+            self.metrics.rule_matches.labels(rule=rule_id, mode="shadow").inc()
+        for rule_id, _phrase in verdict.vetoed:
+            self.metrics.rule_vetoes.labels(rule=rule_id).inc()
+        if not verdict.rejection or verdict.rule is None or verdict.footer is None:
+            return passthrough("shadow" if verdict.shadow else "not_rejection", verdict)
+        self.metrics.detected.labels(rule=verdict.rule).inc()
+        self.metrics.rule_matches.labels(rule=verdict.rule, mode="decorate").inc()
+
+        applicants = [r for r in txn.rcpt_tos if not self.is_internal(r, tenant)]
+        if not applicants:
+            return passthrough("no_applicant", verdict)
+        if parsed.protected:
+            return passthrough("protected", verdict)
+
+        groups: list[Group] = []
+        internal = [r for r in txn.rcpt_tos if r not in applicants]
+        if internal:
+            groups.append(Group(internal, txn.content))
+        stage_name = "decorate"
+        try:
+            for recipient in applicants:
+                copy = Copy(
+                    recipient=recipient,
+                    tenant=tenant,
+                    rule_id=verdict.rule,
+                    footer_name=verdict.footer,
+                    from_domain=from_domain,
+                    parsed=parsed,
+                    raw=txn.content,
+                )
+                for stage_name, stage in self.pipeline:  # noqa: B007 (named in the except below)
+                    stage(copy)
+                groups.append(Group([recipient], copy.raw, copy))
+        except SigningError as exc:
+            # Mail first: a copy we cannot sign is not sent decorated; the original goes to everyone.
+            log.error("%s: DKIM signing failed (%s); forwarding the original", txn.txn_id, exc)
+            for algorithm in (k.algorithm for k in tenant.dkim):
+                self.metrics.dkim_signatures.labels(result="error", algorithm=algorithm).inc()
+            self.metrics.failed_open.labels(stage="sign").inc()
+            return Plan(everyone, "failed-open:sign", verdict)
+        except Exception as exc:
+            reason = exc.reason if isinstance(exc, MimeError) else type(exc).__name__
+            if not isinstance(exc, MimeError):
+                log.exception("%s: stage %s failed; forwarding the original", txn.txn_id, stage_name)
+            self.metrics.failed_open.labels(stage="decorate").inc()
+            return Plan(everyone, f"failed-open:{stage_name}:{reason}", verdict)
+        return Plan(groups, "decorated", verdict)
+
+
+@dataclass
+class GroupResult:
+    group: Group
+    delivered: list[str] = field(default_factory=list)
+    deferred: list[tuple[str, Reply | None]] = field(default_factory=list)  # None: no reply could be had
+    refused: list[tuple[str, Reply]] = field(default_factory=list)
+    data_reply: Reply | None = None
+
+
+class RelaySession:
+    """One client connection: it owns at most one connection to the next hop, reused across transactions."""
+
+    def __init__(self, relay: Relay, peer: str) -> None:
+        self.relay = relay
+        self.peer = peer
+        self.conn: HopConnection | None = None
+        self.in_transaction = False
+        self.accepted: list[str] = []
+        self.in_flight: asyncio.Task[DataOutcome] | None = None
+
+    async def _connection(self) -> HopConnection:
+        if self.conn is None or not self.conn.alive:
+            self.conn = await self.relay.next_hop.connect()
+            self.in_transaction = False
+        return self.conn
+
+    async def mail(self, sender: str, options: list[str]) -> CommandOutcome:
+        """MAIL is passed to the next hop at once, so its verdict on the sender reaches the client live."""
+        try:
+            conn = await self._connection()
+            if self.in_transaction:
+                await conn.rset()
+                self.in_transaction = False
+            wanted = self._mail_options(conn, options)
+            if isinstance(wanted, Unsupported):
+                return wanted
+            reply = await conn.mail(sender, wanted)
+        except NextHopUnavailable as exc:
+            self.conn = None
+            return Unavailable(exc.kind)
+        self.in_transaction = reply.ok
+        self.accepted = []
+        return Mirrored(reply)
+
+    @staticmethod
+    def _mail_options(conn: HopConnection, options: list[str]) -> list[str] | Unsupported:
+        wanted: list[str] = []
+        for option in options:
+            keyword = option.split("=", 1)[0].upper()
+            if keyword == "SMTPUTF8":
+                # RFC 6531 §3.4: never downgrade an SMTPUTF8 transaction silently.
+                if not conn.supports("smtputf8"):
+                    return Unsupported("SMTPUTF8")
+                wanted.append("SMTPUTF8")
+            elif (keyword == "BODY" and conn.supports("8bitmime")) or (
+                keyword == "SIZE" and conn.supports("size")
+            ):
+                wanted.append(option.upper())
+        return wanted
+
+    async def rcpt(self, recipient: str) -> CommandOutcome:
+        """RCPT is mirrored live (Postfix smtpd_proxy_filter semantics): a recipient the next hop refuses is
+        refused to the client now, so no recipient is ever accepted and then silently dropped."""
+        if self.conn is None or not self.in_transaction:
+            return Unavailable("disconnect")
+        try:
+            reply = await self.conn.rcpt(recipient)
+        except NextHopUnavailable as exc:
+            self.conn = None
+            self.in_transaction = False
+            return Unavailable(exc.kind)
+        if reply.ok:
+            self.accepted.append(recipient)
+        return Mirrored(reply)
+
+    async def reset(self) -> None:
+        if self.conn is not None and self.in_transaction:
+            try:
+                await self.conn.rset()
+            except NextHopUnavailable:
+                self.conn = None
+        self.in_transaction = False
+        self.accepted = []
+
+    async def close(self) -> None:
+        if self.in_flight is not None and not self.in_flight.done():
+            # A transaction outlives its client (hang-up after the final dot): let it finish first.
+            await asyncio.wait({self.in_flight})
+        if self.conn is not None:
+            await self.conn.close()
+            self.conn = None
+
+    async def data(self, txn: Transaction) -> DataOutcome:
+        """Forwarding and recording run as their own task: a client that hangs up after the final dot
+        cancels us, not them, so the next hop has a complete copy or none and the store agrees with it."""
+        self.in_flight = asyncio.ensure_future(self._data(txn))
+        return await asyncio.shield(self.in_flight)
+
+    async def _data(self, txn: Transaction) -> DataOutcome:
+        relay, metrics = self.relay, self.relay.metrics
+        metrics.received.inc()
+        txn.fingerprint = hashlib.sha256(txn.mail_from.lower().encode() + b"\0" + txn.content).hexdigest()
+        started = time.perf_counter()
+        passed: list[str] = []
+        try:
+            plan = await asyncio.wait_for(
+                asyncio.to_thread(relay.plan, txn, passed.append), relay.settings.processing.time_budget
+            )
+        except TimeoutError:
+            metrics.failed_open.labels(stage="timeout").inc()
+            plan = Plan([Group(list(txn.rcpt_tos), txn.content)], "failed-open:timeout")
+        metrics.processing_seconds.observe(time.perf_counter() - started)
+        for reason in passed:
+            metrics.passed_through.labels(reason=reason).inc()
+        rule = plan.verdict.rule if plan.verdict and plan.verdict.rule else "-"
+        log.info(
+            "%s: from=<%s> size=%d nrcpt=%d decision=%s rule=%s",
+            txn.txn_id,
+            txn.mail_from,
+            len(txn.content),
+            len(txn.rcpt_tos),
+            plan.decision,
+            rule,
+        )
+
+        already: set[str] = set()
+        if len(plan.groups) > 1 or plan.groups[0].copy is not None:
+            try:
+                already = await relay.store.delivered_recipients(txn.fingerprint)
+            except Exception:
+                # Without the marks a retry could duplicate copies; a retry later is better than that.
+                log.exception("%s: event store unreadable", txn.txn_id)
+                metrics.event_store_errors.inc()
+                return LocalFailure("store")
+        groups = [
+            Group([r for r in g.recipients if relay.recipient_hash(r) not in already], g.content, g.copy)
+            for g in plan.groups
+        ]
+        for g in plan.groups:
+            for r in g.recipients:
+                if relay.recipient_hash(r) in already:
+                    log.info("%s: to=<%s> status=sent (delivered by an earlier attempt)", txn.txn_id, mask(r))
+        groups = [g for g in groups if g.recipients]
+
+        started = time.perf_counter()
+        try:
+            results = await asyncio.wait_for(
+                self._forward(txn, groups), relay.settings.next_hop.transaction_timeout
+            )
+        except TimeoutError:
+            self.conn = None
+            results = [GroupResult(g, deferred=[(r, None) for r in g.recipients]) for g in groups]
+        metrics.forwarding_seconds.observe(time.perf_counter() - started)
+        self.in_transaction = False
+        self.accepted = []
+        return await self._conclude(txn, plan, results, skipped=bool(already))
+
+    async def _forward(self, txn: Transaction, groups: list[Group]) -> list[GroupResult]:
+        results: list[GroupResult] = []
+        # One group whose recipients are exactly those the next hop accepted live: send DATA on the open
+        # transaction (the common case: pass-through, or one applicant). Otherwise a transaction per group.
+        reuse = (
+            len(groups) == 1
+            and self.conn is not None
+            and self.in_transaction
+            and sorted(groups[0].recipients) == sorted(self.accepted)
+        )
+        for index, group in enumerate(groups):
+            result = GroupResult(group)
+            results.append(result)
+            try:
+                if not (reuse and index == 0):
+                    await self._open_group(txn, group, result)
+                    if not result.group.recipients:
+                        continue
+                reply = await self._conn().data(group.content)
+                self.in_transaction = False
+                result.data_reply = reply
+                if reply.ok:
+                    result.delivered = list(group.recipients)
+                elif reply.kind == "4xx":
+                    result.deferred = [(r, reply) for r in group.recipients]
+                else:
+                    result.refused = [(r, reply) for r in group.recipients]
+            except NextHopUnavailable as exc:
+                self.conn = None
+                self.in_transaction = False
+                log.warning("%s: next hop unavailable (%s)", txn.txn_id, exc.kind)
+                pending = [r for r in group.recipients if r not in result.delivered]
+                result.deferred.extend((r, None) for r in pending)
+                # The next hop is gone: the groups not yet tried wait for the sender's retry.
+                for later in groups[index + 1 :]:
+                    results.append(GroupResult(later, deferred=[(r, None) for r in later.recipients]))
+                break
+        return results
+
+    def _conn(self) -> HopConnection:
+        if self.conn is None:
+            raise NextHopUnavailable("disconnect", "connection lost")
+        return self.conn
+
+    async def _open_group(self, txn: Transaction, group: Group, result: GroupResult) -> None:
+        conn = await self._connection()
+        if self.in_transaction:
+            await conn.rset()
+            self.in_transaction = False
+        options = self._mail_options(conn, txn.mail_options)
+        if isinstance(options, Unsupported):
+            options = []  # MAIL already checked it for this session's next hop
+        reply = await conn.mail(txn.mail_from, options)
+        if not reply.ok:
+            bucket = result.deferred if reply.kind == "4xx" else result.refused
+            bucket.extend((r, reply) for r in group.recipients)
+            group.recipients = []
+            return
+        self.in_transaction = True
+        accepted = []
+        for recipient in group.recipients:
+            reply = await conn.rcpt(recipient)
+            if reply.ok:
+                accepted.append(recipient)
+            else:
+                (result.deferred if reply.kind == "4xx" else result.refused).append((recipient, reply))
+        if not accepted:
+            await conn.rset()
+            self.in_transaction = False
+        group.recipients = accepted
+
+    async def _conclude(
+        self, txn: Transaction, plan: Plan, results: list[GroupResult], *, skipped: bool
+    ) -> DataOutcome:
+        relay, metrics = self.relay, self.relay.metrics
+        delivered = [r for res in results for r in res.delivered]
+        deferred = [d for res in results for d in res.deferred]
+        refused = [d for res in results for d in res.refused]
+        for res in results:
+            if res.data_reply is not None:
+                metrics.next_hop_replies.labels(**{"class": res.data_reply.kind}).inc()
+            elif any(reply is None for _r, reply in res.deferred):
+                metrics.next_hop_replies.labels(**{"class": "unavailable"}).inc()
+            for r in res.delivered:
+                assert res.data_reply is not None
+                log.info(
+                    "%s: to=<%s> status=sent (%d %s)",
+                    txn.txn_id,
+                    mask(r),
+                    res.data_reply.code,
+                    res.data_reply.one_line(),
+                )
+            for r, reply in res.deferred:
+                text = f"{reply.code} {reply.one_line()}" if reply else "no reply from next hop"
+                log.info("%s: to=<%s> status=deferred (%s)", txn.txn_id, mask(r), text)
+            for r, reply in res.refused:
+                log.info(
+                    "%s: to=<%s> status=bounced (%d %s)", txn.txn_id, mask(r), reply.code, reply.one_line()
+                )
+
+        complete = not deferred and not refused
+        records = []
+        for res in results:
+            if not res.delivered or res.data_reply is None:
+                continue
+            copy = res.group.copy
+            for r in res.delivered:
+                referral = None
+                if copy is not None:
+                    metrics.decorated.inc()
+                    for algorithm in copy.signed_with:
+                        metrics.dkim_signatures.labels(result="signed", algorithm=algorithm).inc()
+                    referral = ReferralFields(
+                        tenant_id=copy.tenant.id,
+                        token=copy.token,
+                        rule_id=copy.rule_id,
+                        message_id=next(iter(copy.parsed.header_values("Message-ID")), None),
+                        recipient=r if relay.settings.referral.store_recipient == "clear" else None,
+                    )
+                records.append(
+                    CopyRecord(txn.fingerprint, relay.recipient_hash(r), res.data_reply.one_line(), referral)
+                )
+        if records and (any(rec.referral for rec in records) or not complete):
+            try:
+                added = await relay.store.record(records, mark_delivered=not complete)
+            except Exception:
+                # The copies are delivered; the sender must not send them again. Count and log the loss.
+                log.exception("%s: recording %d delivered copies failed", txn.txn_id, len(records))
+                metrics.event_store_errors.inc()
+            else:
+                for rec in records:
+                    if rec.referral is not None:
+                        metrics.referral_events.labels(tenant=rec.referral.tenant_id).inc()
+                if added:
+                    log.info("%s: recorded %d referral event(s)", txn.txn_id, added)
+
+        if complete:
+            last = (
+                next(res.data_reply for res in reversed(results) if res.data_reply is not None)
+                if delivered
+                else Reply(250, "2.0.0 Ok: already delivered")
+            )
+            return Mirrored(last)
+        if delivered or (skipped and deferred):
+            return PartlyDelivered()
+        if deferred:
+            reply = next((reply for _r, reply in deferred if reply is not None), None)
+            return Mirrored(reply) if reply is not None else Unavailable("disconnect")
+        return Mirrored(refused[0][1])

@@ -1,0 +1,204 @@
+"""DKIM keys (load, check, make) and signing with dkimpy over the exact bytes that go on the wire."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from mailrelay.config import DkimKeySettings, TenantSettings
+from mailrelay.errors import ConfigError
+
+# RFC 6376 §5.4.1 recommends these; each is signed once more than it occurs (§5.4.2, §8.15 over-signing),
+# so a header added after signing (a second Subject, a Reply-To) breaks the signature.
+SIGNED_HEADERS = (
+    "from",
+    "to",
+    "cc",
+    "subject",
+    "date",
+    "message-id",
+    "reply-to",
+    "in-reply-to",
+    "references",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "x-mailrelay-decorated",
+)
+
+_FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
+
+
+class SigningError(Exception):
+    """The copy cannot be signed (key unusable); the relay forwards the original instead."""
+
+
+@dataclass(frozen=True)
+class LoadedKey:
+    selector: str
+    algorithm: str
+    private: bytes  # what dkimpy takes: PEM for RSA, base64 of the 32-byte seed for Ed25519
+
+
+def header_counts(raw: bytes) -> dict[str, int]:
+    """How often each field name occurs in the top-level header block."""
+    end = raw.find(b"\r\n\r\n")
+    block = raw if end < 0 else raw[: end + 2]
+    counts: dict[str, int] = {}
+    for line in block.split(b"\r\n"):
+        match = _FIELD_NAME.match(line)
+        if match:
+            name = match.group(1).decode("ascii").lower()
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def include_headers(raw: bytes) -> list[bytes]:
+    counts = header_counts(raw)
+    names: list[bytes] = []
+    for name in SIGNED_HEADERS:
+        names.extend([name.encode()] * (counts.get(name, 0) + 1))
+    return names
+
+
+def check_key_file(settings: DkimKeySettings, file: str) -> None:
+    """Refuse a key others can read: a DKIM key lets anyone send as the company."""
+    try:
+        mode = settings.key_file.stat().st_mode
+    except FileNotFoundError as exc:
+        raise ConfigError(file, ("tenants.dkim.key_file",), f"{settings.key_file} does not exist") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            file,
+            ("tenants.dkim.key_file",),
+            f"{settings.key_file} is readable by group or others (mode {stat.S_IMODE(mode):o}); chmod 600 it",
+        )
+
+
+def load_key(settings: DkimKeySettings, file: str) -> LoadedKey:
+    if settings.create_if_missing and not settings.key_file.exists():
+        make_key_pair(settings.key_file, settings.algorithm)
+    check_key_file(settings, file)
+    data = settings.key_file.read_bytes()
+    try:
+        if settings.algorithm == "rsa-sha256":
+            key = serialization.load_pem_private_key(data, password=None)
+            if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
+                raise ValueError("not an RSA private key of at least 2048 bits")
+            private = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        else:
+            seed = base64.b64decode(data.strip(), validate=True)
+            ed25519.Ed25519PrivateKey.from_private_bytes(seed)
+            private = data.strip()
+    except ValueError as exc:
+        # The exception text of a key parser may quote key material: never put it in a message.
+        raise ConfigError(
+            file, ("tenants.dkim.key_file",), f"{settings.key_file} is not a usable {settings.algorithm} key"
+        ) from exc
+    return LoadedKey(selector=settings.selector, algorithm=settings.algorithm, private=private)
+
+
+def make_key_pair(path: Path, algorithm: str) -> str:
+    """Write a new private key to `path` (mode 600) and return the DNS TXT record value for it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if algorithm == "rsa-sha256":
+        rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        data = rsa_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        public = rsa_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        txt = f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}"
+    else:
+        ed_key = ed25519.Ed25519PrivateKey.generate()
+        seed = ed_key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        data = base64.b64encode(seed) + b"\n"
+        public = ed_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        txt = f"v=DKIM1; k=ed25519; p={base64.b64encode(public).decode()}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return txt
+
+
+def public_txt(settings: DkimKeySettings) -> str:
+    """The TXT record value for an existing private key."""
+    data = settings.key_file.read_bytes()
+    if settings.algorithm == "rsa-sha256":
+        key = serialization.load_pem_private_key(data, password=None)
+        public = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}"
+    seed = base64.b64decode(data.strip())
+    raw = (
+        ed25519.Ed25519PrivateKey.from_private_bytes(seed)
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+    return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
+
+
+def dns_record(selector: str, domain: str, txt: str) -> str:
+    """A zone-file line; TXT strings are split at 255 octets (RFC 1035 §3.3.14)."""
+    chunks = " ".join(f'"{txt[i : i + 255]}"' for i in range(0, len(txt), 255))
+    return f"{selector}._domainkey.{domain}. IN TXT ( {chunks} )"
+
+
+class DkimSigner:
+    """Signs a copy for its tenant with every configured key: relaxed/relaxed, no l=, over-signed headers."""
+
+    def __init__(self, tenants: tuple[TenantSettings, ...], config_file: str) -> None:
+        self.keys: dict[str, tuple[LoadedKey, ...]] = {
+            t.id: tuple(load_key(k, config_file) for k in t.dkim) for t in tenants
+        }
+
+    def signing_domain(self, tenant: TenantSettings, from_domain: str) -> str:
+        """d= is the tenant domain the From address belongs to, so DMARC aligns (RFC 7489 §3.1.1)."""
+        from_domain = from_domain.lower().rstrip(".")
+        for domain in tenant.domains:
+            if from_domain == domain or from_domain.endswith("." + domain):
+                return domain
+        return tenant.domains[0]
+
+    def sign(self, raw: bytes, tenant: TenantSettings, domain: str) -> tuple[bytes, list[str]]:
+        """Returns the DKIM-Signature header lines to prepend (CRLF-terminated) and the algorithms used."""
+        headers = include_headers(raw)
+        lines: list[bytes] = []
+        algorithms: list[str] = []
+        for key in self.keys[tenant.id]:
+            try:
+                line = dkim.sign(
+                    raw,
+                    key.selector.encode(),
+                    domain.encode(),
+                    key.private,
+                    canonicalize=(b"relaxed", b"relaxed"),
+                    include_headers=headers,
+                    length=False,  # RFC 6376 §8.2: l= lets anyone append content under our signature.
+                    signature_algorithm=key.algorithm.encode(),
+                    linesep=b"\r\n",
+                )
+            except Exception as exc:
+                raise SigningError(f"{key.algorithm} signing failed: {type(exc).__name__}") from exc
+            lines.append(line if line.endswith(b"\r\n") else line + b"\r\n")
+            algorithms.append(key.algorithm)
+        # RFC 6376 §5.6: a new signature is prepended; the first signature listed is checked first.
+        return b"".join(reversed(lines)), algorithms

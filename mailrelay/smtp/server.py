@@ -1,0 +1,222 @@
+"""The aiosmtpd server and its handler: policy at MAIL/RCPT, the relay's outcomes worded as replies."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+import secrets
+import weakref
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mailrelay.config import Settings
+from mailrelay.metrics import Metrics
+from mailrelay.relay import Mirrored, Relay, RelaySession, Transaction, mask
+from mailrelay.smtp import replies
+
+log = logging.getLogger("mailrelay.smtp")
+
+# Control characters, spaces and angle brackets never belong in an envelope address we forward: aiosmtplib
+# would otherwise rewrite some of them silently (a\rb@x → ab@x), and CR/LF would reach headers or commands.
+_BAD_ADDRESS = re.compile(r"[\x00-\x20\x7f<>]")
+
+
+def _address_ok(address: str) -> bool:
+    return not _BAD_ADDRESS.search(address) and address.count("@") >= 1 and not address.startswith("@")
+
+
+class _State:
+    """What the handler keeps per client connection."""
+
+    def __init__(self, relay_session: RelaySession, peer_ip: str, allowed: bool) -> None:
+        self.relay_session = relay_session
+        self.peer_ip = peer_ip
+        self.allowed = allowed
+        self.txn_id = ""
+
+
+class RelayHandler:
+    """aiosmtpd handler: every hook returns a reply line; nothing escapes as aiosmtpd's 500-with-traceback."""
+
+    def __init__(self, settings: Settings, relay: Relay, metrics: Metrics) -> None:
+        self.settings = settings
+        self.relay = relay
+        self.metrics = metrics
+        self.states: weakref.WeakKeyDictionary[Session, _State] = weakref.WeakKeyDictionary()
+        self.closing = False
+
+    def state(self, session: Session) -> _State:
+        state = self.states.get(session)
+        if state is None:
+            peer_ip = str(session.peer[0]) if session.peer else ""
+            try:
+                address = ipaddress.ip_address(peer_ip.split("%")[0])
+                allowed = any(address in net for net in self.settings.smtp.client_networks)
+            except ValueError:
+                allowed = False
+            state = _State(self.relay.new_session(peer_ip), peer_ip, allowed)
+            self.states[session] = state
+        return state
+
+    def _count(self, command: str, reply: str) -> str:
+        self.metrics.smtp_replies.labels(command=command, **{"class": replies.reply_class(reply)}).inc()
+        return reply
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        state = self.state(session)
+        if not _address_ok(address) and address != "":
+            self.metrics.connections_refused.labels(reason="bad_address").inc()
+            return self._count("MAIL", replies.BAD_SENDER_ADDRESS)
+        state.txn_id = secrets.token_hex(5).upper()
+        if not state.allowed:
+            # Relay policy is answered at RCPT (like Postfix's smtpd_recipient_restrictions), and nothing is
+            # opened toward the next hop for a client that may not relay.
+            envelope.mail_from = address
+            envelope.mail_options.extend(mail_options)
+            return self._count("MAIL", replies.OK)
+        try:
+            outcome = await state.relay_session.mail(address, list(mail_options))
+        except Exception:
+            log.exception("%s: MAIL failed inside mailrelay", state.txn_id)
+            self.metrics.internal_errors.inc()
+            return self._count("MAIL", replies.TEMPORARY_FAILURE)
+        reply = replies.for_command(outcome)
+        if isinstance(outcome, Mirrored) and outcome.reply.ok:
+            envelope.mail_from = address
+            envelope.mail_options.extend(mail_options)
+        else:
+            log.info("%s: client=[%s] from=<%s> refused: %s", state.txn_id, state.peer_ip, address, reply)
+        return self._count("MAIL", reply)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        state = self.state(session)
+        if not state.allowed:
+            self.metrics.connections_refused.labels(reason="client_network").inc()
+            log.info("%s: client=[%s] relay denied to <%s>", state.txn_id, state.peer_ip, mask(address))
+            return self._count("RCPT", replies.RELAY_DENIED)
+        if not _address_ok(address):
+            self.metrics.connections_refused.labels(reason="bad_address").inc()
+            return self._count("RCPT", replies.BAD_ADDRESS)
+        if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
+            self.metrics.connections_refused.labels(reason="too_many_recipients").inc()
+            return self._count("RCPT", replies.TOO_MANY_RECIPIENTS)
+        try:
+            outcome = await state.relay_session.rcpt(address)
+        except Exception:
+            log.exception("%s: RCPT failed inside mailrelay", state.txn_id)
+            self.metrics.internal_errors.inc()
+            return self._count("RCPT", replies.TEMPORARY_FAILURE)
+        reply = replies.for_command(outcome)
+        if isinstance(outcome, Mirrored) and outcome.reply.ok:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        else:
+            log.info("%s: to=<%s> refused at RCPT: %s", state.txn_id, mask(address), reply)
+        return self._count("RCPT", reply)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        state = self.state(session)
+        content = envelope.original_content or b""
+        txn = Transaction(
+            txn_id=state.txn_id or secrets.token_hex(5).upper(),
+            mail_from=envelope.mail_from or "",
+            mail_options=list(envelope.mail_options),
+            rcpt_tos=list(envelope.rcpt_tos),
+            content=content,
+        )
+        try:
+            outcome = await state.relay_session.data(txn)
+            reply = replies.for_data(outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Issue 2 §5: any exception in our code ends as 451 with generic text, and the transaction is
+            # reset (returning a reply from handle_DATA resets it; raising would leave "nested MAIL").
+            log.exception("%s: DATA failed inside mailrelay", txn.txn_id)
+            self.metrics.internal_errors.inc()
+            reply = replies.TEMPORARY_FAILURE
+        log.info("%s: reply=%s", txn.txn_id, reply)
+        return self._count("DATA", reply)
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        try:
+            await self.state(session).relay_session.reset()
+        except Exception:
+            log.exception("RSET failed inside mailrelay")
+        return "250 2.0.0 Ok"
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd's default is "500 Error: (Type) text": permanent, and it leaks internals.
+        log.error("session error: %s", type(error).__name__)
+        self.metrics.internal_errors.inc()
+        return replies.TEMPORARY_FAILURE
+
+    def session_closed(self, session: Session) -> None:
+        state = self.states.pop(session, None)
+        if state is not None:
+            task = asyncio.ensure_future(state.relay_session.close())
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Future[Any]] = set()
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's SMTP with session bookkeeping and a polite refusal while shutting down."""
+
+    def __init__(self, handler: RelayHandler, metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._relay_handler = handler
+        self._metrics = metrics
+        self._counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if not self._counted:  # called again after STARTTLS
+            self._counted = True
+            self._metrics.active_sessions.inc()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        session = self.session
+        super().connection_lost(error)
+        if self._counted:
+            self._counted = False
+            self._metrics.active_sessions.dec()
+        if session is not None:
+            self._relay_handler.session_closed(session)
+
+
+async def start_smtp_server(
+    settings: Settings,
+    handler: RelayHandler,
+    metrics: Metrics,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+) -> asyncio.Server:
+    s = settings.smtp
+    loop = asyncio.get_running_loop()
+
+    def factory() -> RelaySMTP:
+        return RelaySMTP(
+            handler,
+            metrics,
+            hostname=s.hostname,
+            ident="mailrelay",
+            data_size_limit=s.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            timeout=s.timeout,
+            # aiosmtpd logs every address at INFO on the "mail.log" logger; ours are masked instead.
+            loop=loop,
+        )
+
+    return await loop.create_server(factory, host or s.listen.host, s.listen.port if port is None else port)

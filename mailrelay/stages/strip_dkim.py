@@ -1,0 +1,25 @@
+"""Stage strip-dkim: removes the sender domain's DKIM signatures that the footer has broken."""
+
+from __future__ import annotations
+
+import re
+
+from mailrelay.message import remove_header_fields
+from mailrelay.stages import Copy, Stage, StageContext
+
+_D_TAG = re.compile(rb"(?:^|;)\s*d\s*=\s*([^;\s]+)", re.IGNORECASE)
+
+
+def build(context: StageContext) -> Stage:
+    def strip_dkim(copy: Copy) -> None:
+        # Only the tenant's own signatures go: the body changed, so they fail, and a failing signature of
+        # the From domain is worse than none to DMARC-evaluating receivers. Others' stay as they came.
+        def drop(name: bytes, value: bytes) -> bool:
+            if name != b"dkim-signature":
+                return False
+            match = _D_TAG.search(b" ".join(value.split()))
+            return match is not None and copy.tenant.owns(match.group(1).decode("ascii", "replace"))
+
+        copy.raw = remove_header_fields(copy.raw, drop)
+
+    return strip_dkim

@@ -1,0 +1,252 @@
+"""Forwarding to the next hop: one connection per client session, commands mirrored, replies typed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import ssl
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import aiosmtplib
+
+from mailrelay.config import NextHopSettings
+
+UnavailableKind = Literal["connect", "timeout", "disconnect", "tls", "protocol"]
+
+_PRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A reply of the next hop. `text` is its text without the code (enhanced status included)."""
+
+    code: int
+    text: str
+
+    @property
+    def kind(self) -> Literal["2xx", "4xx", "5xx"]:
+        if 200 <= self.code < 300:
+            return "2xx"
+        return "4xx" if 400 <= self.code < 500 else "5xx"
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+    def one_line(self) -> str:
+        """The text as one printable-ASCII line, safe to put into our own reply or a log line."""
+        return _PRINTABLE.sub(" ", " ".join(self.text.split()))[:400]
+
+
+class NextHopUnavailable(Exception):
+    """No reply could be had from the next hop: the sender must retry (never a 5xx, RFC 5321 §4.2.5)."""
+
+    def __init__(self, kind: UnavailableKind, detail: str) -> None:
+        self.kind = kind
+        self.detail = detail
+        super().__init__(f"{kind}: {detail}")
+
+
+class HopConnection(Protocol):
+    """One open connection to the next hop; a refused command returns its Reply, it does not raise."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    def supports(self, extension: str) -> bool: ...
+
+    async def mail(self, sender: str, options: list[str]) -> Reply: ...
+
+    async def rcpt(self, recipient: str) -> Reply: ...
+
+    async def data(self, content: bytes) -> Reply: ...
+
+    async def rset(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class NextHop(Protocol):
+    async def connect(self) -> HopConnection: ...
+
+
+class SmtpNextHop:
+    """The next hop over SMTP with aiosmtplib (which dot-stuffs and normalises line endings on the wire)."""
+
+    def __init__(self, settings: NextHopSettings, helo_name: str) -> None:
+        self.settings = settings
+        self.helo_name = helo_name
+
+    async def connect(self) -> HopConnection:
+        s = self.settings
+        tls_context = ssl.create_default_context()
+        if not s.verify_certificate:
+            tls_context.check_hostname = False
+            tls_context.verify_mode = ssl.CERT_NONE
+        client = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            timeout=s.timeout,
+            local_hostname=self.helo_name,
+            # start_tls: None means "when offered" (aiosmtplib's opportunistic mode), True means required:
+            # a next hop that does not offer STARTTLS is then an error, never a plaintext fallback.
+            start_tls={"off": False, "opportunistic": None, "required": True}[s.starttls],
+            tls_context=tls_context,
+            validate_certs=s.verify_certificate,
+        )
+        try:
+            await client.connect()
+            await client.ehlo()
+        except BaseException as exc:
+            client.close()
+            raise _unavailable(exc) from exc
+        if s.starttls == "required" and client.get_transport_info("ssl_object") is None:
+            client.close()
+            raise NextHopUnavailable("tls", "STARTTLS required but not in use")
+        return _SmtpConnection(client)
+
+
+def _unavailable(exc: BaseException) -> BaseException:
+    if isinstance(exc, asyncio.CancelledError):
+        return exc
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | asyncio.TimeoutError | TimeoutError):
+        return NextHopUnavailable("timeout", str(exc))
+    if isinstance(exc, aiosmtplib.SMTPConnectError | ConnectionError | OSError):
+        return NextHopUnavailable("connect", str(exc))
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return NextHopUnavailable("disconnect", str(exc))
+    if isinstance(exc, ssl.SSLError | aiosmtplib.SMTPException) and "tls" in str(exc).lower():
+        return NextHopUnavailable("tls", str(exc))
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code == 421:
+        return NextHopUnavailable("disconnect", f"421 {exc.message}")
+    return NextHopUnavailable("protocol", f"{type(exc).__name__}: {exc}")
+
+
+class _SmtpConnection:
+    def __init__(self, client: aiosmtplib.SMTP) -> None:
+        self.client = client
+
+    @property
+    def alive(self) -> bool:
+        return self.client.is_connected
+
+    def supports(self, extension: str) -> bool:
+        return self.client.supports_extension(extension)
+
+    async def _command(self, verb: bytes, *args: bytes) -> Reply:
+        try:
+            response = await self.client.execute_command(verb, *args)
+        except BaseException as exc:
+            self.client.close()
+            raise _unavailable(exc) from exc
+        if response.code == 421:
+            # RFC 5321 §3.8: 421 means the next hop is closing the channel; the transaction cannot go on.
+            self.client.close()
+            raise NextHopUnavailable("disconnect", f"421 {response.message}")
+        return Reply(response.code, response.message)
+
+    async def mail(self, sender: str, options: list[str]) -> Reply:
+        # Addresses were validated by the SMTP layer; they go out exactly as received (no parseaddr rewrite).
+        return await self._command(
+            b"MAIL", b"FROM:<" + sender.encode("utf-8") + b">", *(o.encode() for o in options)
+        )
+
+    async def rcpt(self, recipient: str) -> Reply:
+        return await self._command(b"RCPT", b"TO:<" + recipient.encode("utf-8") + b">")
+
+    async def data(self, content: bytes) -> Reply:
+        try:
+            if self.client.protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+            response = await self.client.protocol.execute_data_command(content, timeout=self.client.timeout)
+        except aiosmtplib.SMTPDataError as exc:
+            return Reply(exc.code, exc.message)
+        except BaseException as exc:
+            self.client.close()
+            raise _unavailable(exc) from exc
+        return Reply(response.code, response.message)
+
+    async def rset(self) -> None:
+        try:
+            response = await self.client.execute_command(b"RSET")
+        except BaseException as exc:
+            self.client.close()
+            raise _unavailable(exc) from exc
+        if response.code != 250:
+            self.client.close()
+            raise NextHopUnavailable("protocol", f"RSET answered {response.code}")
+
+    async def close(self) -> None:
+        if self.client.is_connected:
+            try:
+                await asyncio.wait_for(self.client.quit(), timeout=5)
+            except BaseException:
+                self.client.close()
+
+
+class DirectoryNextHop:
+    """For first tries: each delivered message becomes NAME.eml (exact bytes) plus NAME.json (envelope)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    async def connect(self) -> HopConnection:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return _DirectoryConnection(self.directory)
+
+
+class _DirectoryConnection:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.sender: str | None = None
+        self.recipients: list[str] = []
+
+    @property
+    def alive(self) -> bool:
+        return True
+
+    def supports(self, extension: str) -> bool:
+        return extension.lower() in {"8bitmime", "smtputf8", "size"}
+
+    async def mail(self, sender: str, options: list[str]) -> Reply:
+        self.sender, self.recipients = sender, []
+        return Reply(250, "2.1.0 Ok")
+
+    async def rcpt(self, recipient: str) -> Reply:
+        self.recipients.append(recipient)
+        return Reply(250, "2.1.5 Ok")
+
+    async def data(self, content: bytes) -> Reply:
+        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+        envelope = {"mail_from": self.sender, "rcpt_tos": self.recipients}
+        await asyncio.to_thread(self._write, name, content, envelope)
+        self.sender, self.recipients = None, []
+        return Reply(250, f"2.0.0 Ok: stored as {name}.eml")
+
+    def _write(self, name: str, content: bytes, envelope: Mapping[str, object]) -> None:
+        # Written, fsynced, then renamed: a crash never leaves a half message under its final name.
+        for suffix, payload in ((".json", json.dumps(envelope).encode()), (".eml", content)):
+            tmp = self.directory / f".{name}{suffix}.tmp"
+            with open(tmp, "wb") as fh:
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.directory / f"{name}{suffix}")
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    async def rset(self) -> None:
+        self.sender, self.recipients = None, []
+
+    async def close(self) -> None:
+        return None

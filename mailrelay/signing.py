@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import re
 import stat
@@ -33,6 +34,8 @@ SIGNED_HEADERS = (
     "content-transfer-encoding",
     "x-mailrelay-decorated",
 )
+
+log = logging.getLogger("mailrelay.dkim")
 
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 
@@ -85,7 +88,13 @@ def check_key_file(settings: DkimKeySettings, file: str) -> None:
 
 def load_key(settings: DkimKeySettings, file: str) -> LoadedKey:
     if settings.create_if_missing and not settings.key_file.exists():
-        make_key_pair(settings.key_file, settings.algorithm)
+        txt = make_key_pair(settings.key_file, settings.algorithm)
+        log.warning(
+            "made demo DKIM key %s; its DNS TXT record at %s._domainkey.<domain>: %s",
+            settings.key_file,
+            settings.selector,
+            txt,
+        )
     check_key_file(settings, file)
     data = settings.key_file.read_bytes()
     try:

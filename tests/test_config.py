@@ -1,0 +1,120 @@
+"""config.toml loading: the shipped file is valid, and every broken file is refused with file › key: problem."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, SettingsFactory
+from mailrelay.cli import main
+from mailrelay.config import default_config_path, load_settings
+from mailrelay.errors import ConfigError
+
+
+def test_shipped_config_is_the_embedded_default_and_loads() -> None:
+    assert default_config_path().resolve() == (REPO / "config.toml").resolve()
+    settings = load_settings(default_config_path())
+    assert settings.smtp.listen.port == 10025
+    assert settings.next_hop.directory is not None
+    assert settings.database_url.startswith("sqlite:///")
+    assert [p.name for p in settings.rules] == sorted(p.name for p in (REPO / "rules").glob("*.toml"))
+    assert {"ja", "en"} <= set(settings.tenants[0].footers)
+
+
+def test_every_key_of_the_shipped_config_is_commented() -> None:
+    lines = (REPO / "config.toml").read_text(encoding="utf-8").splitlines()
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        if "=" in stripped and not stripped.startswith(("#", '"', "[")) and not line.startswith((" ", "\t")):
+            key = stripped.split("=", 1)[0].strip()
+            if key in {"text", "html"}:  # footer bodies, documented once above the [footers] tables
+                continue
+            assert lines[index - 1].strip().startswith("#"), f"config.toml line {index + 1}: {key} has no comment"
+
+
+def _broken(tmp_path: Path, text: str) -> ConfigError:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    return info.value
+
+
+BASE = """
+[referral]
+base_url = "https://careerrelay.jp/r/"
+[[tenants]]
+id = "a"
+domains = ["a.example"]
+[[tenants.dkim]]
+selector = "s"
+key_file = "k"
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("[smtp]\nlisten = \"localhost\"\n", "smtp.listen: must be HOST:PORT"),
+        ("[next_hop]\nport = 0\n", "next_hop.port: must be between 1 and 65535, not 0"),
+        ("[next_hop]\nport = true\n", "next_hop.port: must be an integer, not bool True"),
+        ("[next_hop]\nstarttls = \"maybe\"\n", "next_hop.starttls: must be one of off, opportunistic, required"),
+        ("[smtp]\nclient_networks = [\"10.0.0.300/8\"]\n", "smtp.client_networks: '10.0.0.300/8' is not an IP"),
+        ("[smtp]\nlisen = \"x\"\n", "smtp.lisen: unknown key"),
+        ("[footers.ja]\ntext = \"no link\"\nhtml = \"{link}\"\n", "footers.ja.text: must contain {link}"),
+        ("[footers.ja]\ntext = \"{link} {name}\"\nhtml = \"{link}\"\n", "footers.ja.text: bad placeholder"),
+    ],
+)
+def test_broken_config_names_file_key_and_problem(tmp_path: Path, extra: str, expected: str) -> None:
+    error = _broken(tmp_path, extra + BASE)
+    assert str(error).startswith(f"{tmp_path / 'config.toml'} › ")
+    assert expected in str(error)
+
+
+def test_base_url_must_be_https(tmp_path: Path) -> None:
+    error = _broken(tmp_path, BASE.replace("https://careerrelay.jp/r/", "http://careerrelay.jp/r/"))
+    assert "referral.base_url: must be an https URL" in str(error)
+
+
+def test_toml_syntax_error_is_named(tmp_path: Path) -> None:
+    assert "not valid TOML" in str(_broken(tmp_path, "[smtp\n"))
+
+
+def test_tenant_domains_must_not_overlap(tmp_path: Path) -> None:
+    text = BASE + '[[tenants]]\nid = "b"\ndomains = ["a.example"]\n[[tenants.dkim]]\nselector = "s"\nkey_file = "k"\n'
+    assert "tenants[1].domains: 'a.example' already belongs to tenant 'a'" in str(_broken(tmp_path, text))
+
+
+def test_serve_refuses_a_broken_config_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[next_hop]\nport = 70000\n" + BASE, encoding="utf-8")
+    assert main(["serve", "--config", str(path)]) == 2
+    assert f"{path} › next_hop.port: must be between 1 and 65535, not 70000" in capsys.readouterr().err
+
+
+def test_world_readable_dkim_key_is_refused(make_settings: SettingsFactory, tmp_path: Path) -> None:
+    from mailrelay.app import build
+
+    settings = make_settings()
+    key = tmp_path / "open.key"
+    key.write_bytes(settings.tenants[0].dkim[0].key_file.read_bytes())
+    os.chmod(key, 0o644)
+    text = settings.source.read_text(encoding="utf-8").replace(str(settings.tenants[0].dkim[0].key_file), str(key))
+    settings.source.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match="readable by group or others"):
+        build(load_settings(settings.source))
+
+
+def test_dkim_keygen_writes_a_private_key_and_prints_the_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["dkim", "keygen", "--domain", "acme.co.jp", "--selector", "mr", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert 'mr._domainkey.acme.co.jp. IN TXT ( "v=DKIM1; k=rsa; p=' in out
+    key = tmp_path / "mr.acme.co.jp.rsa.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert b"BEGIN RSA PRIVATE KEY" in key.read_bytes()
+    # Never overwrite a key that may already be published.
+    assert main(["dkim", "keygen", "--domain", "acme.co.jp", "--selector", "mr", "--out", str(tmp_path)]) == 1

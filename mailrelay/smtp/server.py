@@ -65,6 +65,13 @@ class RelayHandler:
         self.metrics.smtp_replies.labels(command=command, **{"class": replies.reply_class(reply)}).inc()
         return reply
 
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        # aiosmtpd reads pipelined commands correctly but does not say so; RFC 2920 needs the keyword.
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:

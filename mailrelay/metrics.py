@@ -13,7 +13,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 # Closed label sets: a metric label never carries an address, a token or a message id.
 PASS_REASONS = ("not_rejection", "shadow", "no_applicant", "protected", "already_decorated", "no_tenant")
-FAIL_OPEN_STAGES = ("parse", "limits", "detect", "decorate", "timeout")
+FAIL_OPEN_STAGES = ("parse", "limits", "detect", "decorate", "sign", "timeout")
 DKIM_RESULTS = ("signed", "error")
 REPLY_CLASSES = ("2xx", "4xx", "5xx", "unavailable")
 REFUSE_REASONS = ("client_network", "too_many_recipients", "bad_address")

@@ -164,6 +164,16 @@ class Relay:
 
     # Runs in a worker thread: pure CPU work on one message, no I/O.
     def plan(self, txn: Transaction, on_pass: Callable[[str], None]) -> Plan:
+        """What goes to whom. Never raises: whatever fails, the original goes to everyone (issue 2 §6)."""
+        current = ["parse"]  # the step under way, for the fail-open metric
+        try:
+            return self._plan(txn, on_pass, current)
+        except Exception:
+            log.exception("%s: %s failed; forwarding the original", txn.txn_id, current[0])
+            self.metrics.failed_open.labels(stage=current[0]).inc()
+            return Plan([Group(list(txn.rcpt_tos), txn.content)], f"failed-open:{current[0]}")
+
+    def _plan(self, txn: Transaction, on_pass: Callable[[str], None], current: list[str]) -> Plan:
         everyone = [Group(list(txn.rcpt_tos), txn.content)]
 
         def passthrough(reason: PassReason, verdict: Verdict | None = None) -> Plan:
@@ -182,26 +192,22 @@ class Relay:
         if tenant is None:
             return passthrough("no_tenant")
 
-        try:
-            text = parsed.text()
-            base_url = self.settings.referral.base_url
-            if base_url in text.plain or base_url in text.html:
-                # A reply quoting an earlier footer: one link per thread is enough (issue 3, idempotent).
-                return passthrough("already_decorated")
-            verdict = self.rules.evaluate(
-                DetectionInput(
-                    subject=text.subject,
-                    plain=text.plain,
-                    html=text.html,
-                    header=parsed.header_values,
-                    sender=txn.mail_from,
-                    tenant=tenant.id,
-                )
+        current[0] = "detect"
+        text = parsed.text()
+        base_url = self.settings.referral.base_url
+        if base_url in text.plain or base_url in text.html:
+            # A reply quoting an earlier footer: one link per thread is enough (issue 3, idempotent).
+            return passthrough("already_decorated")
+        verdict = self.rules.evaluate(
+            DetectionInput(
+                subject=text.subject,
+                plain=text.plain,
+                html=text.html,
+                header=parsed.header_values,
+                sender=txn.mail_from,
+                tenant=tenant.id,
             )
-        except Exception:
-            log.exception("%s: detection failed; forwarding the original", txn.txn_id)
-            self.metrics.failed_open.labels(stage="detect").inc()
-            return Plan(everyone, "failed-open:detect")
+        )
 
         for rule_id in verdict.shadow:
             self.metrics.rule_matches.labels(rule=rule_id, mode="shadow").inc()
@@ -218,6 +224,7 @@ class Relay:
         if parsed.protected:
             return passthrough("protected", verdict)
 
+        current[0] = "decorate"
         groups: list[Group] = []
         internal = [r for r in txn.rcpt_tos if r not in applicants]
         if internal:

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,6 +88,19 @@ class Plan:
 
 
 PassReason = Literal["not_rejection", "shadow", "no_applicant", "protected", "already_decorated", "no_tenant"]
+
+
+_BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+def normalize_line_endings(content: bytes) -> bytes:
+    """Bare CR and bare LF become CRLF (RFC 5321 §2.3.8), like Postfix's smtpd_forbid_bare_newline =
+    normalize. aiosmtplib would do the same on the wire; doing it first means that what we detect on, sign
+    and fingerprint is exactly what the next hop receives, and no bare newline ever reaches it."""
+    crlf = content.count(b"\r\n")
+    if content.count(b"\r") == crlf and content.count(b"\n") == crlf:
+        return content
+    return _BARE_NEWLINE.sub(b"\r\n", content)
 
 
 def domain_of(address: str) -> str:
@@ -361,6 +375,7 @@ class RelaySession:
     async def _data(self, txn: Transaction) -> DataOutcome:
         relay, metrics = self.relay, self.relay.metrics
         metrics.received.inc()
+        txn.content = normalize_line_endings(txn.content)
         txn.fingerprint = hashlib.sha256(txn.mail_from.lower().encode() + b"\0" + txn.content).hexdigest()
         started = time.perf_counter()
         passed: list[str] = []

@@ -1,13 +1,25 @@
 """Byte-level MIME: bounded scanning, text extraction for detection, and footer splicing that keeps every
-byte we do not mean to change.
-
-INTERFACE STUB: the relay is written against these names; the implementation replaces the bodies.
-"""
+byte we do not mean to change."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from mailrelay.charsets import (
+    ASCII,
+    JIS_ESCAPE_RE,
+    UTF8,
+    Charset,
+    CharsetError,
+    ascii_mode_view,
+    decode_iso2022jp,
+    ends_in_ascii,
+    lookup,
+)
 
 
 @dataclass(frozen=True)
@@ -56,32 +68,699 @@ class MessageText:
     html: str  # the main text/html body source, decoded in its charset ("" if none)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The scanner: header blocks, boundaries, part byte ranges. Nothing here decodes a body.
+
+
+@dataclass
+class HeaderField:
+    """One header field: raw[start:end] is the whole field with its folded lines and final line break."""
+
+    name: bytes  # lower-cased
+    start: int
+    value_start: int  # first byte after the colon
+    end: int
+
+
+@dataclass
+class Part:
+    """One MIME entity as byte offsets into the message: headers raw[start:body_start], body
+    raw[body_start:end] (RFC 2046 §5.1.1: the line break before a delimiter belongs to the delimiter)."""
+
+    start: int
+    header_end: int  # where a header line can be inserted (just before the blank line)
+    body_start: int
+    end: int
+    depth: int
+    parent: int
+    fields: list[HeaderField]
+    maintype: str = "text"
+    subtype: str = "plain"
+    params: dict[str, str] = field(default_factory=dict)
+    children: list[int] = field(default_factory=list)
+    cte: str = "7bit"
+    attachment: bool = False
+
+    @property
+    def content_type(self) -> str:
+        return f"{self.maintype}/{self.subtype}"
+
+
+_FIELD_NAME = re.compile(rb"[!-9;-~]+")  # RFC 5322 §3.6.8 ftext: printable ASCII except ":"
+
+
+def _header_end(raw: bytes, start: int, end: int, cap: int) -> tuple[int, int]:
+    """(header_end, body_start) of the entity at raw[start:end]; at most `cap` header bytes are read."""
+    if raw.startswith(b"\r\n", start) and start + 2 <= end:
+        return start, start + 2
+    if raw.startswith(b"\n", start) and start < end:
+        return start, start + 1
+    stop = min(end, start + cap + 3)
+    a = raw.find(b"\n\r\n", start, stop)
+    b = raw.find(b"\n\n", start, stop)
+    if a < 0 and b < 0:
+        if end - start > cap:
+            raise LimitExceeded("header_size", f"header block over {cap} bytes")
+        return end, end
+    if b < 0 or 0 <= a < b:
+        hend, body = a + 1, a + 3
+    else:
+        hend, body = b + 1, b + 2
+    if hend - start > cap:
+        raise LimitExceeded("header_size", f"header block over {cap} bytes")
+    return hend, body
+
+
+def _parse_fields(raw: bytes, start: int, end: int) -> tuple[list[HeaderField], bool]:
+    """Header fields of raw[start:end]; the flag says a line was neither a field nor a continuation."""
+    fields: list[HeaderField] = []
+    broken = False
+    pos = start
+    while pos < end:
+        nl = raw.find(b"\n", pos, end)
+        line_end = end if nl < 0 else nl + 1
+        if raw[pos] in (0x20, 0x09):
+            # RFC 5322 §2.2.3 folding: a continuation line belongs to the field above it.
+            if fields:
+                fields[-1].end = line_end
+            else:
+                broken = True
+        else:
+            colon = raw.find(b":", pos, line_end)
+            name = raw[pos:colon].rstrip(b" \t") if colon > pos else b""
+            if name and _FIELD_NAME.fullmatch(name):
+                fields.append(HeaderField(name.lower(), pos, colon + 1, line_end))
+            else:
+                broken = True
+        pos = line_end
+    return fields, broken
+
+
+def _unfold(value: bytes) -> bytes:
+    return re.sub(rb"\r?\n(?=[ \t])", b"", value).strip(b" \t\r\n")
+
+
+_PARAM = re.compile(
+    r"""\s*;\s*([^\s=;"]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)""",
+)
+
+
+def _parse_content_type(value: str) -> tuple[str, str, dict[str, str]]:
+    """RFC 2045 §5.1 type/subtype and parameters (RFC 2231 charset'' prefixes dropped, continuations
+    joined); a value we cannot read yields text/plain, as RFC 2045 §5.2 says."""
+    head, _, rest = value.partition(";")
+    mtype, _, subtype = head.strip().lower().partition("/")
+    params: dict[str, str] = {}
+    pieces: dict[str, dict[int, str]] = {}
+    for m in _PARAM.finditer(";" + rest):
+        key = m.group(1).lower()
+        val = m.group(2)
+        if val.startswith('"'):
+            val = re.sub(r"\\(.)", r"\1", val[1:-1])
+        cont = re.fullmatch(r"([^*]+)\*(\d+)\*?", key)
+        if cont:
+            pieces.setdefault(cont.group(1), {})[int(cont.group(2))] = val
+            continue
+        if key.endswith("*"):
+            key = key[:-1]
+            val = val.split("'", 2)[-1]
+        params.setdefault(key, val)
+    for key, parts in pieces.items():
+        params.setdefault(key, "".join(parts[i] for i in sorted(parts)))
+    if not mtype or not subtype or not re.fullmatch(r"[a-z0-9!#$&^_.+-]+", mtype + subtype):
+        return "text", "plain", params
+    return mtype, subtype.strip(), params
+
+
+def _field_text(raw: bytes, f: HeaderField) -> str:
+    return _unfold(raw[f.value_start : f.end]).decode("latin-1")
+
+
+def _scan(raw: bytes, limits: Limits) -> tuple[list[Part], bool]:
+    """All entities of `raw` in document order, iteratively (no recursion to exhaust), checking the caps
+    as it goes so that a hostile message costs at most one pass over its bytes."""
+    parts: list[Part] = []
+    malformed = False
+    # (start, end, depth, parent, default content type)
+    stack: list[tuple[int, int, int, int, str]] = [(0, len(raw), 0, -1, "text/plain")]
+    while stack:
+        start, end, depth, parent, default = stack.pop()
+        if depth > limits.max_depth:
+            raise LimitExceeded("depth", f"nesting deeper than {limits.max_depth}")
+        if len(parts) >= limits.max_parts:
+            raise LimitExceeded("parts", f"more than {limits.max_parts} parts")
+        hend, body = _header_end(raw, start, end, limits.max_header_bytes)
+        fields, broken = _parse_fields(raw, start, hend)
+        malformed = malformed or broken
+        part = Part(start, hend, body, end, depth, parent, fields)
+        index = len(parts)
+        parts.append(part)
+        if parent >= 0:
+            parts[parent].children.append(index)
+        ctype = next((f for f in fields if f.name == b"content-type"), None)
+        if ctype is not None:
+            part.maintype, part.subtype, part.params = _parse_content_type(_field_text(raw, ctype))
+        else:
+            part.maintype, _, part.subtype = default.partition("/")
+        cte = next((f for f in fields if f.name == b"content-transfer-encoding"), None)
+        if cte is not None:
+            part.cte = _field_text(raw, cte).strip().lower() or "7bit"
+        disp = next((f for f in fields if f.name == b"content-disposition"), None)
+        if disp is not None:
+            kind, _, dparams = _parse_content_type(_field_text(raw, disp) + "/x")
+            part.attachment = kind == "attachment" or "filename" in dparams
+        part.attachment = part.attachment or "name" in part.params
+        if part.maintype != "multipart":
+            continue
+        boundary = part.params.get("boundary", "")
+        if not boundary or not boundary.isascii():
+            malformed = True
+            continue
+        child_default = "message/rfc822" if part.subtype == "digest" else "text/plain"
+        children, closed = _split(raw, body, end, b"--" + boundary.encode("ascii"))
+        malformed = malformed or not closed
+        if len(parts) + len(children) > limits.max_parts:
+            raise LimitExceeded("parts", f"more than {limits.max_parts} parts")
+        for cstart, cend in reversed(children):
+            stack.append((cstart, cend, depth + 1, index, child_default))
+    return parts, malformed
+
+
+def _split(raw: bytes, start: int, end: int, delim: bytes) -> tuple[list[tuple[int, int]], bool]:
+    """Body ranges between the delimiter lines of one multipart body (RFC 2046 §5.1.1: a delimiter is
+    "--boundary" at the start of a line, optionally "--" for the last, then only transport padding)."""
+    ranges: list[tuple[int, int]] = []
+    open_at = -1
+    pos = start
+    closed = False
+    while True:
+        i = raw.find(delim, pos, end)
+        if i < 0:
+            break
+        if i == start or raw[i - 1] == 0x0A:
+            after = i + len(delim)
+            close = raw.startswith(b"--", after) and after + 2 <= end
+            j = after + 2 if close else after
+            nl = raw.find(b"\n", j, end)
+            line_end = end if nl < 0 else nl + 1
+            if not raw[j:line_end].strip(b" \t\r\n"):
+                if open_at >= 0:
+                    before = i
+                    if i > start and raw[i - 1] == 0x0A:
+                        before = i - 2 if i - 2 >= start and raw[i - 2] == 0x0D else i - 1
+                    ranges.append((open_at, max(before, open_at)))
+                if close:
+                    closed = True
+                    break
+                open_at = line_end
+                pos = line_end
+                continue
+        pos = i + 1
+    if not closed and open_at >= 0:
+        ranges.append((open_at, end))
+    return ranges, closed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Transfer encodings (RFC 2045 §6).
+
+
+def _b64_decode(data: bytes, strict: bool) -> bytes:
+    compact = re.sub(rb"[ \t\r\n]+", b"", data)
+    if strict:
+        if len(compact) % 4 or not _B64.fullmatch(compact):
+            raise NotDecoratable("encoding", "invalid base64")
+        return binascii.a2b_base64(compact, strict_mode=True)
+    compact = re.sub(rb"[^A-Za-z0-9+/]", b"", compact)
+    return binascii.a2b_base64(compact[: len(compact) - len(compact) % 4] or b"")
+
+
+_B64 = re.compile(rb"[A-Za-z0-9+/]*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
+def b64_encode(data: bytes, eol: bytes, final_eol: bool) -> bytes:
+    """RFC 2045 §6.8: 76-character lines."""
+    text = base64.b64encode(data)
+    lines = [text[i : i + 76] for i in range(0, len(text), 76)]
+    return eol.join(lines) + (eol if final_eol and lines else b"")
+
+
+# An "=" that is neither "=XX" nor a soft line break (RFC 2045 §6.7 rules 1 and 5).
+_QP_BAD = re.compile(rb"=(?![0-9A-Fa-f]{2}|[ \t]*(?:\r?\n|\Z))")
+_LINE_BREAK = re.compile(rb"\r?\n")
+
+
+def qp_decode(data: bytes, strict: bool) -> bytes:
+    """RFC 2045 §6.7; hard line breaks come back as CRLF (the canonical form)."""
+    if strict and _QP_BAD.search(data):
+        raise NotDecoratable("encoding", "invalid quoted-printable")
+    lines = _LINE_BREAK.split(data)
+    out: list[bytes] = []
+    last = len(lines) - 1
+    for i, line in enumerate(lines):
+        # Rule 3: trailing whitespace was added in transport and is deleted when decoding.
+        line = line.rstrip(b" \t")
+        if line.endswith(b"="):
+            out.append(line[:-1])
+        else:
+            out.append(line)
+            if i != last:
+                out.append(b"\r\n")
+    return binascii.a2b_qp(b"".join(out))
+
+
+_QP_TOKEN = [
+    bytes((b,)) if (33 <= b <= 126 and b != 61) or b in (32, 9) else b"=%02X" % b for b in range(256)
+]
+_QP_LITERAL = re.compile(rb"[\x21-\x3c\x3e-\x7e \t]*")
+
+
+def qp_encode(data: bytes, eol: bytes) -> bytes:
+    """RFC 2045 §6.7: "=" and non-printables as =XX, trailing space/tab escaped, lines of at most 76
+    characters with "=" soft breaks that never split an =XX; each CRLF (or LF) of `data` is a hard break."""
+    out: list[bytes] = []
+    for line in _LINE_BREAK.split(data):
+        if _QP_LITERAL.fullmatch(line):
+            tokens = [line[i : i + 1] for i in range(len(line))] if len(line) > 76 else None
+            if tokens is None:
+                if line and line[-1] in (32, 9):
+                    line = line[:-1] + b"=%02X" % line[-1]
+                out.append(line)
+                continue
+        else:
+            tokens = [_QP_TOKEN[b] for b in line]
+        if line[-1] in (32, 9):
+            tokens[-1] = b"=%02X" % line[-1]
+        width = 0
+        current: list[bytes] = []
+        for token in tokens:
+            if width + len(token) > 75:
+                out.append(b"".join(current) + b"=")
+                current, width = [], 0
+            current.append(token)
+            width += len(token)
+        out.append(b"".join(current))
+    return eol.join(out)
+
+
+def _decode_cte(data: bytes, cte: str, strict: bool) -> bytes:
+    if cte == "base64":
+        return _b64_decode(data, strict)
+    if cte == "quoted-printable":
+        return qp_decode(data, strict)
+    if cte in ("7bit", "8bit", "binary") or not strict:
+        return data
+    raise NotDecoratable("encoding", f"unknown Content-Transfer-Encoding {cte[:40]!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Headers (RFC 5322 §2.2, RFC 2047).
+
+_ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+
+
+def _decode_bytes(data: bytes) -> str:
+    if JIS_ESCAPE_RE.search(data):
+        return decode_iso2022jp(data, "replace")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp932", "replace")
+
+
+def _decode_words(charset: str, chunks: list[bytes]) -> str:
+    cs = lookup(charset.split("*", 1)[0])
+    data = b"".join(chunks)
+    if cs is None:
+        return data.decode("utf-8", "replace")
+    return cs.decode(data, "replace")
+
+
+def decode_header_value(value: bytes) -> str:
+    """Unfolded, RFC 2047 decoded; never raises. Adjacent encoded words in one charset are joined before
+    decoding because mailers split multibyte (and ISO-2022-JP) characters across them (RFC 2047 §6.2)."""
+    value = _unfold(value)
+    out: list[str] = []
+    pos = 0
+    run_charset = b""
+    run: list[bytes] = []
+    for m in _ENCODED_WORD.finditer(value):
+        gap = value[pos : m.start()]
+        if run and gap.strip(b" \t\r\n") == b"" and m.group(1).lower() == run_charset:
+            pass
+        else:
+            if run:
+                out.append(_decode_words(run_charset.decode("latin-1"), run))
+                run = []
+            # Whitespace between two encoded words is not displayed (RFC 2047 §6.2).
+            if not (out and pos and gap.strip(b" \t\r\n") == b""):
+                out.append(_decode_bytes(gap))
+        run_charset = m.group(1).lower()
+        payload = m.group(3)
+        if m.group(2) in b"bB":
+            payload = re.sub(rb"[^A-Za-z0-9+/]", b"", payload)
+            payload += b"=" * (-len(payload) % 4)
+            try:
+                run.append(binascii.a2b_base64(payload))
+            except binascii.Error:
+                run.append(m.group())
+        else:
+            run.append(binascii.a2b_qp(payload, header=True))
+        pos = m.end()
+    if run:
+        out.append(_decode_words(run_charset.decode("latin-1"), run))
+    out.append(_decode_bytes(value[pos:]))
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HTML insertion point.
+
+# Left to right: comments, script and style bodies are consumed whole, so a </body> inside them is never
+# a candidate; of the rest, the last </body> wins (a quoted reply may carry an earlier one).
+_HTML_SCAN = re.compile(
+    rb"<!--.*?(?:-->|\Z)|<(script|style)\b.*?(?:</\1\s*>|\Z)|</(body|html)\b[^>]*>",
+    re.IGNORECASE | re.DOTALL,
+)
+_META_CHARSET = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?([A-Za-z0-9_.:-]+)", re.IGNORECASE)
+
+
+def html_insert_position(view: bytes) -> int:
+    """Before the last real </body>; else before the last real </html>; else the end."""
+    last_body = last_html = -1
+    for m in _HTML_SCAN.finditer(view):
+        tag = m.group(2)
+        if tag is None:
+            continue
+        if tag.lower() == b"body":
+            last_body = m.start()
+        else:
+            last_html = m.start()
+    if last_body >= 0:
+        return last_body
+    if last_html >= 0:
+        return last_html
+    return len(view)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The parsed message.
+
+_SIGNED = "signed"
+_ENCRYPTED = "encrypted"
+
+
+@dataclass(frozen=True)
+class _Edit:
+    start: int
+    end: int
+    data: bytes
+
+
 class ParsedMessage:
     """One received message, scanned once. Decoration never mutates it: each call returns new bytes."""
 
     raw: bytes
 
+    def __init__(self, raw: bytes, parts: list[Part], malformed: bool) -> None:
+        self.raw = raw
+        self.parts = parts
+        self.malformed = malformed
+        first_nl = raw.find(b"\n")
+        # What we generate follows the message's own line ending: CRLF for SMTP mail (RFC 5322 §2.1).
+        self.eol = b"\n" if first_nl > 0 and raw[first_nl - 1] != 0x0D else b"\r\n"
+        self._headers: dict[str, list[str]] | None = None
+        self._targets: tuple[int, int] | None = None
+        self._text: MessageText | None = None
+
+    # -- headers ------------------------------------------------------------------------------------------
+
     def header_values(self, name: str) -> list[str]:
         """Top-level header values (unfolded, RFC 2047 decoded), in order of appearance."""
-        raise NotImplementedError
+        if self._headers is None:
+            headers: dict[str, list[str]] = {}
+            for f in self.parts[0].fields:
+                key = f.name.decode("ascii", "replace")
+                headers.setdefault(key, []).append(decode_header_value(self.raw[f.value_start : f.end]))
+            self._headers = headers
+        return list(self._headers.get(name.lower(), []))
+
+    # -- structure ----------------------------------------------------------------------------------------
 
     @property
     def protected(self) -> str | None:
-        """"signed" or "encrypted" if any part is multipart/signed, multipart/encrypted or
+        """ "signed" or "encrypted" if any part is multipart/signed, multipart/encrypted or
         application/pkcs7-mime (at any depth), else None."""
-        raise NotImplementedError
+        for p in self.parts:
+            kind = _protection(p)
+            if kind:
+                return kind
+        return None
+
+    def _skipped(self, p: Part) -> bool:
+        # Attachments, forwarded messages (RFC 2046 §5.2.1) and protected subtrees are never body.
+        return p.attachment or p.maintype == "message" or _protection(p) is not None
+
+    def _walk_first(self, root: int) -> tuple[int, int]:
+        """First text/plain and first text/html under `root`, in document order, body parts only."""
+        plain = html = -1
+        stack = [root]
+        while stack and (plain < 0 or html < 0):
+            i = stack.pop()
+            p = self.parts[i]
+            if self._skipped(p):
+                continue
+            if p.maintype == "multipart":
+                kids = p.children[:1] if p.subtype == "related" else p.children
+                stack.extend(reversed(kids))
+            elif p.content_type == "text/plain" and plain < 0:
+                plain = i
+            elif p.content_type == "text/html" and html < 0:
+                html = i
+        return plain, html
+
+    def targets(self) -> tuple[int, int]:
+        """Indexes of the main text/plain and text/html parts (-1 when absent): the first body text part,
+        and, if it sits in a multipart/alternative, the first of the other kind in that alternative."""
+        if self._targets is not None:
+            return self._targets
+        result = (-1, -1)
+        first = -1
+        stack = [0]
+        while stack:
+            i = stack.pop()
+            p = self.parts[i]
+            if self._skipped(p):
+                continue
+            if p.maintype == "multipart":
+                kids = p.children[:1] if p.subtype == "related" else p.children
+                stack.extend(reversed(kids))
+            elif p.content_type in ("text/plain", "text/html"):
+                first = i
+                break
+        if first >= 0:
+            alt = self.parts[first].parent
+            while alt >= 0 and self.parts[alt].content_type != "multipart/alternative":
+                alt = self.parts[alt].parent
+            if alt >= 0:
+                result = self._walk_first(alt)
+            elif self.parts[first].subtype == "plain":
+                result = (first, -1)
+            else:
+                result = (-1, first)
+        self._targets = result
+        return result
+
+    # -- text for detection -------------------------------------------------------------------------------
 
     def text(self) -> MessageText:
-        raise NotImplementedError
+        if self._text is None:
+            subject = next(iter(self.header_values("subject")), "")
+            plain_i, html_i = self.targets()
+            self._text = MessageText(
+                subject=subject,
+                plain=self._lenient_text(plain_i),
+                html=self._lenient_text(html_i),
+            )
+        return self._text
+
+    def _lenient_text(self, index: int) -> str:
+        if index < 0:
+            return ""
+        p = self.parts[index]
+        try:
+            data = _decode_cte(self.raw[p.body_start : p.end], p.cte, strict=False)
+        except (binascii.Error, ValueError):
+            return ""
+        cs = self._charset(p, data) or UTF8
+        return cs.decode(data, "replace")
+
+    def _charset(self, p: Part, data: bytes) -> Charset | None:
+        label = p.params.get("charset", "").strip()
+        if label:
+            return lookup(label)
+        if JIS_ESCAPE_RE.search(data):
+            # No charset but JIS escapes: ISO-2022-JP, the way old Japanese mailers sent it (RFC 1468).
+            return lookup("iso-2022-jp")
+        if p.subtype == "html":
+            meta = _META_CHARSET.search(data, 0, 4096)
+            if meta:
+                return lookup(meta.group(1).decode("ascii"))
+        return ASCII
+
+    # -- decoration ---------------------------------------------------------------------------------------
 
     def decorate(self, footer: Footer) -> bytes:
-        """The whole message with `footer` in the main text/plain and text/html parts; raises NotDecoratable."""
-        raise NotImplementedError
+        """The whole message with `footer` in the main text/plain and text/html parts; raises
+        NotDecoratable."""
+        kind = self.protected
+        if kind is not None:
+            raise NotDecoratable(kind)
+        if self.malformed:
+            raise NotDecoratable("malformed", "broken MIME structure")
+        plain_i, html_i = self.targets()
+        if plain_i < 0 and html_i < 0:
+            raise NotDecoratable("no_body_part")
+        edits: list[_Edit] = []
+        try:
+            if plain_i >= 0:
+                edits += self._decorate_part(self.parts[plain_i], footer, html=False)
+            if html_i >= 0:
+                edits += self._decorate_part(self.parts[html_i], footer, html=True)
+        except NotDecoratable:
+            raise
+        except (ValueError, LookupError, binascii.Error) as exc:
+            raise NotDecoratable("malformed", type(exc).__name__) from exc
+        edits.sort(key=lambda e: (e.start, e.end))
+        out: list[bytes] = []
+        pos = 0
+        for e in edits:
+            out.append(self.raw[pos : e.start])
+            out.append(e.data)
+            pos = e.end
+        out.append(self.raw[pos:])
+        return b"".join(out)
+
+    def _decorate_part(self, p: Part, footer: Footer, html: bool) -> list[_Edit]:
+        body = self.raw[p.body_start : p.end]
+        decoded = _decode_cte(body, p.cte, strict=True)
+        cs = self._charset(p, decoded)
+        if cs is None:
+            raise NotDecoratable("charset", "charset we cannot write")
+        edits: list[_Edit] = []
+        if cs is ASCII and not html:
+            # text/plain in us-ascii (declared or by default): a non-ASCII footer needs a charset that can
+            # carry it; UTF-8 is a superset, so the original bytes stay valid.
+            body_ascii = decoded.isascii()
+            if not body_ascii or not footer.text.isascii():
+                try:
+                    decoded.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise NotDecoratable("charset", "8-bit bytes in a us-ascii part") from None
+                cs = UTF8
+                edits.append(self._charset_edit(p))
+        try:
+            cs.decode(decoded, "strict")
+        except CharsetError:
+            raise NotDecoratable("charset", f"body does not decode as {cs.label}") from None
+        content_eol = b"\r\n" if b"\r\n" in decoded or b"\n" not in decoded else b"\n"
+        if html:
+            new = self._with_html_footer(decoded, cs, footer, content_eol)
+        else:
+            new = self._with_text_footer(decoded, cs, footer, content_eol, p)
+        ending = body.endswith(b"\n")
+        cte = p.cte
+        if cte == "base64":
+            data = b64_encode(new, self.eol, ending)
+        elif cte == "quoted-printable":
+            data = qp_encode(new, self.eol)
+        else:
+            data = new
+            over_long = max(len(line) for line in new.split(b"\n")) > 998
+            # RFC 2045 §2.7/§2.8 and RFC 5322 §2.1.1: 7bit is ASCII, and no line of any part may pass 998
+            # octets; otherwise the part becomes quoted-printable (its own CTE line only).
+            if over_long or (cte != "8bit" and cte != "binary" and not new.isascii()):
+                data = qp_encode(new, self.eol)
+                edits.append(self._cte_edit(p, "quoted-printable"))
+        edits.append(_Edit(p.body_start, p.end, data))
+        return edits
+
+    def _with_text_footer(self, decoded: bytes, cs: Charset, footer: Footer, eol: bytes, p: Part) -> bytes:
+        add: list[bytes] = []
+        if cs.iso2022 and not ends_in_ascii(decoded):
+            # RFC 1468 §3: a line must end in ASCII; the footer must not be read as kanji.
+            add.append(b"\x1b(B")
+        if decoded:
+            if not decoded.endswith(b"\n"):
+                add.append(eol)
+            # An empty line: ends a format=flowed paragraph (RFC 3676 §4.2) so the footer stays apart.
+            add.append(eol)
+        flowed = p.params.get("format", "").lower() == "flowed"
+        for line in footer.text.splitlines():
+            line = line.rstrip(" \t")
+            if flowed and (line.startswith((" ", ">", "From "))):
+                line = " " + line  # RFC 3676 §4.4 space-stuffing
+            add.append(cs.encode_text(line) + eol)
+        return decoded + b"".join(add)
+
+    def _with_html_footer(self, decoded: bytes, cs: Charset, footer: Footer, eol: bytes) -> bytes:
+        view = ascii_mode_view(decoded) if cs.iso2022 else decoded
+        pos = html_insert_position(view)
+        markup = re.sub(r"\r?\n", eol.decode("ascii"), footer.html)
+        ins = b""
+        if cs.iso2022 and not ends_in_ascii(decoded[:pos]):
+            ins = b"\x1b(B"
+        ins += cs.encode_html(markup)
+        if pos < len(decoded):
+            ins += eol
+        elif decoded and not decoded.endswith(b"\n"):
+            ins = eol + ins
+        return decoded[:pos] + ins + decoded[pos:]
+
+    def _cte_edit(self, p: Part, cte: str) -> _Edit:
+        line = b"Content-Transfer-Encoding: " + cte.encode("ascii") + self.eol
+        old = next((f for f in p.fields if f.name == b"content-transfer-encoding"), None)
+        if old is None:
+            return _Edit(p.header_end, p.header_end, line)
+        return _Edit(old.start, old.end, line)
+
+    def _charset_edit(self, p: Part) -> _Edit:
+        old = next((f for f in p.fields if f.name == b"content-type"), None)
+        if old is None:
+            line = b"Content-Type: text/plain; charset=utf-8" + self.eol
+            return _Edit(p.header_end, p.header_end, line)
+        value = self.raw[old.start : old.end]
+        stripped = value.rstrip(b"\r\n")
+        new, count = re.subn(
+            rb"""(charset\s*=\s*)("?)[A-Za-z0-9_.:-]+\2""", rb"\1\2utf-8\2", stripped, flags=re.I
+        )
+        if not count:
+            new = stripped + b"; charset=utf-8"
+        return _Edit(old.start, old.end, new + value[len(stripped) :])
+
+
+def _protection(p: Part) -> str | None:
+    if p.maintype == "multipart":
+        if p.subtype == "signed":
+            return _SIGNED
+        if p.subtype == "encrypted":
+            return _ENCRYPTED
+        return None
+    if p.maintype == "application" and p.subtype in ("pkcs7-mime", "x-pkcs7-mime"):
+        # RFC 8551 §3.2.2: smime-type says whether the opaque blob is signed or enveloped.
+        return _SIGNED if "signed" in p.params.get("smime-type", "").lower() else _ENCRYPTED
+    return None
 
 
 def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMessage:
     """Scan `raw`; raises LimitExceeded or MimeError. Never raises anything else for bad input."""
-    raise NotImplementedError
+    try:
+        parts, malformed = _scan(raw, limits)
+    except MimeError:
+        raise
+    except Exception as exc:  # the contract: bad input never escapes as anything but MimeError
+        raise MimeError("malformed", type(exc).__name__) from exc
+    return ParsedMessage(raw, parts, malformed)
 
 
 def prepend_headers(raw: bytes, lines: list[bytes]) -> bytes:
@@ -92,4 +771,14 @@ def prepend_headers(raw: bytes, lines: list[bytes]) -> bytes:
 def remove_header_fields(raw: bytes, drop: Callable[[bytes, bytes], bool]) -> bytes:
     """Remove top-level header fields (with their folded continuation lines) for which
     drop(lowercased_name, raw_value_bytes) is true; every other byte unchanged."""
-    raise NotImplementedError
+    hend, _body = _header_end(raw, 0, len(raw), len(raw) + 1)
+    fields, _broken = _parse_fields(raw, 0, hend)
+    out: list[bytes] = []
+    pos = 0
+    for f in fields:
+        value = raw[f.value_start : f.end].rstrip(b"\r\n")
+        if drop(f.name, value):
+            out.append(raw[pos : f.start])
+            pos = f.end
+    out.append(raw[pos:])
+    return b"".join(out)

@@ -648,7 +648,7 @@ class ParsedMessage:
         if cs is None:
             raise NotDecoratable("charset", "charset we cannot write")
         edits: list[_Edit] = []
-        if cs is ASCII and not html:
+        if cs.codec == "ascii" and not html:
             # text/plain in us-ascii (declared or by default): a non-ASCII footer needs a charset that can
             # carry it; UTF-8 is a superset, so the original bytes stay valid.
             body_ascii = decoded.isascii()

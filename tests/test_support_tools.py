@@ -13,6 +13,8 @@ from support.dkim import make_ed25519_key, make_rsa_key, verify_dkim
 from support.sinks import (
     PostfixSmtpSink,
     RecordingSink,
+    ToolMissing,
+    require_tool,
     run_smtp_source,
     send_raw_smtp,
     swaks,
@@ -150,7 +152,7 @@ def test_unsigned_message_is_not_passed(signing_keys: dict[str, tuple[Path, str]
 def test_one_failing_signature_fails_the_message(signing_keys: dict[str, tuple[Path, str]]) -> None:
     signed = dkimpy_sign(MESSAGE, "rsa", signing_keys["rsa"][0], "rsa-sha256")
     bogus = signed.replace(b"s=rsa;", b"s=ed25519;", 1)  # the RSA signature checked against the Ed25519 key
-    result = verify_dkim(bogus + b"", dns_for(signing_keys))
+    result = verify_dkim(bogus, dns_for(signing_keys))
     assert not result.passed
     assert "does not match" in result.signatures[0]["detail"]
 
@@ -353,3 +355,8 @@ async def test_smtp_sink_fault_options(
             )  # fmt: skip
     if code is not None:
         assert getattr(info.value, "code", None) == code
+
+
+def test_a_missing_tool_fails_naming_its_debian_package() -> None:
+    with pytest.raises(ToolMissing, match="Debian package postfix"):
+        require_tool("/nonexistent/smtp-sink", "postfix")

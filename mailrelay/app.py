@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -15,7 +16,8 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mailrelay.config import Settings
+from mailrelay import sdnotify
+from mailrelay.config import Listen, Settings
 from mailrelay.detection import RuleSet, load_rules
 from mailrelay.metrics import Metrics
 from mailrelay.relay import Relay
@@ -105,7 +107,9 @@ async def start_metrics_server(metrics: Metrics, host: str, port: int) -> web.Ap
 
 async def serve(settings: Settings) -> int:
     components = build(settings)
-    smtp_server = await start_smtp_server(settings, components.handler, components.metrics)
+    # Socket activation (systemd/mailrelay.socket): port 25 without any capability for the daemon.
+    passed = sdnotify.passed_smtp_socket()
+    smtp_server = await start_smtp_server(settings, components.handler, components.metrics, sock=passed)
     runner = None
     if settings.metrics_listen is not None:
         runner = await start_metrics_server(
@@ -117,18 +121,30 @@ async def serve(settings: Settings) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
 
     def reload_rules() -> None:
+        sdnotify.reloading()
         try:
             components.relay.rules = load_ruleset(settings)
         except Exception as exc:
             log.error("reload refused, keeping the old rules: %s", exc)
         else:
             log.info("rules reloaded: %d rules", len(components.relay.rules.ids))
+        sdnotify.notify("READY=1")
 
     loop.add_signal_handler(signal.SIGHUP, reload_rules)
     where = settings.next_hop.directory or f"{settings.next_hop.host}:{settings.next_hop.port}"
-    log.info("listening on %s, next hop %s, metrics %s", settings.smtp.listen, where, settings.metrics_listen)
+    smtp_listen = Listen(*smtp_server.sockets[0].getsockname()[:2])
+    status = f"listening on {smtp_listen}, next hop {where}, metrics {settings.metrics_listen or 'off'}"
+    log.info("%s", status)
+    # Only now: both listeners accept connections, so `systemctl start` returns when mail can flow.
+    sdnotify.notify(f"READY=1\nSTATUS={status}")
+    watchdog = sdnotify.start_watchdog()
     await stop.wait()
+    sdnotify.notify("STOPPING=1\nSTATUS=stopping: finishing transactions in flight")
     log.info("stopping: no new sessions, finishing transactions in flight")
+    if watchdog is not None:
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
     smtp_server.close()
     await asyncio.wait_for(smtp_server.wait_closed(), timeout=60)
     if runner is not None:

@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import re
 import secrets
+import socket
 import weakref
 from typing import Any
 
@@ -208,7 +209,9 @@ async def start_smtp_server(
     *,
     host: str | None = None,
     port: int | None = None,
+    sock: socket.socket | None = None,
 ) -> asyncio.Server:
+    """Listen on settings.smtp.listen (or host/port), or on `sock`, a socket passed by systemd."""
     s = settings.smtp
     loop = asyncio.get_running_loop()
 
@@ -226,4 +229,6 @@ async def start_smtp_server(
             loop=loop,
         )
 
+    if sock is not None:
+        return await loop.create_server(factory, sock=sock)
     return await loop.create_server(factory, host or s.listen.host, s.listen.port if port is None else port)

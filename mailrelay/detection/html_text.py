@@ -1,0 +1,49 @@
+"""HTML → the text a reader sees, for matching rules against HTML mail.
+
+Regular expressions rather than html.parser: html.parser costs ~1 ms for a 6 KB mail (a Python call per
+tag), over the whole detection budget; these substitutions run in C and take a tenth of that. Detection
+needs the words a reader sees, not a DOM, and every miss here only lowers recall of one phrase.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+_FLAGS = re.IGNORECASE | re.DOTALL
+_COMMENT = re.compile(r"<!--.*?(?:-->|$)|<!\[CDATA\[.*?\]\]>|<![^>]*>|<\?[^>]*>", re.DOTALL)
+# Never rendered in the body. <title> is left out too: it is often a template name, not content.
+_INVISIBLE = re.compile(r"<(head|title|script|style|template|noscript|xml)\b[^>]*>.*?(?:</\1\s*>|$)", _FLAGS)
+# Quoted reply history: every client wraps it in <blockquote> (removed innermost first, so nesting works).
+_BLOCKQUOTE = re.compile(r"<blockquote\b[^>]*>(?:(?!<blockquote\b).)*?(?:</blockquote\s*>|$)", _FLAGS)
+# Gmail, Thunderbird and Yahoo mark the quoted part; it runs to the end of the message.
+_QUOTE_START = re.compile(
+    r"<(?:div|span)\b[^>]*class\s*=\s*[\"']?[^\"'>]*(?:gmail_quote|moz-cite-prefix|yahoo_quoted).*", _FLAGS
+)
+# Pre-header text hidden with CSS is not something the applicant reads.
+_HIDDEN = re.compile(
+    r"<(\w+)\b[^>]*style\s*=\s*[\"'][^\"']*display\s*:\s*none[^>]*>.*?(?:</\1\s*>|$)", _FLAGS
+)
+_BLOCK = re.compile(
+    r"</?(?:address|article|aside|blockquote|br|dd|div|dl|dt|fieldset|figure|footer|form|h[1-6]|header|hr|"
+    r"li|main|nav|ol|p|pre|section|table|tbody|td|tfoot|th|thead|tr|ul)\b(?:[^>\"']|\"[^\"]*\"|'[^']*')*>",
+    re.IGNORECASE,
+)
+_TAG = re.compile(r"</?[a-zA-Z][^\s/>]*(?:[^>\"']|\"[^\"]*\"|'[^']*')*>")
+
+
+def html_to_text(source: str) -> str:
+    """Visible text of `source`: entities decoded, block elements and <br> as line breaks; head, title,
+    script, style, comments, hidden elements and quoted history (<blockquote>, Gmail's quote) left out."""
+    text = _COMMENT.sub("", source)
+    text = _INVISIBLE.sub("", text)
+    while True:
+        shorter = _BLOCKQUOTE.sub("\n", text)
+        if shorter == text:
+            break
+        text = shorter
+    text = _QUOTE_START.sub("", text)
+    text = _HIDDEN.sub("", text)
+    text = _BLOCK.sub("\n", text)
+    text = _TAG.sub("", text)
+    return html.unescape(text)

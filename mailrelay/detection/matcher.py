@@ -1,0 +1,176 @@
+"""Matching compiled rules against one message: normalise once, look every phrase up once, decide."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mailrelay.detection.html_text import html_to_text
+from mailrelay.detection.model import DetectionInput, Phrase, Rule, Verdict
+from mailrelay.detection.normalise import normalise, strip_quoted
+
+
+@dataclass(frozen=True)
+class Texts:
+    """One message's normalised subject and body, and which phrase keys occur in each."""
+
+    subject: str
+    body: str
+
+
+def message_texts(item: DetectionInput) -> Texts:
+    """Body = the plain part and the HTML part's visible text, both (a sender's two parts may differ, and
+    either may be a stub such as "view this mail in HTML"); quoted reply history is left out of both."""
+    parts = [strip_quoted(item.plain)] if item.plain else []
+    if item.html:
+        parts.append(strip_quoted(html_to_text(item.html)))
+    # NUL never survives normalise(), so no phrase can match across the plain/HTML seam.
+    return Texts(normalise(item.subject), "\x00".join(normalise(p) for p in parts))
+
+
+class RuleSet:
+    """Rules in evaluation order (files by name, rules in file order), compiled once."""
+
+    def __init__(self, rules: Sequence[Rule] = ()) -> None:
+        self.rules: tuple[Rule, ...] = tuple(rules)
+        subject: set[str] = set()
+        body: set[str] = set()
+        for rule in self.rules:
+            keys = {p.key for group in rule.require for p in group}
+            if "subject" in rule.look_in:
+                subject |= keys
+            if "body" in rule.look_in:
+                body |= keys
+            # A veto is looked for everywhere: a trap word in the subject vetoes a body match, too.
+            subject |= {p.key for p in rule.exclude}
+            body |= {p.key for p in rule.exclude}
+        self._subject_keys = _by_pivot(subject)
+        self._body_keys = _by_pivot(body)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(rule.id for rule in self.rules)
+
+    def evaluate(self, item: DetectionInput) -> Verdict:
+        texts = message_texts(item)
+        in_subject = _present(self._subject_keys, texts.subject)
+        in_body = _present(self._body_keys, texts.body)
+        winner: Rule | None = None
+        fired: tuple[str, ...] = ()
+        vetoed: list[tuple[str, str]] = []
+        shadow: list[str] = []
+        lines: list[str] = []
+        for rule in self.rules:
+            tag = f"rule {rule.id} [{rule.mode}]"
+            if not _in_scope(rule, item):
+                lines.append(f"{tag}: not applied (sender or tenant outside its scope)")
+                continue
+            header_hit = _header_hit(rule, item)
+            if header_hit is not None:
+                hits: tuple[str, ...] = (header_hit,)
+            else:
+                found = [_group_hits(rule, group, in_subject, in_body) for group in rule.require]
+                if not found or not all(found):
+                    if any(found):
+                        missing = next(n for n, g in enumerate(found) if not g)
+                        wanted = " | ".join(p.written for p in rule.require[missing])
+                        lines.append(f"{tag}: no match, group {missing + 1} missing ({wanted})")
+                    continue
+                hits = tuple(p for group in found for p in group)
+                # An ATS header is authoritative; phrases are not, so they can be vetoed.
+                vetoes = [p.written for p in rule.exclude if p.key in in_subject or p.key in in_body]
+                if vetoes:
+                    vetoed.append((rule.id, vetoes[0]))
+                    lines.append(f"{tag}: vetoed by {_quote(vetoes)} (had matched {_quote(hits)})")
+                    continue
+            if rule.mode == "shadow":
+                shadow.append(rule.id)
+                lines.append(f"{tag}: matched {_quote(hits)} (shadow: counted, not acted on)")
+            elif winner is None:
+                winner, fired = rule, hits
+                lines.append(f"{tag}: matched {_quote(hits)} → footer {rule.footer!r}")
+            else:
+                lines.append(f"{tag}: matched {_quote(hits)} (an earlier rule already decided)")
+        if winner is None:
+            head = "verdict: not a rejection" + (" (no rule matched)" if not lines else "")
+            return Verdict(False, vetoed=tuple(vetoed), shadow=tuple(shadow), details=(head, *lines))
+        head = f"verdict: rejection, rule {winner.id} ({winner.description}), footer {winner.footer!r}"
+        return Verdict(
+            True,
+            rule=winner.id,
+            footer=winner.footer,
+            fired=fired,
+            vetoed=tuple(vetoed),
+            shadow=tuple(shadow),
+            details=(head, *lines),
+        )
+
+
+Pivoted = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def _by_pivot(keys: set[str]) -> Pivoted:
+    """Keys grouped by one rare character each (a kanji rather than a kana, a letter rather than a space):
+    one single-character search rules out a whole group, so a message costs a few dozen searches, not one
+    per phrase."""
+    groups: dict[str, list[str]] = {}
+    for key in sorted(keys):
+        groups.setdefault(max(key, key=_rarity), []).append(key)
+    return tuple((pivot, tuple(group)) for pivot, group in sorted(groups.items()))
+
+
+def _rarity(char: str) -> int:
+    if "\u4e00" <= char <= "\u9fff":
+        return 4  # kanji
+    if "\u30a0" <= char <= "\u30ff":
+        return 3  # katakana
+    if char in "jqxzkvbwyfgpmuc":
+        return 2  # the rarer latin letters
+    if char.isalnum() and char not in "aeiou":
+        return 1
+    return 0
+
+
+def _present(keys: Pivoted, text: str) -> set[str]:
+    return {key for pivot, group in keys if pivot in text for key in group if key in text}
+
+
+def _in_scope(rule: Rule, item: DetectionInput) -> bool:
+    if rule.tenants and item.tenant not in rule.tenants:
+        return False
+    if not rule.senders:
+        return True
+    sender = item.sender.strip().strip("<>").casefold()
+    domain = sender.rpartition("@")[2]
+    if not domain:
+        return False
+    for allowed in rule.senders:
+        if allowed.startswith("@"):
+            # "@example.com" covers its subdomains too (hr.example.com sends for example.com).
+            if domain == allowed[1:] or domain.endswith("." + allowed[1:]):
+                return True
+        elif sender == allowed:
+            return True
+    return False
+
+
+def _header_hit(rule: Rule, item: DetectionInput) -> str | None:
+    if rule.header is None:
+        return None
+    wanted = {p.key: p.written for p in rule.header.values}
+    for value in item.header(rule.header.name):
+        if normalise(value) in wanted:
+            return f"{rule.header.name}: {value.strip()}"
+    return None
+
+
+def _group_hits(rule: Rule, group: tuple[Phrase, ...], in_subject: set[str], in_body: set[str]) -> list[str]:
+    look_subject = "subject" in rule.look_in
+    look_body = "body" in rule.look_in
+    return [
+        p.written for p in group if (look_subject and p.key in in_subject) or (look_body and p.key in in_body)
+    ]
+
+
+def _quote(phrases: Sequence[str]) -> str:
+    return ", ".join(f"“{p}”" for p in phrases)

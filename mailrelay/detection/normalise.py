@@ -1,0 +1,65 @@
+"""Text normalisation shared by rule phrases (at load) and messages (once per message)."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# Characters of scripts written without spaces. A line break or space between two of them is layout (a
+# hard-wrapped line, a <br>, a full-width space for indentation), never a word boundary, so it is removed.
+_CJK = (
+    "\u3000-\u303f"  # CJK symbols and punctuation (、。「」)
+    "\u3040-\u309f"  # hiragana
+    "\u30a0-\u30ff"  # katakana (half-width kana are folded here by NFKC first)
+    "\u3400-\u4dbf"  # CJK extension A
+    "\u4e00-\u9fff"  # CJK unified ideographs
+    "\uf900-\ufaff"  # CJK compatibility ideographs
+    "\uff01-\uff60"  # full-width forms that survive NFKC
+)
+_CJK_GAP = re.compile(f"(?<=[{_CJK}])\\s+(?=[{_CJK}])")
+_SPACES = re.compile(r"\s+")
+# Invisible characters that split a phrase without being seen: zero-width space/joiners, word joiner, BOM,
+# soft hyphen; C0 controls other than whitespace (NUL is also our subject/body separator).
+_INVISIBLE = re.compile("[\u00ad\u200b-\u200d\u2060\ufeff\x00-\x08\x0b\x0e-\x1f\x7f]")
+
+# Where quoted reply history starts: what follows is an earlier message, not what this one says.
+_HISTORY = tuple(
+    re.compile(pattern, re.IGNORECASE | re.MULTILINE)
+    for pattern in (
+        r"^\s*-{2,}\s*(?:original message|元のメッセージ|オリジナルメッセージ)\s*-{2,}\s*$",
+        r"^\s*on\b.{0,300}\bwrote:\s*$",
+        # Gmail wraps a long attribution as "On … <addr>" / "wrote:" on two lines.
+        r"^\s*on\b.{0,300}\n\s*.{0,80}\bwrote:\s*$",
+        # Japanese Gmail: "2026年11月16日(月) 10:00 山田 <yamada@example.com>:".
+        r"^\s*\d{4}年\s*\d{1,2}月\s*\d{1,2}日.{0,200}(?:<[^<>\s]+@[^<>\s]+>\s*[:：]|wrote:|書きました[:：]?)\s*$",
+        r"^\s*\d{4}/\d{1,2}/\d{1,2}.{0,200}(?:wrote:|書きました[:：]?)\s*$",
+        # Outlook's header block of the message replied to.
+        r"^\s*(?:from|差出人)\s*[:：].*\n\s*(?:sent|date|送信日時|日時)\s*[:：]",
+    )
+)
+# Each history pattern needs one of these (case as clients write them).
+_HISTORY_CUES = ("wrote", "Wrote", "WROTE", "-----", "書きました", ":\n", ":\r", "：\n", "：\r")
+_QUOTED_LINE = re.compile(r"^[ \t]*[>＞|｜].*$\n?", re.MULTILINE)
+
+
+def normalise(text: str) -> str:
+    """NFKC (full/half width folded), case-folded, invisible characters dropped, whitespace between CJK
+    characters removed and every other whitespace run collapsed to one space."""
+    text = unicodedata.normalize("NFKC", text)
+    text = _INVISIBLE.sub("", text).casefold()
+    text = _CJK_GAP.sub("", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+def strip_quoted(text: str) -> str:
+    """The text without quoted reply history: "> " lines, and everything after an attribution line
+    ("On … wrote:", "-----Original Message-----", an Outlook From:/Sent: block) is dropped."""
+    cut = len(text)
+    # The patterns scan every line start; most messages have no history, so look for a cue first.
+    if not any(cue in text for cue in _HISTORY_CUES):
+        return _QUOTED_LINE.sub("", text) if any(c in text for c in ">＞|｜") else text
+    for pattern in _HISTORY:
+        found = pattern.search(text)
+        if found:
+            cut = min(cut, found.start())
+    return _QUOTED_LINE.sub("", text[:cut])

@@ -122,7 +122,8 @@ def html_doc(body: str, lang: str = "ja", meta: str = "utf-8") -> str:
     paragraphs = "".join(f"<p>{line}</p>\n" for line in body.strip().split("\n") if line)
     return (
         f'<!DOCTYPE html>\n<html lang="{lang}">\n<head>\n<meta charset="{meta}">\n'
-        f"<title>{'Your application' if lang == 'en' else '選考結果'}</title>\n</head>\n<body>\n{paragraphs}</body>\n</html>\n"
+        f"<title>{'Your application' if lang == 'en' else '選考結果'}</title>\n</head>\n"
+        f"<body>\n{paragraphs}</body>\n</html>\n"
     )
 
 
@@ -276,7 +277,8 @@ def cases() -> dict[str, bytes]:
                 f'application/pdf; name="{Header("選考結果.pdf", "utf-8").encode()}"',
                 b64(PDF),
                 "base64",
-                "Content-Disposition: attachment;\n filename*=UTF-8''%E9%81%B8%E8%80%83%E7%B5%90%E6%9E%9C.pdf",
+                "Content-Disposition: attachment;\n"
+                " filename*=UTF-8''%E9%81%B8%E8%80%83%E7%B5%90%E6%9E%9C.pdf",
             ),
             part(
                 "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
@@ -378,7 +380,8 @@ def cases() -> dict[str, bytes]:
             part(
                 'application/octet-stream; name="encrypted.asc"',
                 b(
-                    "-----BEGIN PGP MESSAGE-----\n\nhQEMA1234567890abcdefghijklmnop\n=abcd\n-----END PGP MESSAGE-----\n"
+                    "-----BEGIN PGP MESSAGE-----\n\nhQEMA1234567890abcdefghijklmnop\n=abcd\n"
+                    "-----END PGP MESSAGE-----\n"
                 ),
                 None,
             ),
@@ -463,7 +466,8 @@ def smime_cases(workdir: Path) -> dict[str, bytes]:
     content = b'Content-Type: multipart/alternative; boundary="alt-s"\r\n\r\n' + alt
     signed = openssl(["-sign", "-signer", str(cert), "-inkey", str(key), "-crlfeol"], content)
     top_lines = b(
-        f"From: {Header('Acme 採用担当', 'iso-2022-jp').encode()} <recruit@acme.co.jp>\nTo: applicant@gmail.example\n"
+        f"From: {Header('Acme 採用担当', 'iso-2022-jp').encode()} <recruit@acme.co.jp>\n"
+        "To: applicant@gmail.example\n"
         f"Subject: {Header(SUBJECT_JA, 'iso-2022-jp').encode()}\nDate: Mon, 16 Nov 2026 10:00:00 +0900\n"
         "Message-ID: <smime@acme.co.jp>\n"
     )

@@ -304,7 +304,7 @@ def load_settings(path: Path) -> Settings:
 
     m = root.table("metrics")
     metrics_text = m.text("listen", "127.0.0.1:9325", allow_empty=True)
-    metrics_listen = _listen(m, "listen", None) if metrics_text else None
+    metrics_listen = _listen(m, "listen", "127.0.0.1:9325") if metrics_text else None
     m.finish()
 
     p = root.table("processing")

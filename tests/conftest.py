@@ -79,7 +79,7 @@ algorithm = "ed25519-sha256"
 
 
 @dataclass
-class TestKeys:
+class KeyPairs:
     rsa_key: Path
     rsa_txt: str
     ed_key: Path
@@ -90,18 +90,18 @@ class TestKeys:
 
 
 @pytest.fixture(scope="session")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> TestKeys:
+def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyPairs:
     base = tmp_path_factory.mktemp("keys")
     rsa_txt = make_key_pair(base / "rsa.key", "rsa-sha256")
     ed_txt = make_key_pair(base / "ed.key", "ed25519-sha256")
-    return TestKeys(base / "rsa.key", rsa_txt, base / "ed.key", ed_txt)
+    return KeyPairs(base / "rsa.key", rsa_txt, base / "ed.key", ed_txt)
 
 
 SettingsFactory = Callable[..., Settings]
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, keys: TestKeys) -> SettingsFactory:
+def make_settings(tmp_path: Path, keys: KeyPairs) -> SettingsFactory:
     def factory(
         next_hop_port: int = 25,
         *,

@@ -1,4 +1,4 @@
-"""config.toml loading: the shipped file is valid, and every broken file is refused with file › key: problem."""
+"""config.toml: the shipped file is valid; every broken file is refused with `file › key: problem`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SettingsFactory
+
 from mailrelay.cli import main
 from mailrelay.config import default_config_path, load_settings
 from mailrelay.errors import ConfigError
@@ -31,7 +31,9 @@ def test_every_key_of_the_shipped_config_is_commented() -> None:
             key = stripped.split("=", 1)[0].strip()
             if key in {"text", "html"}:  # footer bodies, documented once above the [footers] tables
                 continue
-            assert lines[index - 1].strip().startswith("#"), f"config.toml line {index + 1}: {key} has no comment"
+            assert lines[index - 1].strip().startswith("#"), (
+                f"config.toml line {index + 1}: {key} has no comment"
+            )
 
 
 def _broken(tmp_path: Path, text: str) -> ConfigError:
@@ -42,7 +44,9 @@ def _broken(tmp_path: Path, text: str) -> ConfigError:
     return info.value
 
 
-BASE = """
+BASE = f"""
+[rules]
+paths = ["{REPO}/rules/*.toml"]
 [referral]
 base_url = "https://careerrelay.jp/r/"
 [[tenants]]
@@ -57,14 +61,17 @@ key_file = "k"
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        ("[smtp]\nlisten = \"localhost\"\n", "smtp.listen: must be HOST:PORT"),
+        ('[smtp]\nlisten = "localhost"\n', "smtp.listen: must be HOST:PORT"),
         ("[next_hop]\nport = 0\n", "next_hop.port: must be between 1 and 65535, not 0"),
         ("[next_hop]\nport = true\n", "next_hop.port: must be an integer, not bool True"),
-        ("[next_hop]\nstarttls = \"maybe\"\n", "next_hop.starttls: must be one of off, opportunistic, required"),
-        ("[smtp]\nclient_networks = [\"10.0.0.300/8\"]\n", "smtp.client_networks: '10.0.0.300/8' is not an IP"),
-        ("[smtp]\nlisen = \"x\"\n", "smtp.lisen: unknown key"),
-        ("[footers.ja]\ntext = \"no link\"\nhtml = \"{link}\"\n", "footers.ja.text: must contain {link}"),
-        ("[footers.ja]\ntext = \"{link} {name}\"\nhtml = \"{link}\"\n", "footers.ja.text: bad placeholder"),
+        (
+            '[next_hop]\nstarttls = "maybe"\n',
+            "next_hop.starttls: must be one of off, opportunistic, required",
+        ),
+        ('[smtp]\nclient_networks = ["10.0.0.300/8"]\n', "smtp.client_networks: '10.0.0.300/8' is not an IP"),
+        ('[smtp]\nlisen = "x"\n', "smtp.lisen: unknown key"),
+        ('[footers.ja]\ntext = "no link"\nhtml = "{link}"\n', "footers.ja.text: must contain {link}"),
+        ('[footers.ja]\ntext = "{link} {name}"\nhtml = "{link}"\n', "footers.ja.text: bad placeholder"),
     ],
 )
 def test_broken_config_names_file_key_and_problem(tmp_path: Path, extra: str, expected: str) -> None:
@@ -83,11 +90,16 @@ def test_toml_syntax_error_is_named(tmp_path: Path) -> None:
 
 
 def test_tenant_domains_must_not_overlap(tmp_path: Path) -> None:
-    text = BASE + '[[tenants]]\nid = "b"\ndomains = ["a.example"]\n[[tenants.dkim]]\nselector = "s"\nkey_file = "k"\n'
+    text = (
+        BASE
+        + '[[tenants]]\nid = "b"\ndomains = ["a.example"]\n[[tenants.dkim]]\nselector = "s"\nkey_file = "k"\n'
+    )
     assert "tenants[1].domains: 'a.example' already belongs to tenant 'a'" in str(_broken(tmp_path, text))
 
 
-def test_serve_refuses_a_broken_config_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_refuses_a_broken_config_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "config.toml"
     path.write_text("[next_hop]\nport = 70000\n" + BASE, encoding="utf-8")
     assert main(["serve", "--config", str(path)]) == 2
@@ -101,7 +113,9 @@ def test_world_readable_dkim_key_is_refused(make_settings: SettingsFactory, tmp_
     key = tmp_path / "open.key"
     key.write_bytes(settings.tenants[0].dkim[0].key_file.read_bytes())
     os.chmod(key, 0o644)
-    text = settings.source.read_text(encoding="utf-8").replace(str(settings.tenants[0].dkim[0].key_file), str(key))
+    text = settings.source.read_text(encoding="utf-8").replace(
+        str(settings.tenants[0].dkim[0].key_file), str(key)
+    )
     settings.source.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match="readable by group or others"):
         build(load_settings(settings.source))

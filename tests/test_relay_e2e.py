@@ -1,0 +1,227 @@
+"""Issue 2, end to end over loopback SMTP: a real client → mailrelay → a recording sink, DKIM checked by
+Perl's Mail::DKIM, events checked in the store."""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import subprocess
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+from conftest import KeyPairs, RunningRelay, SettingsFactory
+from sqlalchemy import select
+from support.dkim import verify_dkim
+from support.sinks import RecordingSink
+
+from mailrelay.store import ReferralEvent
+
+E2E = Path(__file__).resolve().parent / "e2e"
+LINK_PREFIX = "https://careerrelay.jp/r/"
+
+
+def fixture(name: str) -> bytes:
+    return (E2E / name).read_bytes()
+
+
+def events(relay: RunningRelay) -> list[ReferralEvent]:
+    with relay.components.store.sessions() as session:
+        return list(session.scalars(select(ReferralEvent)))
+
+
+def header_fields(raw: bytes) -> list[bytes]:
+    """Top-level header fields, each with its folded continuation lines, as raw bytes."""
+    fields: list[bytes] = []
+    for line in raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        else:
+            fields.append(line)
+    return fields
+
+
+def unchanged_header_fields(raw: bytes) -> set[bytes]:
+    single_part = not any(f.lower().startswith(b"content-type: multipart/") for f in header_fields(raw))
+    return {
+        f
+        for f in header_fields(raw)
+        if not (single_part and f.lower().startswith((b"content-type:", b"content-transfer-encoding:")))
+    }
+
+
+def body_texts(raw: bytes) -> list[str]:
+    """Every text part, decoded STRICTLY in its declared charset (a replacement character fails here)."""
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    texts = []
+    for part in msg.walk():
+        if part.get_content_maintype() != "text":
+            continue
+        payload = part.get_payload(decode=True)
+        charset = part.get_content_charset() or "us-ascii"
+        codec = {"iso-2022-jp": "iso2022_jp", "shift_jis": "cp932"}.get(charset.lower(), charset)
+        texts.append(payload.decode(codec, errors="strict"))
+    return texts
+
+
+def link_of(raw: bytes) -> str:
+    for text in body_texts(raw):
+        index = text.find(LINK_PREFIX)
+        if index >= 0:
+            end = index + len(LINK_PREFIX)
+            while end < len(text) and (text[end].isalnum() or text[end] in "-_"):
+                end += 1
+            return text[index:end]
+    raise AssertionError("no referral link in the message")
+
+
+async def relay_to(sink: RecordingSink, start_relay, make_settings: SettingsFactory, **kw) -> RunningRelay:  # type: ignore[no-untyped-def]
+    return await start_relay(make_settings(sink.port, **kw))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("name", "footer_word"),
+    [
+        ("rejection_ja_iso2022.eml", "転職支援サービス"),
+        ("rejection_ja_utf8_alternative.eml", "転職支援サービス"),
+        ("rejection_en.eml", "help you find your next role"),
+    ],
+)
+async def test_rejection_is_delivered_with_link_footer_and_valid_dkim(
+    start_relay, make_settings: SettingsFactory, keys: KeyPairs, name: str, footer_word: str
+) -> None:
+    async with RecordingSink() as sink:
+        relay = await relay_to(sink, start_relay, make_settings, ed25519=True)
+        original = fixture(name)
+        await relay.send("recruit@acme.co.jp", ["applicant@gmail.example"], original)
+
+    assert len(sink.messages) == 1
+    delivered = sink.messages[0]
+    assert delivered.rcpt_tos == ["applicant@gmail.example"]
+    texts = body_texts(delivered.content)
+    assert all(footer_word in text for text in texts), texts
+    link = link_of(delivered.content)
+    assert len(link) > len(LINK_PREFIX) + 20
+    # The original header fields are all still there, byte for byte, after the ones we prepend; only a
+    # single-part message's own Content-Type/-Transfer-Encoding may change with its decorated body.
+    assert unchanged_header_fields(original) <= set(header_fields(delivered.content))
+    assert b"X-Mailrelay-Decorated: v=1;" in delivered.content
+    result = verify_dkim(delivered.content, keys.dns(), require_domain="acme.co.jp")
+    assert result.passed, result.signatures
+    assert {s["algorithm"] for s in result.signatures} == {"rsa-sha256", "ed25519-sha256"}
+
+    [event] = events(relay)
+    assert event.tenant_id == "acme"
+    assert link.endswith(event.token)
+    assert event.recipient is None and len(event.recipient_hash) == 64
+    assert event.message_id and event.message_id.startswith("<e2e-")
+    assert event.next_hop_reply.startswith("2")
+
+
+async def test_bcc_batch_becomes_one_copy_per_applicant_with_its_own_link(
+    start_relay, make_settings: SettingsFactory, keys: KeyPairs
+) -> None:
+    applicants = ["a@gmail.example", "b@yahoo.example", "c@outlook.example"]
+    async with RecordingSink() as sink:
+        relay = await relay_to(sink, start_relay, make_settings)
+        errors, _ = await relay.send(
+            "recruit@acme.co.jp", [*applicants, "hr@acme.co.jp"], fixture("rejection_ja_bcc_batch.eml")
+        )
+    assert errors == {}
+    by_rcpt = {tuple(m.rcpt_tos): m.content for m in sink.messages}
+    assert set(by_rcpt) == {(a,) for a in applicants} | {("hr@acme.co.jp",)}
+    links = {link_of(by_rcpt[(a,)]) for a in applicants}
+    assert len(links) == 3
+    for a in applicants:
+        assert verify_dkim(by_rcpt[(a,)], keys.dns(), require_domain="acme.co.jp").passed
+    # The company's own copy is the original, untouched.
+    assert by_rcpt[("hr@acme.co.jp",)] == fixture("rejection_ja_bcc_batch.eml")
+    assert sorted(e.token for e in events(relay)) == sorted(link.rsplit("/", 1)[1] for link in links)
+
+
+@pytest.mark.parametrize(
+    ("name", "recipient"),
+    [
+        ("interview_invitation_ja.eml", "applicant@gmail.example"),
+        ("offer_ja.eml", "applicant@gmail.example"),
+        ("internal_ja.eml", "hr-team@acme.co.jp"),
+        # A rejection to the company's own address is never decorated.
+        ("rejection_ja_iso2022.eml", "recruit-archive@acme.co.jp"),
+    ],
+)
+async def test_other_mail_arrives_byte_identical_and_records_nothing(
+    start_relay, make_settings: SettingsFactory, name: str, recipient: str
+) -> None:
+    async with RecordingSink() as sink:
+        relay = await relay_to(sink, start_relay, make_settings)
+        await relay.send("recruit@acme.co.jp", [recipient], fixture(name))
+    assert [m.content for m in sink.messages] == [fixture(name)]
+    assert events(relay) == []
+
+
+def smime_signed_rejection(tmp_path: Path) -> bytes:
+    """A real S/MIME signature made with openssl over a rejection text."""
+    key, cert = tmp_path / "s.key", tmp_path / "s.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+         "-subj", "/CN=recruit@acme.co.jp", "-days", "30"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    inner = tmp_path / "inner.txt"
+    inner.write_bytes(
+        b"Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+        + fixture("rejection_en.eml").split(b"\r\n\r\n", 1)[1]
+    )
+    signed = subprocess.run(
+        ["openssl", "smime", "-sign", "-in", inner, "-signer", cert, "-inkey", key, "-crlfeol",
+         "-from", "recruit@acme.co.jp", "-to", "applicant@gmail.example", "-subject", "Your application"],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    return signed.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+async def test_signed_rejection_arrives_byte_identical(
+    start_relay, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    original = smime_signed_rejection(tmp_path)
+    async with RecordingSink() as sink:
+        relay = await relay_to(sink, start_relay, make_settings)
+        await relay.send("recruit@acme.co.jp", ["applicant@gmail.example"], original)
+    assert [m.content for m in sink.messages] == [original]
+    assert events(relay) == []
+    (tmp_path / "out.eml").write_bytes(sink.messages[0].content)
+    verified = subprocess.run(
+        ["openssl", "smime", "-verify", "-noverify", "-in", tmp_path / "out.eml"], capture_output=True
+    )
+    assert verified.returncode == 0, verified.stderr
+
+
+async def test_base64_text_parts_are_checked_by_decoding_not_by_bytes(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    # The HTML alternative is base64: its footer must be found after decoding, and the link must match
+    # the one in the text alternative (one applicant, one link).
+    async with RecordingSink() as sink:
+        relay = await relay_to(sink, start_relay, make_settings)
+        await relay.send(
+            "recruit@acme.co.jp", ["applicant@gmail.example"], fixture("rejection_ja_utf8_alternative.eml")
+        )
+    plain, html = body_texts(sink.messages[0].content)
+    [event] = events(relay)
+    assert event.token in plain and event.token in html
+    assert html.rstrip().endswith("</html>")
+    assert html.index(event.token) < html.lower().rindex("</body>")
+    assert base64  # the fixture's HTML part is base64 (see make_messages.py)
+
+
+async def test_client_outside_client_networks_gets_554_at_rcpt(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    async with RecordingSink() as sink:
+        relay = await relay_to(sink, start_relay, make_settings, client_networks='["192.0.2.0/24"]')
+        with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as info:
+            await relay.send("recruit@acme.co.jp", ["applicant@gmail.example"], fixture("rejection_en.eml"))
+    [refusal] = info.value.recipients
+    assert refusal.code == 554 and refusal.message.startswith("5.7.1")
+    assert sink.messages == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -165,6 +166,7 @@ _PARAM = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=512)
 def _parse_content_type(value: str) -> tuple[str, str, dict[str, str]]:
     """RFC 2045 §5.1 type/subtype and parameters (RFC 2231 charset'' prefixes dropped, continuations
     joined); a value we cannot read yields text/plain, as RFC 2045 §5.2 says."""
@@ -217,15 +219,20 @@ def _scan(raw: bytes, limits: Limits) -> tuple[list[Part], bool]:
         parts.append(part)
         if parent >= 0:
             parts[parent].children.append(index)
-        ctype = next((f for f in fields if f.name == b"content-type"), None)
+        # The first occurrence of each field counts (RFC 2045 allows only one of each).
+        mime: dict[bytes, HeaderField] = {}
+        for f in fields:
+            if f.name.startswith(b"content-"):
+                mime.setdefault(f.name, f)
+        ctype = mime.get(b"content-type")
         if ctype is not None:
             part.maintype, part.subtype, part.params = _parse_content_type(_field_text(raw, ctype))
         else:
             part.maintype, _, part.subtype = default.partition("/")
-        cte = next((f for f in fields if f.name == b"content-transfer-encoding"), None)
+        cte = mime.get(b"content-transfer-encoding")
         if cte is not None:
             part.cte = _field_text(raw, cte).strip().lower() or "7bit"
-        disp = next((f for f in fields if f.name == b"content-disposition"), None)
+        disp = mime.get(b"content-disposition")
         if disp is not None:
             kind, _, dparams = _parse_content_type(_field_text(raw, disp) + "/x")
             part.attachment = kind == "attachment" or "filename" in dparams

@@ -8,7 +8,7 @@ import quopri
 import re
 
 from mailrelay.charsets import decode_iso2022jp
-from mailrelay.message import Footer, ParsedMessage, Part, html_insert_position, parse
+from mailrelay.message import Footer, Limits, ParsedMessage, Part, html_insert_position, parse
 
 LINK = "https://r.example/t/AbC123"
 FOOTER = Footer(
@@ -16,6 +16,7 @@ FOOTER = Footer(
     html='<p class="mr-footer">ご友人に求人をご紹介ください / <a href="' + LINK + '">Refer a friend</a></p>',
 )
 FOOTER_MARK = "mr-footer"
+DEFAULT_LIMITS = Limits()
 
 
 def shape(m: ParsedMessage) -> list[tuple[int, int, str]]:
@@ -59,8 +60,10 @@ def splice_targets(raw: bytes, before: ParsedMessage, out: bytes, after: ParsedM
     return b"".join(pieces)
 
 
-def check_decorated(raw: bytes, out: bytes, footer: Footer = FOOTER, link: str = LINK) -> ParsedMessage:
-    before, after = parse(raw), parse(out)
+def check_decorated(
+    raw: bytes, out: bytes, footer: Footer = FOOTER, link: str = LINK, limits: Limits = DEFAULT_LIMITS
+) -> ParsedMessage:
+    before, after = parse(raw, limits), parse(out, limits)
     assert shape(before) == shape(after)
     assert before.targets() == after.targets()
     assert splice_targets(raw, before, out, after) == out, "a byte outside the decorated parts changed"
@@ -100,7 +103,7 @@ def check_decorated(raw: bytes, out: bytes, footer: Footer = FOOTER, link: str =
                 decorated[:start].removesuffix("\n") + decorated[end:],
             )
             assert original in without, "the HTML outside the footer is unchanged"
-            # Where: the insertion point of the original (before the last real </body>, else </html>, else end).
+            # Where: the original insertion point (before the last real </body>, else </html>, else end).
             expected = len(original.encode()[: html_insert_position(original.encode())].decode())
             assert start in (expected, expected + 1)
     return after

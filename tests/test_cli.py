@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, KeyPairs, SettingsFactory
-from support.dkim import verify_dkim
 
+from conftest import REPO, KeyPairs, SettingsFactory
 from mailrelay.cli import main
+from support.dkim import verify_dkim
 
 E2E = Path(__file__).resolve().parent / "e2e"
 

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SettingsFactory
 
+from conftest import REPO, SettingsFactory
 from mailrelay.cli import main
 from mailrelay.config import default_config_path, load_settings
 from mailrelay.errors import ConfigError

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
-from conftest import KeyPairs, RunningRelay, SettingsFactory
 from sqlalchemy import select
+
+from conftest import KeyPairs, RunningRelay, SettingsFactory
+from mailrelay.store import ReferralEvent
 from support.dkim import verify_dkim
 from support.sinks import RecordingSink
-
-from mailrelay.store import ReferralEvent
 
 E2E = Path(__file__).resolve().parent / "e2e"
 LINK_PREFIX = "https://careerrelay.jp/r/"

@@ -41,7 +41,9 @@ def referral(token: str, recipient_hash: str, fingerprint: str = "f" * 64) -> Co
         fingerprint=fingerprint,
         recipient_hash=recipient_hash,
         next_hop_reply="250 2.0.0 Ok",
-        referral=ReferralFields(tenant_id="acme", token=token, rule_id="ja", message_id="<m@x>", recipient=None),
+        referral=ReferralFields(
+            tenant_id="acme", token=token, rule_id="ja", message_id="<m@x>", recipient=None
+        ),
     )
 
 

@@ -1,0 +1,214 @@
+"""Issue 2 §5–6: what the sender hears when the next hop or our own code fails, and that nothing is lost,
+doubled, or recorded for a copy the next hop did not accept."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import pytest
+from sqlalchemy import select
+
+from conftest import RunningRelay, SettingsFactory
+from mailrelay.relay import RelaySession
+from mailrelay.store import ReferralEvent
+from support.sinks import RecordingSink, _SinkHandler, send_raw_smtp
+
+E2E = Path(__file__).resolve().parent / "e2e"
+REJECTION = (E2E / "rejection_ja_iso2022.eml").read_bytes()
+OFFER = (E2E / "offer_ja.eml").read_bytes()
+SENDER = "recruit@acme.co.jp"
+
+
+def event_count(relay: RunningRelay) -> int:
+    with relay.components.store.sessions() as session:
+        return len(list(session.scalars(select(ReferralEvent.id))))
+
+
+async def send_expecting_error(relay: RunningRelay, recipients: list[str], content: bytes) -> Exception:
+    with pytest.raises(aiosmtplib.SMTPException) as info:
+        await relay.send(SENDER, recipients, content)
+    return info.value
+
+
+@pytest.mark.parametrize("content", [REJECTION, OFFER], ids=["decorated", "passthrough"])
+async def test_next_hop_451_at_end_of_data_is_passed_on_as_451(
+    start_relay, make_settings: SettingsFactory, content: bytes
+) -> None:
+    async with RecordingSink(replies={".": "451 4.3.0 Try again later"}) as sink:
+        relay = await start_relay(make_settings(sink.port))
+        error = await send_expecting_error(relay, ["applicant@gmail.example"], content)
+    assert isinstance(error, aiosmtplib.SMTPDataError)
+    assert (error.code, error.message) == (451, "4.3.0 Try again later")
+    assert sink.messages == [] and event_count(relay) == 0
+
+
+@pytest.mark.parametrize("content", [REJECTION, OFFER], ids=["decorated", "passthrough"])
+async def test_next_hop_550_at_end_of_data_is_passed_on_as_550(
+    start_relay, make_settings: SettingsFactory, content: bytes
+) -> None:
+    async with RecordingSink(replies={".": "550 5.7.1 Content rejected"}) as sink:
+        relay = await start_relay(make_settings(sink.port))
+        error = await send_expecting_error(relay, ["applicant@gmail.example"], content)
+    assert isinstance(error, aiosmtplib.SMTPDataError)
+    assert (error.code, error.message) == (550, "5.7.1 Content rejected")
+    assert event_count(relay) == 0
+
+
+async def test_one_of_three_recipients_refused_is_refused_live_and_the_others_delivered(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    refuse = {"gone@gmail.example": "550 5.1.1 No such user"}
+    async with RecordingSink(refuse_recipients=refuse) as sink:
+        relay = await start_relay(make_settings(sink.port))
+        refused, reply = await relay.send(
+            SENDER, ["a@gmail.example", "gone@gmail.example", "b@gmail.example"], REJECTION
+        )
+    assert {r: (v.code, v.message) for r, v in refused.items()} == {
+        "gone@gmail.example": (550, "5.1.1 No such user")
+    }
+    assert reply.startswith("2")
+    assert sorted(r for m in sink.messages for r in m.rcpt_tos) == ["a@gmail.example", "b@gmail.example"]
+    assert event_count(relay) == 2
+
+
+@pytest.mark.parametrize(
+    ("sink_kwargs", "label"),
+    [
+        ({"hang_up": {"."}}, "hangs up after the data"),
+        ({"stall": {"."}}, "never answers the final dot"),
+        ({"replies": {"CONNECT": "421 4.3.2 Not now"}}, "421 at greeting"),
+        ({"replies": {"MAIL": "421 4.3.2 Shutting down"}}, "421 to MAIL"),
+    ],
+)
+async def test_next_hop_without_a_usable_reply_gives_451_and_records_nothing(
+    start_relay, make_settings: SettingsFactory, sink_kwargs: dict[str, object], label: str
+) -> None:
+    async with RecordingSink(**sink_kwargs) as sink:  # type: ignore[arg-type]
+        relay = await start_relay(make_settings(sink.port, timeout=1, transaction_timeout=3))
+        error = await send_expecting_error(relay, ["applicant@gmail.example"], REJECTION)
+    code = error.code if isinstance(error, aiosmtplib.SMTPResponseException) else None
+    if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
+        code = error.recipients[0].code
+    assert code == 451, (label, error)
+    assert "Traceback" not in str(error) and "Error" not in str(error)
+    assert event_count(relay) == 0
+
+
+async def test_next_hop_down_gives_451_4_4_1(start_relay, make_settings: SettingsFactory) -> None:
+    async with RecordingSink() as sink:
+        port = sink.port
+    relay = await start_relay(make_settings(port))  # nothing listens there any more
+    error = await send_expecting_error(relay, ["applicant@gmail.example"], OFFER)
+    assert isinstance(error, aiosmtplib.SMTPSenderRefused)
+    assert (error.code, error.message) == (451, "4.4.1 Next hop not available, please try again later")
+
+
+async def test_a_failed_copy_after_delivered_ones_defers_and_the_retry_sends_no_duplicate(
+    start_relay, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 2 §5: one applicant's copy fails after others were delivered → 4xx; the retry must not send
+    the delivered copies twice, nor count them twice."""
+    applicants = ["a@gmail.example", "b@gmail.example", "c@gmail.example"]
+    failed = fail_final_dot_once_for(monkeypatch, "b@gmail.example")
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port))
+        error = await send_expecting_error(relay, applicants, REJECTION)
+        assert isinstance(error, aiosmtplib.SMTPDataError) and error.code == 451
+        assert sorted(r for m in sink.messages for r in m.rcpt_tos) == ["a@gmail.example", "c@gmail.example"]
+        assert failed == [1]
+        # The sending MTA retries the very same message to the same recipients.
+        refused, reply = await relay.send(SENDER, applicants, REJECTION)
+    assert refused == {} and reply.startswith("2")
+    assert sorted(r for m in sink.messages for r in m.rcpt_tos) == applicants
+    assert event_count(relay) == 3
+
+
+def fail_final_dot_once_for(monkeypatch: pytest.MonkeyPatch, recipient: str) -> list[int]:
+    """The sink answers 451 to the final dot of the first transaction for `recipient`, then accepts."""
+    failed = [0]
+    original = _SinkHandler.handle_DATA
+
+    async def handle_data(self: _SinkHandler, server: object, session: object, envelope: Any) -> str:
+        if not failed[0] and recipient in envelope.rcpt_tos:
+            failed[0] += 1
+            return "451 4.3.0 Try again later"
+        return await original(self, server, session, envelope)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_SinkHandler, "handle_DATA", handle_data)
+    return failed
+
+
+async def test_exception_inside_decoration_forwards_the_original(
+    start_relay, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mailrelay.stages.footer as footer_stage
+
+    def broken(copy: object) -> object:
+        raise RuntimeError("bug in the footer template")
+
+    monkeypatch.setattr(footer_stage, "render", broken)
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port))
+        refused, reply = await relay.send(SENDER, ["applicant@gmail.example"], REJECTION)
+    assert refused == {} and reply.startswith("2")
+    assert [m.content for m in sink.messages] == [REJECTION]
+    assert event_count(relay) == 0
+    failed = relay.components.metrics.failed_open.labels(stage="decorate")._value.get()
+    assert failed == 1
+
+
+async def test_exception_inside_the_handler_is_451_with_generic_text_and_the_session_goes_on(
+    start_relay, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: RelaySession, *args: object, **kwargs: object) -> object:
+        raise RuntimeError("db down: password=hunter2 host=10.0.0.5")
+
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port))
+        monkeypatch.setattr(RelaySession, "_conclude", broken)
+        replies = await send_raw_smtp(
+            relay.host,
+            relay.port,
+            [
+                b"EHLO client.test\r\n",
+                b"MAIL FROM:<recruit@acme.co.jp>\r\n",
+                b"RCPT TO:<applicant@gmail.example>\r\n",
+                b"DATA\r\n",
+                REJECTION + b".\r\n",
+                b"MAIL FROM:<recruit@acme.co.jp>\r\n",
+                b"QUIT\r\n",
+            ],
+        )
+    text = b"\n".join(replies).decode()
+    assert "451 4.3.0 Temporary failure, please try again later" in text
+    assert "hunter2" not in text and "RuntimeError" not in text
+    # The transaction was reset: the next MAIL is accepted, not "503 nested MAIL".
+    assert "503" not in text
+    assert text.count("250 2.1.0") + text.count("250 OK") + text.count("250 2.0.0") >= 2
+
+
+async def test_client_hanging_up_after_the_dot_still_completes_forwarding_and_recording(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port))
+        reader, writer = await asyncio.open_connection(relay.host, relay.port)
+        for line in (b"EHLO c\r\n", b"MAIL FROM:<recruit@acme.co.jp>\r\n", b"RCPT TO:<a@gmail.example>\r\n"):
+            writer.write(line)
+        writer.write(b"DATA\r\n")
+        await writer.drain()
+        while not (await reader.readline()).startswith(b"354"):
+            pass
+        writer.write(REJECTION + b".\r\n")
+        await writer.drain()
+        writer.close()  # gone before the reply
+        await sink.wait_for_messages(1)
+        for _ in range(50):
+            if event_count(relay) == 1:
+                break
+            await asyncio.sleep(0.05)
+    assert len(sink.messages) == 1
+    assert event_count(relay) == 1

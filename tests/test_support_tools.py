@@ -9,6 +9,7 @@ from pathlib import Path
 import aiosmtplib
 import dkim
 import pytest
+
 from support.dkim import make_ed25519_key, make_rsa_key, verify_dkim
 from support.sinks import (
     PostfixSmtpSink,

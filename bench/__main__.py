@@ -1,0 +1,371 @@
+"""`python -m bench`: floor, mailrelay and Postfix side by side on one machine, then the stage timings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench import load, micro, procs, report, servers
+from bench.messages import RECIPIENT, SENDER, SHAPES, wire_bytes, write_all
+
+
+@dataclass
+class Cell:
+    """Several runs of one contestant, one message, one concurrency."""
+
+    contestant: str  # "floor", "mailrelay (other mail)", "mailrelay (rejection)", "postfix"
+    shape: str
+    sessions: int
+    tool: str  # "smtp-source" (throughput) or "latency-client"
+    rates: list[float] = field(default_factory=list)  # msg/s per run
+    cpu_ms: list[float] = field(default_factory=list)  # server CPU per message per run
+    p50_ms: list[float] = field(default_factory=list)
+    p99_ms: list[float] = field(default_factory=list)
+    peak_rss: int = 0
+    messages: int = 0
+    errors: int = 0
+    detail: str = ""
+
+    def median(self, values: list[float]) -> float:
+        return statistics.median(values) if values else 0.0
+
+
+@dataclass
+class Memory:
+    contestant: str
+    idle_rss: int
+    sessions: int
+    loaded_rss: int
+
+    @property
+    def per_session(self) -> float:
+        return (self.loaded_rss - self.idle_rss) / self.sessions
+
+
+@dataclass
+class Soak:
+    seconds: float
+    messages: int
+    samples: list[tuple[float, int]]
+
+
+@dataclass
+class Profile:
+    runs: int
+    duration: float  # target seconds per throughput run
+    sessions: tuple[int, ...]
+    micro_budget: float
+    soak: float
+    memory_sessions: int
+
+
+PROFILES = {
+    "default": Profile(
+        runs=3, duration=1.2, sessions=(1, 10, 50), micro_budget=1.0, soak=30, memory_sessions=100
+    ),
+    "quick": Profile(
+        runs=3, duration=0.4, sessions=(1, 10, 50), micro_budget=0.3, soak=0, memory_sessions=50
+    ),
+    "smoke": Profile(runs=1, duration=0.0, sessions=(1, 10), micro_budget=0.02, soak=0, memory_sessions=5),
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, profile: Profile, workdir: Path) -> None:
+        self.args = args
+        self.profile = profile
+        self.workdir = workdir
+        self.messages = write_all(workdir / "messages")
+        self.cells: list[Cell] = []
+        self.memory: list[Memory] = []
+        self.soak: Soak | None = None
+        self.notes: list[str] = []
+
+    def say(self, text: str) -> None:
+        print(f"bench: {text}", file=sys.stderr, flush=True)
+
+    def count_for(self, rate: float, sessions: int) -> int:
+        if self.args.smoke:
+            return 2 * sessions
+        return max(3 * sessions, round(rate * self.profile.duration))
+
+    def _drain(self, server: servers.Server, timeout: float = 120) -> bool:
+        """Postfix answers 250 when the mail is queued; it has relayed it once its queue is empty again."""
+        deadline = time.monotonic() + timeout
+        while server.queued() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return server.queued() == 0
+
+    def throughput(self, server: servers.Server, contestant: str, rejection: bool) -> None:
+        sampler = procs.RssSampler(server.root_pid).start()
+        try:
+            for shape in SHAPES:
+                message = self.messages[shape.name, rejection]
+                for sessions in self.profile.sessions:
+                    cell = Cell(contestant, shape.name, sessions, "smtp-source")
+                    # A warm-up run (not counted) that also estimates the rate, so that each counted run
+                    # lasts about `duration` seconds whatever the contestant's speed.
+                    rate = 0.0
+                    if not self.args.smoke:
+                        warm = load.smtp_source(
+                            server.port, message, SENDER, RECIPIENT, sessions, 3 * sessions
+                        )
+                        self._drain(server)
+                        rate = warm.messages / warm.seconds
+                    sampler.peak = 0
+                    for _ in range(self.profile.runs):
+                        count = self.count_for(rate, sessions)
+                        cpu0 = procs.cpu_seconds(server.root_pid)
+                        started = time.perf_counter()
+                        result = load.smtp_source(server.port, message, SENDER, RECIPIENT, sessions, count)
+                        if not self._drain(server):
+                            result.errors += 1
+                            result.detail = "postfix did not deliver everything within 120 s"
+                        seconds = time.perf_counter() - started
+                        cpu = procs.cpu_seconds(server.root_pid) - cpu0
+                        rate = count / seconds
+                        cell.rates.append(rate)
+                        cell.cpu_ms.append(cpu / count * 1000)
+                        cell.messages += count
+                        cell.errors += result.errors
+                        cell.detail = cell.detail or result.detail
+                    cell.peak_rss = sampler.peak
+                    self.cells.append(cell)
+                    self.say(
+                        f"{contestant:24} {shape.name:17} {sessions:3} sessions: "
+                        f"{cell.median(cell.rates):8.1f} msg/s  {cell.median(cell.cpu_ms):6.2f} ms CPU/msg"
+                        + (f"  ERRORS {cell.errors}: {cell.detail}" if cell.errors else "")
+                    )
+        finally:
+            sampler.stop()
+
+    def latency(self, server: servers.Server, contestant: str, rejection: bool, sessions: int = 10) -> None:
+        sampler = procs.RssSampler(server.root_pid).start()
+        try:
+            for shape in SHAPES:
+                payload = wire_bytes(self.messages[shape.name, rejection])
+                cell = Cell(contestant, shape.name, sessions, "latency-client")
+                rate = 0.0
+                if not self.args.smoke:
+                    warm = load.latency_run(server.port, payload, SENDER, sessions, 3 * sessions)
+                    self._drain(server)
+                    rate = max(warm.messages, 1) / warm.seconds
+                sampler.peak = 0
+                for _ in range(self.profile.runs):
+                    count = self.count_for(rate, sessions)
+                    cpu0 = procs.cpu_seconds(server.root_pid)
+                    result = load.latency_run(server.port, payload, SENDER, sessions, count)
+                    cpu = procs.cpu_seconds(server.root_pid) - cpu0
+                    self._drain(server)
+                    rate = max(result.messages, 1) / result.seconds
+                    cell.rates.append(rate)
+                    cell.cpu_ms.append(cpu / max(result.messages, 1) * 1000)
+                    cell.p50_ms.append(percentile(result.latencies, 0.50) * 1000)
+                    cell.p99_ms.append(percentile(result.latencies, 0.99) * 1000)
+                    cell.messages += result.messages
+                    cell.errors += result.errors
+                    cell.detail = cell.detail or result.detail
+                cell.peak_rss = sampler.peak
+                self.cells.append(cell)
+                self.say(
+                    f"{contestant:24} {shape.name:17} {sessions:3} sessions: "
+                    f"p50 {cell.median(cell.p50_ms):6.2f} ms"
+                    f"  p99 {cell.median(cell.p99_ms):6.2f} ms"
+                    + (f"  ERRORS {cell.errors}: {cell.detail}" if cell.errors else "")
+                )
+        finally:
+            sampler.stop()
+
+    def measure_memory(self, server: servers.Server, contestant: str) -> None:
+        """RSS idle, then with N sessions open at once, each holding its next-hop connection after a
+        rejection: the cost of one more concurrent session."""
+        import asyncio
+
+        idle = procs.rss_bytes(server.root_pid)
+        payload = wire_bytes(self.messages["multipart-ja-20k", True])
+        n = self.profile.memory_sessions
+
+        async def hold() -> int:
+            opened = []
+            for i in range(n):
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                await load._reply(reader)
+                writer.write(b"EHLO bench.client\r\n")
+                await load._reply(reader)
+                writer.write(
+                    f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<m{i}.applicant@gmail.example>\r\nDATA\r\n".encode()
+                )
+                for _ in range(3):
+                    await load._reply(reader)
+                writer.write(payload)
+                await load._reply(reader)
+                opened.append(writer)
+            await asyncio.sleep(0.5)
+            rss = procs.rss_bytes(server.root_pid)
+            for writer in opened:
+                writer.write(b"QUIT\r\n")
+                writer.close()
+            return rss
+
+        loaded = asyncio.run(hold())
+        self.memory.append(Memory(contestant, idle, n, loaded))
+        self.say(f"{contestant}: idle {idle / 2**20:.1f} MiB, {n} open sessions {loaded / 2**20:.1f} MiB")
+
+    def run_soak(self, server: servers.Server) -> None:
+        seconds = self.args.soak if self.args.soak is not None else self.profile.soak
+        if seconds <= 0:
+            return
+        self.say(f"soak: mailrelay, rejection mail, 10 sessions, {seconds:.0f} s")
+        payload = wire_bytes(self.messages["multipart-ja-20k", True])
+        sampler = procs.RssSampler(server.root_pid, interval=1.0).start()
+        deadline = time.monotonic() + seconds
+        messages = 0
+        started = time.monotonic()
+        while time.monotonic() < deadline:
+            result = load.latency_run(server.port, payload, SENDER, 10, 500)
+            messages += result.messages
+        sampler.stop()
+        self.soak = Soak(time.monotonic() - started, messages, sampler.samples)
+
+    def run(self) -> None:
+        sink = servers.start_sink(self.workdir)
+        try:
+            self._contestants(sink.port)
+        finally:
+            sink.stop()
+        config = servers.mailrelay_config(self.workdir / "micro", servers.free_port(), sink.port)
+        self.say("micro-benchmarks")
+        self.micros = micro.run_all(config, self.messages, self.workdir, self.profile.micro_budget)
+        for m in self.micros:
+            self.say(f"{m.name}: {m.per_op_ms:.3f} ms {m.note}")
+
+    def _contestants(self, sink_port: int) -> None:
+        workers = self.args.workers
+        self.say(f"floor ({workers} worker processes)")
+        floor = servers.start_floor(self.workdir, sink_port, workers)
+        try:
+            self.throughput(floor, "floor", rejection=False)
+            self.latency(floor, "floor", rejection=False)
+            self.measure_memory(floor, "floor")
+        finally:
+            floor.stop()
+
+        self.say(f"mailrelay ({workers} worker processes)")
+        relay = servers.start_mailrelay(self.workdir, sink_port, workers, self.args.log_level)
+        try:
+            self.throughput(relay, "mailrelay (other mail)", rejection=False)
+            self.throughput(relay, "mailrelay (rejection)", rejection=True)
+            self.latency(relay, "mailrelay (other mail)", rejection=False)
+            self.latency(relay, "mailrelay (rejection)", rejection=True)
+            self.measure_memory(relay, "mailrelay")
+            self.run_soak(relay)
+        finally:
+            relay.stop()
+
+        why = servers.postfix_unavailable() if not self.args.no_postfix else "left out with --no-postfix"
+        if why is not None:
+            self.notes.append(f"Postfix: not measured, {why}.")
+            return
+        self.say("postfix")
+        try:
+            postfix = servers.start_postfix(self.workdir, sink_port)
+        except Exception as exc:
+            self.notes.append(f"Postfix: not measured, it did not start: {exc}")
+            return
+        try:
+            self.throughput(postfix, "postfix", rejection=False)
+            self.latency(postfix, "postfix", rejection=False)
+            self.measure_memory(postfix, "postfix")
+        finally:
+            postfix.stop()
+
+    def machine(self) -> dict[str, str]:
+        model = "unknown"
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        return {
+            "nproc": str(os.cpu_count()),
+            "cpu": model,
+            "python": platform.python_version(),
+            "kernel": platform.release(),
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="shorter runs, no soak (about 2 minutes)")
+    mode.add_argument("--smoke", action="store_true", help="a few messages through each contestant (CI)")
+    parser.add_argument("--runs", type=int, default=None, help="counted runs per cell (default 3)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes of floor and mailrelay (default: nproc)",
+    )
+    parser.add_argument(
+        "--soak", type=float, default=None, metavar="SECONDS", help="RSS soak length (default 30)"
+    )
+    parser.add_argument("--no-postfix", action="store_true", help="leave Postfix out")
+    parser.add_argument(
+        "--log-level", default="INFO", help="mailrelay's log level (default INFO, as shipped)"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="report file (default bench/RESULTS.md)")
+    args = parser.parse_args(argv)
+    profile = PROFILES["smoke" if args.smoke else "quick" if args.quick else "default"]
+    if args.runs is not None:
+        profile.runs = args.runs
+    out = args.out or (None if args.smoke else Path(__file__).resolve().parent / "RESULTS.md")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="mailrelay-bench-") as tmp:
+        bench = Bench(args, profile, Path(tmp))
+        bench.run()
+        elapsed = time.monotonic() - started
+        command = "python -m bench" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
+        text = report.render(bench, command, elapsed)
+        errors = sum(c.errors for c in bench.cells)
+        if out is not None:
+            out.write_text(text)
+            out.with_suffix(".json").write_text(
+                json.dumps(
+                    {
+                        "machine": bench.machine(),
+                        "command": command,
+                        "cells": [asdict(c) for c in bench.cells],
+                        "memory": [asdict(m) for m in bench.memory],
+                        "micro": [asdict(m) for m in bench.micros],
+                    },
+                    indent=1,
+                    ensure_ascii=False,
+                )
+            )
+            bench.say(f"wrote {out} in {elapsed:.0f} s")
+        else:
+            print(text)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

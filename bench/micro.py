@@ -1,0 +1,139 @@
+"""Micro-benchmarks of the stages, in this process: detection, parse+decorate, DKIM signing, event recording,
+and the whole planning step (what runs in the worker thread per message)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import statistics
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.messages import SENDER, wire_bytes
+
+
+@dataclass
+class Micro:
+    name: str
+    per_op_ms: float = 0.0  # median over batches
+    spread_ms: tuple[float, float] = (0.0, 0.0)  # min and max of the batch medians
+    note: str = ""
+
+
+def _time(fn: Callable[[], object], budget: float, batches: int = 5) -> tuple[float, float, float]:
+    """ms per call: median, min and max over `batches` batches, each about budget/batches seconds long."""
+    fn()  # warm: caches, lazy imports
+    started = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - started, 1e-6)
+    per_batch = max(1, int(budget / batches / once))
+    results = []
+    for _ in range(batches):
+        started = time.perf_counter()
+        for _ in range(per_batch):
+            fn()
+        results.append((time.perf_counter() - started) / per_batch * 1000)
+    return statistics.median(results), min(results), max(results)
+
+
+def _run(name: str, fn: Callable[[], Callable[[], object]], budget: float) -> Micro:
+    try:
+        call = fn()
+        median, low, high = _time(call, budget)
+    except NotImplementedError:
+        return Micro(name, note="not available: the module is still a stub")
+    except Exception as exc:
+        traceback.print_exc()
+        return Micro(name, note=f"failed: {type(exc).__name__}: {exc}")
+    return Micro(name, median, (low, high))
+
+
+def run_all(
+    config: Path, messages: dict[tuple[str, bool], Path], workdir: Path, budget: float
+) -> list[Micro]:
+    from mailrelay.config import load_settings
+    from mailrelay.detection import DetectionInput
+    from mailrelay.message import Footer, Limits, parse
+
+    settings = load_settings(config)
+    tenant = settings.tenants[0]
+    raw5 = wire_bytes(messages["plain-5k", True])[:-3]
+    raw20 = wire_bytes(messages["multipart-ja-20k", True])[:-3]
+    footer = Footer(
+        text="\n――――\nExampleより転職支援サービスのご案内です。\nhttps://careerrelay.jp/r/x\n",
+        html='<p>ご案内 <a href="https://careerrelay.jp/r/x">https://careerrelay.jp/r/x</a></p>',
+    )
+    out: list[Micro] = []
+
+    def detection() -> Callable[[], object]:
+        from mailrelay.app import load_ruleset
+
+        rules = load_ruleset(settings)
+        parsed = parse(raw5, Limits())
+        text = parsed.text()
+        item = DetectionInput(text.subject, text.plain, text.html, parsed.header_values, SENDER, tenant.id)
+        if not rules.evaluate(item).rejection:
+            raise RuntimeError("the 5 KB rejection does not match the rules")
+        return lambda: rules.evaluate(item)
+
+    out.append(_run("detection: rules over a 5 KB message (text already extracted)", detection, budget))
+
+    def extract() -> Callable[[], object]:
+        return lambda: parse(raw5, Limits()).text()
+
+    out.append(_run("parse + text extraction, 5 KB plain", extract, budget))
+
+    for shape in ("plain-5k", "multipart-ja-20k", "attachment-50k"):
+        raw = wire_bytes(messages[shape, True])[:-3]
+
+        def decorate(raw: bytes = raw) -> Callable[[], object]:
+            return lambda: parse(raw, Limits()).decorate(footer)
+
+        out.append(_run(f"decoration: parse + decorate, {shape}", decorate, budget))
+
+    def signing() -> Callable[[], object]:
+        from mailrelay.signing import DkimSigner
+
+        signer = DkimSigner(settings.tenants, str(config))
+        return lambda: signer.sign(raw20, tenant, "example.co.jp")
+
+    out.append(_run("DKIM signing: RSA-2048, 20 KB message", signing, budget))
+
+    def plan() -> Callable[[], object]:
+        from mailrelay.cli import _offline_relay
+        from mailrelay.relay import Transaction
+
+        relay = _offline_relay(settings)
+
+        def once() -> object:
+            txn = Transaction("BENCH", SENDER, [], ["applicant@gmail.example"], raw20)
+            result = relay.plan(txn, lambda _reason: None)
+            if result.decision != "decorated":
+                raise RuntimeError(f"not decorated: {result.decision}")
+            return result
+
+        return once
+
+    out.append(_run("whole plan (parse → detect → decorate → sign), 20 KB, 1 applicant", plan, budget))
+
+    def record() -> Callable[[], object]:
+        from mailrelay.store import CopyRecord, EventStore, ReferralFields
+
+        db = workdir / "micro-events.db"
+        store = EventStore(f"sqlite:///{db}")
+        store.create_schema()
+        loop = asyncio.new_event_loop()
+
+        def once() -> object:
+            token = secrets.token_urlsafe(16)
+            fields = ReferralFields("example", token, "ja-rejection", f"<{token}@bench>", None)
+            records = [CopyRecord(secrets.token_hex(32), secrets.token_hex(32), "250 2.0.0 Ok", fields)]
+            return loop.run_until_complete(store.record(records, mark_delivered=False))
+
+        return once
+
+    out.append(_run("event recording: EventStore.record, SQLite (WAL, synchronous=FULL)", record, budget))
+    return out

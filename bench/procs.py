@@ -1,0 +1,84 @@
+"""CPU and memory of a server and all its processes, read from /proc (Linux only)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces: the fields after it start past the last ')'.
+    return text[text.rfind(")") + 2 :].split()
+
+
+def tree(root: int) -> list[int]:
+    """root and every process descended from it."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def cpu_seconds(root: int) -> float:
+    """utime+stime of every live process in the tree, plus cutime+cstime (children already reaped: Postfix's
+    short-lived smtpd and cleanup), so a delta over a run counts every process that worked in it."""
+    total = 0
+    for pid in tree(root):
+        fields = _stat(pid)
+        if fields is not None:
+            # After the ')' : state ppid ... utime is field 14 of stat, i.e. index 11 here.
+            total += sum(int(x) for x in fields[11:15])
+    return total / _TICK
+
+
+def rss_bytes(root: int) -> int:
+    total = 0
+    for pid in tree(root):
+        with contextlib.suppress(OSError, IndexError):  # the process may exit between the two reads
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+    return total
+
+
+class RssSampler:
+    """Samples the tree's summed RSS in a thread; `peak` is the largest sum seen since the last reset."""
+
+    def __init__(self, root: int, interval: float = 0.1) -> None:
+        self.root = root
+        self.interval = interval
+        self.peak = 0
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss = rss_bytes(self.root)
+            self.peak = max(self.peak, rss)
+            self.samples.append((time.monotonic(), rss))
+            self._stop.wait(self.interval)
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -30,7 +30,7 @@ max_recipients = {max_recipients}
 [next_hop]
 host = "127.0.0.1"
 port = {next_hop_port}
-starttls = "off"
+starttls = "{starttls}"
 timeout = {timeout}
 transaction_timeout = {transaction_timeout}
 directory = "{directory}"
@@ -115,6 +115,7 @@ def make_settings(tmp_path: Path, keys: KeyPairs) -> SettingsFactory:
         store_recipient: str = "hash",
         ed25519: bool = False,
         rules: str = str(REPO / "rules" / "*.toml"),
+        starttls: str = "off",
     ) -> Settings:
         text = CONFIG_TEMPLATE.format(
             state_dir=tmp_path / "var",
@@ -128,6 +129,7 @@ def make_settings(tmp_path: Path, keys: KeyPairs) -> SettingsFactory:
             time_budget=time_budget,
             rules=rules,
             store_recipient=store_recipient,
+            starttls=starttls,
             rsa_key=keys.rsa_key,
             ed25519=ED25519_BLOCK.format(ed_key=keys.ed_key) if ed25519 else "",
         )

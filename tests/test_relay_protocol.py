@@ -1,0 +1,108 @@
+"""Issue 2 §1, §4, §5, §8: what the relay offers, requires and exposes around the core path."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import aiohttp
+import aiosmtplib
+import dkim
+import pytest
+
+from conftest import KeyPairs, SettingsFactory
+from mailrelay.app import start_metrics_server
+from mailrelay.cli import main
+from support.dkim import verify_dkim
+from support.sinks import RecordingSink, send_raw_smtp
+
+E2E = Path(__file__).resolve().parent / "e2e"
+REJECTION = (E2E / "rejection_en.eml").read_bytes()
+
+
+async def test_ehlo_offers_size_8bitmime_pipelining_and_smtputf8(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port))
+        replies = await send_raw_smtp(relay.host, relay.port, [b"EHLO client.test\r\n", b"QUIT\r\n"])
+    ehlo = b"\n".join(replies).decode()
+    for keyword in ("SIZE 33554432", "8BITMIME", "PIPELINING", "SMTPUTF8"):
+        assert f"250-{keyword}" in ehlo or f"250 {keyword}" in ehlo, ehlo
+
+
+async def test_required_starttls_toward_a_next_hop_without_it_is_451_never_plaintext(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port, starttls="required"))
+        with pytest.raises(aiosmtplib.SMTPSenderRefused) as info:
+            await relay.send("recruit@acme.co.jp", ["applicant@gmail.example"], REJECTION)
+    assert info.value.code == 451
+    assert sink.events == []  # not even MAIL FROM went out in plaintext
+
+
+async def test_metrics_endpoint_counts_received_decorated_and_events(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port))
+        await relay.send("recruit@acme.co.jp", ["applicant@gmail.example"], REJECTION)
+        await relay.send(
+            "recruit@acme.co.jp", ["applicant@gmail.example"], (E2E / "offer_ja.eml").read_bytes()
+        )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runner = await start_metrics_server(relay.components.metrics, "127.0.0.1", port)
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as response:
+            assert response.status == 200
+            text = await response.text()
+    finally:
+        await runner.cleanup()
+    assert "mailrelay_messages_received_total 2.0" in text
+    assert "mailrelay_copies_decorated_total 1.0" in text
+    assert 'mailrelay_messages_passed_through_total{reason="not_rejection"} 1.0' in text
+    assert 'mailrelay_referral_events_total{tenant="acme"} 1.0' in text
+    assert 'mailrelay_dkim_signatures_total{algorithm="rsa-sha256",result="signed"} 1.0' in text
+    assert 'mailrelay_next_hop_replies_total{class="2xx"} 2.0' in text
+    assert "mailrelay_processing_duration_seconds_count 2.0" in text
+    # Labels come from closed sets: no address, token or message id ever appears.
+    assert "@" not in text
+
+
+async def test_the_senders_own_broken_dkim_signature_is_removed_and_ours_verifies(
+    start_relay, make_settings: SettingsFactory, keys: KeyPairs, tmp_path: Path
+) -> None:
+    from mailrelay.signing import make_key_pair
+
+    hr_txt = make_key_pair(tmp_path / "hr.key", "rsa-sha256")
+    hr_key = (tmp_path / "hr.key").read_bytes()
+    original = (
+        dkim.sign(REJECTION, b"hr", b"acme.co.jp", hr_key, include_headers=[b"from", b"subject"]) + REJECTION
+    )
+    other = dkim.sign(original, b"esp", b"esp.example", hr_key, include_headers=[b"from"])
+    original = other + original
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port))
+        await relay.send("recruit@acme.co.jp", ["applicant@gmail.example"], original)
+    delivered = sink.messages[0].content
+    assert b"s=hr;" not in delivered.replace(b"\r\n ", b" ")  # the company's old, now broken signature
+    assert other in delivered  # someone else's signature is left as it came
+    dns = {**keys.dns(), "hr._domainkey.acme.co.jp": hr_txt}
+    result = verify_dkim(delivered, dns, require_domain="acme.co.jp")
+    assert any(s["domain"] == "acme.co.jp" and s["result"] == "pass" for s in result.signatures), result
+
+
+def test_a_broken_rule_file_stops_the_daemon_with_exit_2(
+    make_settings: SettingsFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "bad.toml").write_text('[[rule]]\nid = "x"\nmode = "loud"\n', encoding="utf-8")
+    settings = make_settings(rules=str(rules / "*.toml"))
+    assert main(["serve", "--config", str(settings.source)]) == 2
+    assert main(["check", "--config", str(settings.source), str(E2E / "rejection_en.eml")]) == 2
+    err = capsys.readouterr().err
+    assert f"{rules / 'bad.toml'} › x › " in err

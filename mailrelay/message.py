@@ -383,6 +383,7 @@ def _decode_cte(data: bytes, cte: str, strict: bool) -> bytes:
 # ---------------------------------------------------------------------------------------------------------
 # Headers (RFC 5322 §2.2, RFC 2047).
 
+_B64_WORD = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 _ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 
 
@@ -412,6 +413,8 @@ def decode_header_value(value: bytes) -> str:
     run_charset = b""
     run: list[bytes] = []
     for m in _ENCODED_WORD.finditer(value):
+        if m.group(2) in b"bB" and not _B64_WORD.fullmatch(m.group(3)):
+            continue  # not a valid encoded word: shown as the text it is (RFC 2047 §6.3)
         gap = value[pos : m.start()]
         if run and gap.strip(b" \t\r\n") == b"" and m.group(1).lower() == run_charset:
             pass

@@ -1,0 +1,181 @@
+"""Unit tests: the QP/base64 encoders, the ISO-2022-JP decoder, header decoding and header removal."""
+
+from __future__ import annotations
+
+import quopri
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from messages.checks import FOOTER, LINK
+
+from mailrelay.charsets import ascii_mode_view, decode_iso2022jp, ends_in_ascii, lookup
+from mailrelay.message import (
+    b64_encode,
+    decode_header_value,
+    html_insert_position,
+    parse,
+    prepend_headers,
+    qp_decode,
+    qp_encode,
+    remove_header_fields,
+)
+
+lines = st.lists(st.binary(max_size=300).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")), max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines, st.booleans())
+def test_qp_roundtrip_and_rfc2045_rules(parts: list[bytes], final: bool) -> None:
+    data = b"\r\n".join(parts) + (b"\r\n" if final and parts else b"")
+    encoded = qp_encode(data, b"\r\n")
+    assert encoded.isascii()
+    for line in encoded.split(b"\r\n"):
+        assert len(line) <= 76  # RFC 2045 §6.7 rule 5
+        assert not line.endswith((b" ", b"\t"))  # rule 3
+    assert qp_decode(encoded, strict=True) == data
+    assert quopri.decodestring(encoded) == data  # an independent decoder agrees
+
+
+def test_qp_never_splits_an_escape() -> None:
+    encoded = qp_encode("あ".encode() * 100, b"\r\n")
+    for line in encoded.split(b"\r\n"):
+        body = line.removesuffix(b"=")
+        assert len(body) % 3 == 0 and body.count(b"=") == len(body) // 3
+
+
+def test_qp_soft_break_in_utf8_sequence_decodes() -> None:
+    assert qp_decode(b"=E3=81=\r\n=8A\r\n", strict=True).decode() == "お\r\n"
+
+
+def test_b64_lines() -> None:
+    out = b64_encode(bytes(500), b"\r\n", True)
+    assert out.endswith(b"\r\n") and all(len(x) <= 76 for x in out.split(b"\r\n"))
+
+
+def sjis_to_jis(data: bytes) -> bytes:
+    s1, s2 = data
+    j1 = (s1 - (0x70 if s1 < 0xA0 else 0xB0)) * 2 - 1
+    if s2 >= 0x9F:
+        return bytes((j1 + 1, s2 - 0x7E))
+    return bytes((j1, s2 - 0x1F - (1 if s2 > 0x7F else 0)))
+
+
+def test_cp50220_chars_decode() -> None:
+    for ch in "①⑳㈱№髙﨑":
+        data = b"x\x1b$B" + sjis_to_jis(ch.encode("cp932")) + b"\x1b(B"
+        assert decode_iso2022jp(data) == "x" + ch
+
+
+def test_half_width_kana_both_ways() -> None:
+    assert decode_iso2022jp(b"\x1b(I\x31\x32\x1b(B!") == "ｱｲ!"
+    assert decode_iso2022jp(b"a\x0e\x31\x32\x0fb") == "aｱｲb"
+
+
+jis_text = st.text(
+    alphabet=st.sampled_from("あいうアイウ漢字選考結果〜―ー、。「」abc XYZ 123\r\n"), max_size=60
+).filter(lambda t: "\r" not in t.replace("\r\n", ""))
+
+
+@settings(max_examples=200, deadline=None)
+@given(jis_text)
+def test_iso2022jp_matches_python_on_standard_text(text: str) -> None:
+    data = text.encode("iso2022_jp")
+    assert decode_iso2022jp(data) == data.decode("iso2022_jp")
+    assert ends_in_ascii(data)
+    assert len(ascii_mode_view(data)) == len(data)
+
+
+def test_iso2022jp_strictness() -> None:
+    cs = lookup("ISO-2022-JP")
+    assert cs is not None
+    for bad in (b"\x1b$B\x30", b"\xa4\xa2", b"\x1b$(Q!!", b"\x1b$B\x7f\x7f\x1b(B"):
+        try:
+            cs.decode(bad, "strict")
+        except ValueError:
+            pass
+        else:
+            raise AssertionError(bad)
+        cs.decode(bad, "replace")
+
+
+def test_ends_in_jis_mode() -> None:
+    assert not ends_in_ascii(b'\x1b$B$"')
+    assert ends_in_ascii(b'\x1b$B$"\x1b(J')
+
+
+def test_header_decoding() -> None:
+    folded = (
+        b" =?ISO-2022-JP?B?GyRCQSo5TTdrMkwkTiQ0TyJNbRsoQg==?=\r\n =?ISO-2022-JP?B?GyRCIUo9RU1XIUsbKEI=?=\r\n"
+    )
+    assert decode_header_value(folded) == "選考結果のご連絡（重要）"
+    # A multibyte character split across two encoded words (RFC 2047 §5 forbids it; mailers do it).
+    split = "=?UTF-8?B?" + "44GK".rstrip() + "?= =?UTF-8?Q?=E7=A5?= =?UTF-8?Q?=88?="
+    assert decode_header_value(split.encode()) == "お祈"
+    assert decode_header_value(b"=?bogus?B?@@@?= plain =?utf-8?Q?caf=C3=A9?=") == "=?bogus?B?@@@?= plain café"
+    assert decode_header_value(b"=?x-unknown?B?QUJD?=") == "ABC"
+    assert decode_header_value(b"=?utf-8?B?!!!?=")  # never raises
+    assert decode_header_value("Résumé".encode()) == "Résumé"  # RFC 6532 raw UTF-8
+
+
+def test_header_values_top_level_only() -> None:
+    raw = (
+        b"Subject: =?UTF-8?B?6YG46ICD57WQ5p6c?=\r\nX-A: 1\r\nX-A: 2\r\n"
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        b"--b\r\nX-A: inner\r\n\r\nx\r\n--b--\r\n"
+    )
+    m = parse(raw)
+    assert m.header_values("subject") == ["選考結果"]
+    assert m.header_values("X-A") == ["1", "2"]
+    assert m.header_values("missing") == []
+
+
+def test_remove_header_fields_keeps_every_other_byte() -> None:
+    raw = (
+        b"Received: from x\r\n\tby y\r\n"
+        b"DKIM-Signature: v=1; a=rsa-sha256; d=acme.co.jp;\r\n\tb=abc\r\n def\r\n"
+        b"DKIM-Signature: v=1; d=other.example; b=x\r\n"
+        b"Subject: hi\r\n\r\nDKIM-Signature: in the body\r\n"
+    )
+    seen: list[tuple[bytes, bytes]] = []
+
+    def drop(name: bytes, value: bytes) -> bool:
+        seen.append((name, value))
+        return name == b"dkim-signature" and b"acme.co.jp" in value
+
+    out = remove_header_fields(raw, drop)
+    assert out == (
+        b"Received: from x\r\n\tby y\r\nDKIM-Signature: v=1; d=other.example; b=x\r\n"
+        b"Subject: hi\r\n\r\nDKIM-Signature: in the body\r\n"
+    )
+    assert seen[1] == (b"dkim-signature", b" v=1; a=rsa-sha256; d=acme.co.jp;\r\n\tb=abc\r\n def")
+    assert len(seen) == 4
+
+
+def test_prepend_headers() -> None:
+    assert prepend_headers(b"A: 1\r\n\r\nx", [b"B: 2\r\n"]) == b"B: 2\r\nA: 1\r\n\r\nx"
+
+
+def test_html_position_rules() -> None:
+    assert html_insert_position(b"<html><body>x</body></html>") == 13
+    assert html_insert_position(b"<body>x</BODY\n  data-x=1 ></html>") == 7
+    assert html_insert_position(b"<p>x</p></html>\n") == 8
+    assert html_insert_position(b"<p>x</p>") == 8
+    assert html_insert_position(b"<body>x<!-- </body> -->") == len(b"<body>x<!-- </body> -->")
+    assert html_insert_position(b"<body>x</body><script>'</body>'</script>") == 7
+
+
+def test_bare_lf_input_is_handled_and_stays_lf() -> None:
+    raw = (
+        b"From: a@acme.co.jp\nSubject: x\nContent-Type: text/plain; charset=utf-8\n"
+        b"Content-Transfer-Encoding: 8bit\n\n" + "今後のご活躍をお祈り申し上げます。\n".encode()
+    )
+    out = parse(raw).decorate(FOOTER)
+    assert out.startswith(raw) and b"\r" not in out
+    assert out.decode().endswith(LINK + "\n")
+
+
+def test_decoration_is_deterministic_and_does_not_mutate() -> None:
+    raw = b"Subject: x\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>we have decided</p>\r\n"
+    m = parse(raw)
+    assert m.decorate(FOOTER) == m.decorate(FOOTER)
+    assert m.raw == raw

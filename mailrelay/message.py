@@ -502,6 +502,7 @@ class ParsedMessage:
         self._headers: dict[str, list[str]] | None = None
         self._targets: tuple[int, int] | None = None
         self._text: MessageText | None = None
+        self._protected: str | None = None
 
     # -- headers ------------------------------------------------------------------------------------------
 
@@ -521,11 +522,9 @@ class ParsedMessage:
     def protected(self) -> str | None:
         """ "signed" or "encrypted" if any part is multipart/signed, multipart/encrypted or
         application/pkcs7-mime (at any depth), else None."""
-        for p in self.parts:
-            kind = _protection(p)
-            if kind:
-                return kind
-        return None
+        if self._protected is None:
+            self._protected = next((k for k in map(_protection, self.parts) if k), "")
+        return self._protected or None
 
     def _skipped(self, p: Part) -> bool:
         # Attachments, forwarded messages (RFC 2046 §5.2.1) and protected subtrees are never body.
@@ -600,10 +599,11 @@ class ParsedMessage:
         p = self.parts[index]
         try:
             data = _decode_cte(self.raw[p.body_start : p.end], p.cte, strict=False)
-        except (binascii.Error, ValueError):
+            cs = self._charset(p, data) or UTF8
+            return cs.decode(data, "replace")
+        except (binascii.Error, ValueError, LookupError):
+            # Detection is best effort: an undecodable body reads as empty, never as an exception.
             return ""
-        cs = self._charset(p, data) or UTF8
-        return cs.decode(data, "replace")
 
     def _charset(self, p: Part, data: bytes) -> Charset | None:
         label = p.params.get("charset", "").strip()
@@ -692,6 +692,15 @@ class ParsedMessage:
             if over_long or (cte != "8bit" and cte != "binary" and not new.isascii()):
                 data = qp_encode(new, self.eol)
                 edits.append(self._cte_edit(p, "quoted-printable"))
+        # A body line that reads as an enclosing delimiter would cut the tree (RFC 2046 §5.1.1); the
+        # footer comes from configuration, so refuse rather than pick a new boundary.
+        a = p.parent
+        while a >= 0:
+            delim = b"--" + self.parts[a].params.get("boundary", "").encode("ascii", "replace")
+            line = re.compile(rb"(?:^|\n)" + re.escape(delim) + rb"(?:--)?[ \t]*(?:\r?\n|\Z)")
+            if line.search(data):
+                raise NotDecoratable("malformed", "footer would read as a MIME boundary")
+            a = self.parts[a].parent
         edits.append(_Edit(p.body_start, p.end, data))
         return edits
 

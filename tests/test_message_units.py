@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import quopri
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from messages.checks import FOOTER, LINK
+from messages.checks import FOOTER, LINK, check_decorated
 
 from mailrelay.charsets import ascii_mode_view, decode_iso2022jp, ends_in_ascii, lookup
 from mailrelay.message import (
+    Footer,
+    NotDecoratable,
     b64_encode,
     decode_header_value,
     html_insert_position,
@@ -179,3 +182,15 @@ def test_decoration_is_deterministic_and_does_not_mutate() -> None:
     m = parse(raw)
     assert m.decorate(FOOTER) == m.decorate(FOOTER)
     assert m.raw == raw
+
+
+def test_footer_that_would_read_as_a_boundary_is_refused() -> None:
+    raw = (
+        b'Subject: x\r\nContent-Type: multipart/mixed; boundary="zz"\r\n\r\n--zz\r\n'
+        b"Content-Type: text/plain; charset=us-ascii\r\n\r\nhello\r\n--zz--\r\n"
+    )
+    m = parse(raw)
+    with pytest.raises(NotDecoratable) as info:
+        m.decorate(Footer(text="--zz--\n" + LINK, html=""))
+    assert info.value.reason == "malformed"
+    check_decorated(raw, m.decorate(FOOTER))

@@ -1,4 +1,4 @@
-"""The MIME hard cases (research report §4), one fixture each: what we change is correct, the rest is identical."""
+"""The MIME hard cases (research report §4), one fixture each: changed parts correct, the rest identical."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_fixture_is_crlf(name: str) -> None:
 
 
 def test_both_alternatives_get_the_footer_in_their_own_charset() -> None:
-    raw, out, m = decorate("alt_iso2022_text_utf8_b64_html.eml")
+    _raw, out, m = decorate("alt_iso2022_text_utf8_b64_html.eml")
     plain, html = m.targets()
     assert m.parts[plain].cte == "7bit" and m.parts[html].cte == "base64"
     body = out[m.parts[plain].body_start : m.parts[plain].end]
@@ -105,7 +105,7 @@ def test_half_width_kana_kept_and_footer_after_ascii_reset() -> None:
 
 
 def test_body_ending_in_jis_mode_is_reset_to_ascii_before_footer() -> None:
-    raw, out, m = decorate("iso2022_ends_in_jis_mode.eml")
+    raw, out, _m = decorate("iso2022_ends_in_jis_mode.eml")
     added = out[len(raw) :]
     assert added.startswith(b"\x1b(B\r\n\r\n")
     assert out.decode("iso2022_jp").endswith(LINK + "\r\n")
@@ -137,18 +137,18 @@ def test_sjis_8bit_trail_bytes_untouched_and_footer_in_shift_jis() -> None:
 
 
 def test_sjis_base64_reencoded_at_76() -> None:
-    raw, out, m = decorate("rejection_ja_sjis_base64.eml")
+    _raw, out, m = decorate("rejection_ja_sjis_base64.eml")
     body = out[m.parts[0].body_start :]
     assert all(len(line) == 76 for line in body.split(b"\r\n")[:-2])
 
 
 def test_qp_soft_break_inside_utf8_char() -> None:
-    raw, out, m = decorate("qp_utf8_softbreak_in_char.eml")
+    _raw, out, m = decorate("qp_utf8_softbreak_in_char.eml")
     assert "今後のご活躍をお祈り申し上げます。" in target_text(m, out, "plain")
 
 
 def test_declared_7bit_with_8bit_bytes_becomes_quoted_printable() -> None:
-    raw, out, m = decorate("declared_7bit_has_8bit.eml")
+    _raw, out, m = decorate("declared_7bit_has_8bit.eml")
     assert m.parts[0].cte == "quoted-printable"
     assert b"Content-Transfer-Encoding: quoted-printable\r\n" in out
     assert b"Content-Transfer-Encoding: 7bit" not in out
@@ -158,12 +158,12 @@ def test_declared_7bit_with_8bit_bytes_becomes_quoted_printable() -> None:
 def test_no_charset_jis_escapes_read_as_iso2022jp() -> None:
     raw = load("no_charset_jis_escapes.eml")
     assert "採用を見送らせていただく" in parse(raw).text().plain
-    raw, out, m = decorate("no_charset_jis_escapes.eml")
+    raw, out, _m = decorate("no_charset_jis_escapes.eml")
     assert out.startswith(raw) and out[len(raw) :].isascii()
 
 
 def test_flowed_parameters_kept_and_footer_is_its_own_paragraph() -> None:
-    raw, out, m = decorate("flowed_delsp.eml", Footer(text="Refer a friend:  \n" + LINK, html=""))
+    raw, out, _m = decorate("flowed_delsp.eml", Footer(text="Refer a friend:  \n" + LINK, html=""))
     assert b"format=flowed; delsp=yes" in out
     added = out[len(raw) :]
     assert added.startswith(b"\r\n")  # the empty line ends the last flowed paragraph (RFC 3676 §4.2)
@@ -171,7 +171,7 @@ def test_flowed_parameters_kept_and_footer_is_its_own_paragraph() -> None:
 
 
 def test_html_footer_before_last_real_body_tag() -> None:
-    raw, out, m = decorate("html_quoted_earlier_body.eml")
+    _raw, out, m = decorate("html_quoted_earlier_body.eml")
     text = target_text(m, out, "html")
     footer_at = text.index("mr-footer")
     assert text.index("<p>Acme Talent</p>") < footer_at < text.rindex("</body>")
@@ -179,43 +179,43 @@ def test_html_footer_before_last_real_body_tag() -> None:
 
 
 def test_html_qp_split_body_tag() -> None:
-    raw, out, m = decorate("qp_html_body_split.eml")
+    _raw, out, m = decorate("qp_html_body_split.eml")
     text = target_text(m, out, "html")
     assert text.index("mr-footer") < text.rindex("</body>")
     assert "</p>\r\n</body>\r\n</html>" in text
 
 
 def test_html_upper_case_body_tag_with_space() -> None:
-    raw, out, m = decorate("html_upper_body_tag.eml")
+    _raw, out, m = decorate("html_upper_body_tag.eml")
     text = target_text(m, out, "html")
     assert text.index("mr-footer") < text.index("</BODY >")
 
 
 def test_html_without_body_goes_before_html_close() -> None:
-    raw, out, m = decorate("html_no_body_tag.eml")
+    _raw, out, m = decorate("html_no_body_tag.eml")
     text = target_text(m, out, "html")
     assert text.index("mr-footer") < text.rindex("</html>")
     assert text.rstrip().endswith("</html>")
 
 
 def test_html_fragment_footer_at_end() -> None:
-    raw, out, m = decorate("html_fragment_no_tags.eml")
+    _raw, out, m = decorate("html_fragment_no_tags.eml")
     assert target_text(m, out, "html").rstrip().endswith("</p>")
 
 
 def test_html_us_ascii_gets_character_references() -> None:
-    raw, out, m = decorate("html_upper_body_tag.eml")
+    _raw, out, _m = decorate("html_upper_body_tag.eml")
     assert b"&#12372;" in out  # ご
 
 
 def test_meta_charset_mismatch_encodes_per_mime_and_adds_no_meta() -> None:
-    raw, out, m = decorate("html_meta_charset_mismatch.eml")
+    _raw, out, m = decorate("html_meta_charset_mismatch.eml")
     text = target_text(m, out, "html")
     assert text.count("<meta") == 1 and "ご友人に" in text
 
 
 def test_attachments_and_preamble_identical() -> None:
-    raw, out, m = decorate("mixed_pdf_xlsx.eml")
+    _raw, out, m = decorate("mixed_pdf_xlsx.eml")
     assert b"This is a multi-part message in MIME format.\r\n" in out
     for p in m.parts:
         if p.maintype == "application":
@@ -223,50 +223,50 @@ def test_attachments_and_preamble_identical() -> None:
 
 
 def test_text_attachment_first_is_not_decorated() -> None:
-    raw, out, m = decorate("text_attachment_first.eml")
+    _raw, out, m = decorate("text_attachment_first.eml")
     att = m.parts[1]
     assert att.attachment and LINK.encode() not in out[att.start : att.end]
     assert m.targets() == (2, -1)
 
 
 def test_related_html_and_cid_image() -> None:
-    raw, out, m = decorate("mixed_alt_related_cid.eml")
-    plain, html = m.targets()
+    _raw, out, m = decorate("mixed_alt_related_cid.eml")
+    _plain, html = m.targets()
     assert m.parts[m.parts[html].parent].content_type == "multipart/related"
     assert out.rstrip().endswith(b"--mix-3--")
     assert "ご友人に" in target_text(m, out, "plain")
 
 
 def test_forwarded_message_is_not_decorated() -> None:
-    raw, out, m = decorate("forwarded_rfc822_rejection.eml")
+    _raw, out, m = decorate("forwarded_rfc822_rejection.eml")
     inner = next(p for p in m.parts if p.content_type == "message/rfc822")
     assert LINK.encode() not in out[inner.start : inner.end]
 
 
 def test_calendar_is_never_decorated() -> None:
-    raw, out, m = decorate("calendar_invite.eml")
+    _raw, out, m = decorate("calendar_invite.eml")
     cal = next(p for p in m.parts if p.content_type == "text/calendar")
     assert LINK.encode() not in out[cal.start : cal.end]
 
 
 def test_boundary_like_lines_preamble_epilogue_kept() -> None:
-    raw, out, m = decorate("preamble_epilogue_boundary_like.eml")
+    _raw, out, m = decorate("preamble_epilogue_boundary_like.eml")
     assert out.endswith(b"epilogue text\r\n--b-1\r\n")
     assert b"--b-1x is not a delimiter" in out
     assert len(m.parts) == 3
 
 
 def test_us_ascii_text_is_relabelled_utf8_for_a_japanese_footer() -> None:
-    raw, out, m = decorate("rejection_en.eml")
+    _raw, out, m = decorate("rejection_en.eml")
     assert b"Content-Type: text/plain; charset=utf-8\r\n" in out
     assert "ご友人に" in target_text(m, out, "plain")
-    raw, out, m = decorate("rejection_en_ascii_no_charset.eml")
+    _raw, out, m = decorate("rejection_en_ascii_no_charset.eml")
     assert b"Content-Type: text/plain; charset=utf-8\r\n" in out
 
 
 def test_ascii_footer_keeps_us_ascii_and_7bit() -> None:
     footer = Footer(text="Refer a friend: " + LINK, html="")
-    raw, out, m = decorate("rejection_en.eml", footer)
+    raw, out, _m = decorate("rejection_en.eml", footer)
     assert out.startswith(raw) and out[len(raw) :] == b"\r\nRefer a friend: " + LINK.encode() + b"\r\n"
 
 

@@ -17,6 +17,8 @@ _CJK = (
     "\uff01-\uff60"  # full-width forms that survive NFKC
 )
 _CJK_GAP = re.compile(f"(?<=[{_CJK}])\\s+(?=[{_CJK}])")
+# Typographic quotes and dashes that NFKC keeps: "won’t" must match a rule written as "won't".
+_FOLD = str.maketrans({"‘": "'", "’": "'", "‚": "'", "′": "'", "“": '"', "”": '"', "‐": "-", "‑": "-"})
 _SPACES = re.compile(r"\s+")
 # Invisible characters that split a phrase without being seen: zero-width space/joiners, word joiner, BOM,
 # soft hyphen; C0 controls other than whitespace (NUL is also our subject/body separator).
@@ -43,10 +45,10 @@ _QUOTED_LINE = re.compile(r"^[ \t]*[>＞|｜].*$\n?", re.MULTILINE)
 
 
 def normalise(text: str) -> str:
-    """NFKC (full/half width folded), case-folded, invisible characters dropped, whitespace between CJK
-    characters removed and every other whitespace run collapsed to one space."""
+    """NFKC (full/half width folded), case-folded, typographic quotes folded, invisible characters dropped,
+    whitespace between CJK characters removed and every other whitespace run collapsed to one space."""
     text = unicodedata.normalize("NFKC", text)
-    text = _INVISIBLE.sub("", text).casefold()
+    text = _INVISIBLE.sub("", text).translate(_FOLD).casefold()
     text = _CJK_GAP.sub("", text)
     return _SPACES.sub(" ", text).strip()
 

@@ -168,6 +168,39 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_version(_args: argparse.Namespace) -> int:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = [f"Python {sys.version.split()[0]}"]
+    for dist in ("aiosmtpd", "aiosmtplib", "dkimpy", "SQLAlchemy", "prometheus-client"):
+        try:
+            parts.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist} missing")
+    print(f"mailrelay {__version__} ({', '.join(parts)})")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from mailrelay.checks import check_config
+
+    return check_config(args.config or default_config_path())
+
+
+def cmd_dkim_dns(args: argparse.Namespace) -> int:
+    from mailrelay.signing import check_key_file, dns_record, public_txt
+
+    settings = _settings(args)
+    for tenant in settings.tenants:
+        print(f"; tenant {tenant.id} ({tenant.name}): one record per signing domain and key")
+        for key in tenant.dkim:
+            check_key_file(key, str(settings.source))
+            txt = public_txt(key)
+            for domain in tenant.domains:
+                print(dns_record(key.selector, domain, txt))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mailrelay", description="SMTP relay that turns rejection mail into referrals"
@@ -204,6 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", required=True, metavar="DIR")
     k.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa")
     k.set_defaults(func=cmd_dkim_keygen)
+    k = dkim_sub.add_parser("dns", help="print the DNS TXT record of every tenant key for each tenant domain")
+    _add_config(k)
+    k.set_defaults(func=cmd_dkim_dns)
+
+    p = sub.add_parser("version", help="the versions of mailrelay, Python and the libraries it runs on")
+    p.set_defaults(func=cmd_version)
+
+    p = sub.add_parser(
+        "check-config",
+        help="check config, rules, templates and keys (exit 2), then database and next hop (exit 1)",
+    )
+    _add_config(p)
+    p.set_defaults(func=cmd_check_config)
     return parser
 
 

@@ -1,0 +1,170 @@
+"""The operator's commands: version, check-config (exit 2 config, 1 unreachable, 0 ok) and dkim dns."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from conftest import SettingsFactory
+from mailrelay import __version__
+from mailrelay.cli import main
+from mailrelay.signing import dns_record
+
+
+class Keys(Protocol):
+    """What these tests use of conftest's `keys` fixture."""
+
+    rsa_txt: str
+    ed_txt: str
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[int]:
+    """Postfix's smtp-sink on a free loopback port: a real next hop that answers EHLO."""
+    binary = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+    if not os.access(binary, os.X_OK):
+        pytest.fail("smtp-sink not found: install Debian's postfix package (scripts/bootstrap does)")
+    port = free_port()
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []  # smtp-sink refuses to run as root without -u
+    process = subprocess.Popen([binary, *user, f"127.0.0.1:{port}", "16"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                break
+            except OSError:
+                assert process.poll() is None, process.communicate()[1]
+                assert time.monotonic() < deadline, "smtp-sink did not listen"
+                time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    status = main(argv)
+    return status, capsys.readouterr().out.splitlines()
+
+
+def test_version_names_mailrelay_python_and_libraries(capsys: pytest.CaptureFixture[str]) -> None:
+    status, [line] = run(["version"], capsys)
+    assert status == 0
+    assert line.startswith(f"mailrelay {__version__} (Python ")
+    assert "aiosmtpd " in line and "missing" not in line
+
+
+def test_check_config_passes_with_reachable_smtp_next_hop(
+    make_settings: SettingsFactory, smtp_sink: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = make_settings(smtp_sink)
+    status, lines = run(["check-config", "--config", str(settings.source)], capsys)
+    assert status == 0, lines
+    assert [line.split()[0] for line in lines] == [
+        "config:", "rules:", "dkim:", "templates:", "database:", "next_hop:",
+    ]  # fmt: skip
+    assert all(line.split()[1] == "ok" for line in lines), lines
+    assert f"smtp://127.0.0.1:{smtp_sink}" in lines[-1] and "EHLO answered" in lines[-1]
+
+
+def test_check_config_passes_with_directory_next_hop(
+    make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = make_settings(directory="outbox")
+    status, lines = run(["check-config", "--config", str(settings.source)], capsys)
+    assert status == 0, lines
+    assert lines[-1].split()[:2] == ["next_hop:", "ok"] and "outbox" in lines[-1]
+
+
+def test_check_config_unreachable_next_hop_exits_1(
+    make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = make_settings(free_port())  # nothing listens there
+    status, lines = run(["check-config", "--config", str(settings.source)], capsys)
+    assert status == 1, lines
+    assert lines[-1].split()[:2] == ["next_hop:", "UNREACHABLE"]
+    assert "connect" in lines[-1]
+
+
+def test_check_config_unreachable_database_exits_1_without_the_password(
+    make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"postgresql+psycopg://mailrelay:s3cret@127.0.0.1:{free_port()}/mailrelay"
+    settings = make_settings(directory="outbox", database_url=url)
+    status, lines = run(["check-config", "--config", str(settings.source)], capsys)
+    assert status == 1, lines
+    [database] = [line for line in lines if line.startswith("database:")]
+    assert database.split()[1] == "UNREACHABLE"
+    assert "s3cret" not in "\n".join(lines) and "***" in database
+
+
+def test_check_config_broken_config_exits_2_naming_file_and_key(
+    make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = make_settings(directory="outbox").source
+    path.write_text(re.sub(r"(?m)^port = \d+$", "port = 70000", path.read_text(), count=1))
+    status, lines = run(["check-config", "--config", str(path)], capsys)
+    assert status == 2
+    [line] = lines
+    assert line.split()[:2] == ["config:", "FAILED"]
+    assert f"{path} › next_hop.port: must be between 1 and 65535, not 70000" in line
+
+
+def test_check_config_broken_rule_file_exits_2(
+    make_settings: SettingsFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "broken.toml"
+    rules.write_text("[[rule]]\nid = 'x'\n")
+    settings = make_settings(directory="outbox", rules=str(rules))
+    status, lines = run(["check-config", "--config", str(settings.source)], capsys)
+    assert status == 2
+    assert lines[-1].split()[:2] == ["rules:", "FAILED"] and str(rules) in lines[-1]
+
+
+def test_check_config_key_readable_by_others_exits_2(
+    make_settings: SettingsFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = make_settings(directory="outbox").source
+    loose = tmp_path / "loose.key"
+    text = path.read_text()
+    original = text.split('key_file = "', 1)[1].split('"', 1)[0]
+    shutil.copy(original, loose)
+    loose.chmod(0o644)
+    path.write_text(text.replace(original, str(loose)))
+    status, lines = run(["check-config", "--config", str(path)], capsys)
+    assert status == 2
+    assert lines[-1].split()[:2] == ["dkim:", "FAILED"] and "chmod 600" in lines[-1]
+
+
+def test_dkim_dns_prints_every_key_for_every_tenant_domain(
+    make_settings: SettingsFactory, keys: Keys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = make_settings(ed25519=True)
+    status, lines = run(["dkim", "dns", "--config", str(settings.source)], capsys)
+    assert status == 0
+    rsa_txt, ed_txt = keys.rsa_txt, keys.ed_txt
+    records = [line for line in lines if not line.startswith(";")]
+    assert records == [
+        dns_record("mr1", "acme.co.jp", rsa_txt),
+        dns_record("mr1", "acme.example", rsa_txt),
+        dns_record("mr2", "acme.co.jp", ed_txt),
+        dns_record("mr2", "acme.example", ed_txt),
+    ]
+    assert lines[0].startswith("; tenant acme")

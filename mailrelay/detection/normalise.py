@@ -40,8 +40,22 @@ _HISTORY = tuple(
     )
 )
 # Each history pattern needs one of these (case as clients write them).
-_HISTORY_CUES = ("wrote", "Wrote", "WROTE", "-----", "書きました", ":\n", ":\r", "：\n", "：\r")
-_QUOTED_LINE = re.compile(r"^[ \t]*[>＞|｜].*$\n?", re.MULTILINE)
+_HISTORY_CUES = (
+    "wrote",
+    "Wrote",
+    "WROTE",
+    "-----",
+    "書きました",
+    "差出人",
+    "From:",
+    "FROM:",
+    "from:",
+    ":\n",
+    ":\r",
+    "：\n",
+    "：\r",
+)
+_QUOTED_LINE = re.compile(r"^[ \t]*[>＞].*$\n?", re.MULTILINE)
 
 
 def normalise(text: str) -> str:
@@ -59,7 +73,7 @@ def strip_quoted(text: str) -> str:
     cut = len(text)
     # The patterns scan every line start; most messages have no history, so look for a cue first.
     if not any(cue in text for cue in _HISTORY_CUES):
-        return _QUOTED_LINE.sub("", text) if any(c in text for c in ">＞|｜") else text
+        return _QUOTED_LINE.sub("", text) if any(c in text for c in ">＞") else text
     for pattern in _HISTORY:
         found = pattern.search(text)
         if found:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
 import secrets
 import signal
@@ -17,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mailrelay import sdnotify
-from mailrelay.config import Listen, Settings
+from mailrelay.config import Listen, Settings, load_settings
 from mailrelay.detection import RuleSet, load_rules
 from mailrelay.metrics import Metrics
 from mailrelay.relay import Relay
@@ -105,11 +108,26 @@ async def start_metrics_server(metrics: Metrics, host: str, port: int) -> web.Ap
     return runner
 
 
-async def serve(settings: Settings) -> int:
+async def drain(handler: RelayHandler, grace: float) -> None:
+    """Stop like an MTA: the listener stays open so new sessions hear `421 4.3.2` instead of a refused
+    connection, transactions in flight get `grace` seconds to finish; whatever is cut then never got a
+    250, so its sender retries (RFC 5321 §4.2.5)."""
+    handler.closing = True
+    pending = handler.in_flight()
+    if pending:
+        log.info("waiting up to %.0f s for %d transaction(s) in flight", grace, len(pending))
+        _done, late = await asyncio.wait(pending, timeout=grace)
+        if late:
+            log.warning("%d transaction(s) cut after %.0f s; their senders retry", len(late), grace)
+
+
+async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     components = build(settings)
     # Socket activation (systemd/mailrelay.socket): port 25 without any capability for the daemon.
     passed = sdnotify.passed_smtp_socket()
-    smtp_server = await start_smtp_server(settings, components.handler, components.metrics, sock=passed)
+    smtp_server = await start_smtp_server(
+        settings, components.handler, components.metrics, sock=passed, reuse_port=reuse_port
+    )
     runner = None
     if settings.metrics_listen is not None:
         runner = await start_metrics_server(
@@ -145,9 +163,63 @@ async def serve(settings: Settings) -> int:
         watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watchdog
+    await drain(components.handler, settings.smtp.shutdown_grace)
     smtp_server.close()
-    await asyncio.wait_for(smtp_server.wait_closed(), timeout=60)
     if runner is not None:
         await runner.cleanup()
     components.store.close()
     return 0
+
+
+def _worker(config: Path, index: int, log_level: str | None) -> None:
+    """One process of `serve --workers N` (multiprocessing "spawn": a fresh interpreter, no shared state)."""
+    settings = load_settings(config)
+    setup_logging(log_level or settings.log_level, settings.log_format)
+    if settings.metrics_listen is not None and settings.metrics_listen.port != 0:
+        # Each worker has its own registry, hence its own port: metrics port + index (scrape N targets).
+        listen = settings.metrics_listen
+        settings = dataclasses.replace(settings, metrics_listen=Listen(listen.host, listen.port + index))
+    sys.exit(asyncio.run(serve(settings, reuse_port=True)))
+
+
+def serve_workers(settings: Settings, workers: int, log_level: str | None) -> int:
+    """N processes share the SMTP port with SO_REUSEPORT, so the CPU work of N messages runs on N cores
+    (one Python process uses one core, issue 8). This parent only starts them, forwards SIGTERM, SIGINT and
+    SIGHUP (rule reload) to them, and stops them all when one dies, so that the service manager restarts
+    the whole set."""
+    # Built once here first: a broken config fails before any fork, and the demo DKIM key, the hash key and
+    # the schema are made by one process instead of N racing ones.
+    build(settings).store.close()
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(
+            target=_worker, args=(settings.source, i, log_level), name=f"mailrelay-worker-{i}", daemon=False
+        )
+        for i in range(workers)
+    ]
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = stopping or signum != signal.SIGHUP
+        for child in children:
+            if child.pid is not None and child.exitcode is None:
+                os.kill(child.pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    for child in children:
+        child.start()
+    log.info("started %d workers: %s", workers, ", ".join(str(c.pid) for c in children))
+    status = 0
+    while any(c.exitcode is None for c in children):
+        multiprocessing.connection.wait([c.sentinel for c in children if c.exitcode is None])
+        for child in children:
+            if child.exitcode is not None and child.exitcode != 0:
+                status = 1
+        if not stopping and any(c.exitcode is not None for c in children):
+            log.error("a worker exited unexpectedly; stopping the others")
+            forward(signal.SIGTERM, None)
+    for child in children:
+        child.join()
+    return status

@@ -39,6 +39,9 @@ class SmtpSettings:
     max_message_size: int
     max_recipients: int
     timeout: float
+    max_connections: int
+    max_connections_per_client: int
+    shutdown_grace: float
 
 
 @dataclass(frozen=True)
@@ -280,6 +283,9 @@ def load_settings(path: Path) -> Settings:
         max_message_size=s.integer("max_message_size", 33554432, low=1024),
         max_recipients=s.integer("max_recipients", 1000, low=1),
         timeout=s.number("timeout", 300.0),
+        max_connections=s.integer("max_connections", 500, low=1),
+        max_connections_per_client=s.integer("max_connections_per_client", 50, low=1),
+        shutdown_grace=s.number("shutdown_grace", 60.0),
     )
     s.finish()
 

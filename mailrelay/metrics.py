@@ -16,7 +16,14 @@ PASS_REASONS = ("not_rejection", "shadow", "no_applicant", "protected", "already
 FAIL_OPEN_STAGES = ("parse", "limits", "detect", "decorate", "sign", "timeout")
 DKIM_RESULTS = ("signed", "error")
 REPLY_CLASSES = ("2xx", "4xx", "5xx", "unavailable")
-REFUSE_REASONS = ("client_network", "too_many_recipients", "bad_address")
+REFUSE_REASONS = (
+    "client_network",
+    "too_many_recipients",
+    "bad_address",
+    "too_many_connections",
+    "too_many_from_client",
+    "shutting_down",
+)
 
 
 class Metrics:

@@ -25,6 +25,8 @@ TEMPORARY_FAILURE = "451 4.3.0 Temporary failure, please try again later"
 NEXT_HOP_UNAVAILABLE = "451 4.4.1 Next hop not available, please try again later"
 PARTLY_DELIVERED = "451 4.3.0 Not every recipient could be delivered yet; please retry (no duplicates)"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, please try again later"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, please try again later"
+TOO_MANY_CONNECTIONS_FROM_CLIENT = "421 4.7.0 Too many connections from your address, please try again later"
 
 
 def mirror(reply: Reply) -> str:

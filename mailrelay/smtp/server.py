@@ -47,7 +47,47 @@ class RelayHandler:
         self.relay = relay
         self.metrics = metrics
         self.states: weakref.WeakKeyDictionary[Session, _State] = weakref.WeakKeyDictionary()
-        self.closing = False
+        self.closing = False  # set on SIGTERM: new sessions are refused, those in flight finish
+        self.connections: dict[str, int] = {}
+        self.total_connections = 0
+
+    def admit(self, protocol: RelaySMTP) -> str | None:
+        """None to serve this new connection, or the reply that refuses it."""
+        if self.closing:
+            self.metrics.connections_refused.labels(reason="shutting_down").inc()
+            return replies.SHUTTING_DOWN
+        peer = protocol.session.peer if protocol.session is not None else None
+        client = str(peer[0]) if peer else ""
+        if self.total_connections >= self.settings.smtp.max_connections:
+            self.metrics.connections_refused.labels(reason="too_many_connections").inc()
+            return replies.TOO_MANY_CONNECTIONS
+        if self.connections.get(client, 0) >= self.settings.smtp.max_connections_per_client:
+            self.metrics.connections_refused.labels(reason="too_many_from_client").inc()
+            return replies.TOO_MANY_CONNECTIONS_FROM_CLIENT
+        self.connections[client] = self.connections.get(client, 0) + 1
+        self.total_connections += 1
+        protocol._client = client
+        return None
+
+    def release(self, protocol: RelaySMTP) -> None:
+        client = protocol._client
+        if client is None:
+            return
+        protocol._client = None
+        self.total_connections -= 1
+        left = self.connections.get(client, 1) - 1
+        if left:
+            self.connections[client] = left
+        else:
+            self.connections.pop(client, None)
+
+    def in_flight(self) -> list[asyncio.Task[Any]]:
+        """Transactions still being forwarded, for a graceful stop."""
+        return [
+            task
+            for state in list(self.states.values())
+            if (task := state.relay_session.in_flight) is not None and not task.done()
+        ]
 
     def state(self, session: Session) -> _State:
         state = self.states.get(session)
@@ -77,6 +117,8 @@ class RelayHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
         state = self.state(session)
+        if self.closing:
+            return self._count("MAIL", replies.SHUTTING_DOWN)
         if not _address_ok(address) and address != "":
             self.metrics.connections_refused.labels(reason="bad_address").inc()
             return self._count("MAIL", replies.BAD_SENDER_ADDRESS)
@@ -178,26 +220,36 @@ _background: set[asyncio.Future[Any]] = set()
 
 
 class RelaySMTP(SMTP):
-    """aiosmtpd's SMTP with session bookkeeping and a polite refusal while shutting down."""
+    """aiosmtpd's SMTP with admission control (connection caps, shutdown) and session bookkeeping."""
 
     def __init__(self, handler: RelayHandler, metrics: Metrics, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._relay_handler = handler
         self._metrics = metrics
-        self._counted = False
+        self._client: str | None = None  # the address counted against the caps, once admitted
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None  # connection_made runs again after STARTTLS
         super().connection_made(transport)
-        if not self._counted:  # called again after STARTTLS
-            self._counted = True
+        if first:
             self._metrics.active_sessions.inc()
+
+    async def _handle_client(self) -> None:
+        refusal = self._relay_handler.admit(self)
+        if refusal is not None:
+            # Answer before closing, so the client knows to come back later (RFC 5321 §3.8): a refused
+            # connection costs one write and its file descriptor is free at once.
+            await self.push(refusal)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
 
     def connection_lost(self, error: Exception | None) -> None:
         session = self.session
         super().connection_lost(error)
-        if self._counted:
-            self._counted = False
-            self._metrics.active_sessions.dec()
+        self._metrics.active_sessions.dec()
+        self._relay_handler.release(self)
         if session is not None:
             self._relay_handler.session_closed(session)
 
@@ -210,6 +262,7 @@ async def start_smtp_server(
     host: str | None = None,
     port: int | None = None,
     sock: socket.socket | None = None,
+    reuse_port: bool = False,
 ) -> asyncio.Server:
     """Listen on settings.smtp.listen (or host/port), or on `sock`, a socket passed by systemd."""
     s = settings.smtp
@@ -231,4 +284,7 @@ async def start_smtp_server(
 
     if sock is not None:
         return await loop.create_server(factory, sock=sock)
-    return await loop.create_server(factory, host or s.listen.host, s.listen.port if port is None else port)
+    # `serve --workers N`: N processes bind one port and the kernel spreads connections (SO_REUSEPORT).
+    return await loop.create_server(
+        factory, host or s.listen.host, s.listen.port if port is None else port, reuse_port=reuse_port
+    )

@@ -82,6 +82,10 @@ class EventStore:
         added: int = await self._run(self._record, list(records), mark_delivered)
         return added
 
+    def write(self, records: Iterable[CopyRecord], *, mark_delivered: bool) -> int:
+        """`record` for callers already off the event loop (the journal replay)."""
+        return self._record(list(records), mark_delivered)
+
     def _record(self, records: list[CopyRecord], mark_delivered: bool) -> int:
         now = datetime.now(UTC)
         added = 0

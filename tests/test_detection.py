@@ -297,6 +297,7 @@ def test_senders_scope_a_rule_to_addresses_and_domains(tmp_path: Path) -> None:
     assert rules.evaluate(item(text, sender="recruit@acme.example.jp")).rejection
     assert rules.evaluate(item(text, sender="<noreply@hr.acme.example.jp>")).rejection
     assert rules.evaluate(item(text, sender="boss@other.example")).rejection
+    assert rules.evaluate(item(text, sender="Acme 採用 <recruit@acme.example.jp>")).rejection
     outside = rules.evaluate(item(text, sender="x@notacme.example.jp"))
     assert not outside.rejection
     assert any("outside its scope" in line for line in outside.details)

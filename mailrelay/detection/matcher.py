@@ -140,7 +140,11 @@ def _in_scope(rule: Rule, item: DetectionInput) -> bool:
         return False
     if not rule.senders:
         return True
-    sender = item.sender.strip().strip("<>").casefold()
+    # The envelope sender arrives bare or in <>; `mailrelay check` passes a From: value with a display name.
+    sender = item.sender.strip()
+    if "<" in sender:
+        sender = sender.rpartition("<")[2].partition(">")[0]
+    sender = sender.strip().casefold()
     domain = sender.rpartition("@")[2]
     if not domain:
         return False

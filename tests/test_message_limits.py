@@ -48,7 +48,8 @@ def test_100k_parts_scanned_when_allowed() -> None:
     start = time.perf_counter()
     m = parse(raw, limits)
     m.text()
-    assert time.perf_counter() - start < 2
+    # About 1 s on an idle machine; the bound only catches a quadratic scan, not a slow CI runner.
+    assert time.perf_counter() - start < 20
     assert len(m.parts) == 100_001
 
 

@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mailrelay import sdnotify
 from mailrelay.config import Listen, Settings, load_settings
 from mailrelay.detection import RuleSet, load_rules
+from mailrelay.journal import EventJournal, replay_forever
 from mailrelay.metrics import Metrics
 from mailrelay.relay import Relay
 from mailrelay.signing import DkimSigner
@@ -87,9 +88,10 @@ def build(settings: Settings, metrics: Metrics | None = None, next_hop: NextHop 
     if next_hop is None:
         nh = settings.next_hop
         next_hop = DirectoryNextHop(nh.directory) if nh.directory else SmtpNextHop(nh, settings.smtp.hostname)
-    relay = Relay(
-        settings, rules, pipeline, store, next_hop, metrics, load_hash_key(settings.referral.hash_key_file)
-    )
+    journal = EventJournal(settings.state_dir / "events.journal")
+    metrics.journal_backlog.set_function(lambda: journal.backlog)
+    hash_key = load_hash_key(settings.referral.hash_key_file)
+    relay = Relay(settings, rules, pipeline, store, next_hop, metrics, hash_key, journal)
     metrics.prime(rules.ids, tuple(t.id for t in settings.tenants))
     handler = RelayHandler(settings, relay, metrics)
     return Components(settings, metrics, relay, store, handler)
@@ -156,6 +158,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     # Only now: both listeners accept connections, so `systemctl start` returns when mail can flow.
     sdnotify.notify(f"READY=1\nSTATUS={status}")
     watchdog = sdnotify.start_watchdog()
+    replayer = asyncio.ensure_future(replay_forever(components.relay.journal, components.store))
     await stop.wait()
     sdnotify.notify("STOPPING=1\nSTATUS=stopping: finishing transactions in flight")
     log.info("stopping: no new sessions, finishing transactions in flight")
@@ -164,6 +167,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await watchdog
     await drain(components.handler, settings.smtp.shutdown_grace)
+    replayer.cancel()
     smtp_server.close()
     if runner is not None:
         await runner.cleanup()

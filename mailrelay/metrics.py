@@ -99,6 +99,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.journal_backlog = Gauge(
+            "mailrelay_journal_backlog",
+            "Delivered copies whose records wait in the local journal for the database to come back.",
+            registry=r,
+        )
         self.active_sessions = Gauge("mailrelay_active_sessions", "Open SMTP client sessions.", registry=r)
         self.build_info = Gauge("mailrelay_build_info", "Version of mailrelay.", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)

@@ -16,6 +16,7 @@ from typing import Literal
 
 from mailrelay.config import Settings, TenantSettings
 from mailrelay.detection import DetectionInput, RuleSet, Verdict
+from mailrelay.journal import EventJournal
 from mailrelay.message import LimitExceeded, Limits, MimeError, ParsedMessage, parse
 from mailrelay.metrics import Metrics
 from mailrelay.signing import SigningError
@@ -137,7 +138,9 @@ class Relay:
         next_hop: NextHop,
         metrics: Metrics,
         hash_key: bytes,
+        journal: EventJournal,
     ) -> None:
+        self.journal = journal
         self.settings = settings
         self.rules = rules
         self.pipeline = pipeline
@@ -402,13 +405,16 @@ class RelaySession:
 
         already: set[str] = set()
         if len(plan.groups) > 1 or plan.groups[0].copy is not None:
+            already = relay.journal.delivered(txn.fingerprint)
             try:
-                already = await relay.store.delivered_recipients(txn.fingerprint)
-            except Exception:
-                # Without the marks a retry could duplicate copies; a retry later is better than that.
-                log.exception("%s: event store unreadable", txn.txn_id)
+                already |= await relay.store.delivered_recipients(txn.fingerprint)
+            except Exception as exc:
+                # Mail keeps flowing while the database is away (issue 5); what this relay delivered
+                # meanwhile is in its journal, which was consulted above.
+                log.warning(
+                    "%s: event store unreadable (%s); using the journal", txn.txn_id, type(exc).__name__
+                )
                 metrics.event_store_errors.inc()
-                return LocalFailure("store")
         groups = [
             Group([r for r in g.recipients if relay.recipient_hash(r) not in already], g.content, g.copy)
             for g in plan.groups
@@ -557,10 +563,22 @@ class RelaySession:
         if records and (any(rec.referral for rec in records) or not complete):
             try:
                 added = await relay.store.record(records, mark_delivered=not complete)
-            except Exception:
-                # The copies are delivered; the sender must not send them again. Count and log the loss.
-                log.exception("%s: recording %d delivered copies failed", txn.txn_id, len(records))
+            except Exception as exc:
+                # The copies are delivered: keep their records in the fsynced journal until the database
+                # is back (0 events lost), and answer as the next hop did.
+                log.warning(
+                    "%s: event store unavailable (%s); journalling %d record(s)",
+                    txn.txn_id,
+                    type(exc).__name__,
+                    len(records),
+                )
                 metrics.event_store_errors.inc()
+                try:
+                    await asyncio.to_thread(relay.journal.append, records, not complete)
+                except OSError:
+                    log.critical(
+                        "%s: journal write failed: %d delivered copies unrecorded", txn.txn_id, len(records)
+                    )
             else:
                 for rec in records:
                     if rec.referral is not None:

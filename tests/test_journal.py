@@ -1,0 +1,82 @@
+"""Issue 5: the database goes away during load; mail keeps flowing, every delivered copy's record waits in
+the fsynced journal, and once the database is back events equal copies delivered: none lost, none doubled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from conftest import RunningRelay, SettingsFactory
+from mailrelay.journal import EventJournal
+from mailrelay.store import EventStore, ReferralEvent
+from support.sinks import RecordingSink
+
+E2E = Path(__file__).resolve().parent / "e2e"
+REJECTION = (E2E / "rejection_ja_bcc_batch.eml").read_bytes()
+UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=1"
+
+
+def events_in(store: EventStore) -> int:
+    with store.sessions() as session:
+        return int(session.scalar(select(func.count(ReferralEvent.id))) or 0)
+
+
+async def test_database_down_during_load_loses_and_doubles_no_event(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    async with RecordingSink() as sink:
+        relay: RunningRelay = await start_relay(make_settings(sink.port))
+        good_store = relay.components.relay.store
+        down = EventStore(UNREACHABLE)
+        relay.components.relay.store = down  # the database fails over mid-load
+        for i in range(5):
+            content = REJECTION.replace(b"<e2e-bcc@", f"<e2e-bcc-{i}@".encode())
+            refused, reply = await relay.send(
+                "recruit@acme.co.jp", [f"a{i}@gmail.example", f"b{i}@gmail.example"], content
+            )
+            assert refused == {} and reply.startswith("2")
+        delivered = len(sink.messages)
+        journal = relay.components.relay.journal
+        assert delivered == 10 and journal.backlog == 10
+        assert relay.components.metrics.registry.get_sample_value("mailrelay_journal_backlog") == 10
+        down.close()
+
+        # The database is back: the replay writes every journalled record once, and again is harmless.
+        relay.components.relay.store = good_store
+        assert journal.replay(good_store) == 10
+        assert journal.replay(good_store) == 0
+    assert events_in(good_store) == delivered
+    assert journal.backlog == 0
+
+
+async def test_a_retry_while_the_database_is_down_uses_the_journal_and_sends_no_duplicate(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    async with RecordingSink(refuse_recipients={}) as sink:
+        relay: RunningRelay = await start_relay(make_settings(sink.port))
+        relay.components.relay.store = EventStore(UNREACHABLE)
+        recipients = ["a@gmail.example", "b@gmail.example"]
+        await relay.send("recruit@acme.co.jp", recipients, REJECTION)
+        # The sending MTA did not hear our 250 (say the connection broke) and sends the same message again.
+        refused, reply = await relay.send("recruit@acme.co.jp", recipients, REJECTION)
+    assert refused == {} and reply.startswith("2")
+    assert sorted(r for m in sink.messages for r in m.rcpt_tos) == recipients
+
+
+def test_journal_survives_a_restart_and_skips_a_torn_last_line(tmp_path: Path) -> None:
+    from mailrelay.store import CopyRecord, ReferralFields
+
+    path = tmp_path / "events.journal"
+    journal = EventJournal(path)
+    referral = ReferralFields(tenant_id="acme", token="tok", rule_id="ja", message_id=None, recipient=None)
+    journal.append([CopyRecord("f" * 64, "r" * 64, "250 ok", referral)], mark_delivered=False)
+    with open(path, "ab") as fh:
+        fh.write(b'{"mark_delivered": false, "reco')  # a crash in the middle of a write
+    reopened = EventJournal(path)
+    assert reopened.backlog == 1 and reopened.delivered("f" * 64) == {"r" * 64}
+    store = EventStore(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.create_schema()
+    assert reopened.replay(store) == 1
+    assert events_in(store) == 1
+    store.close()

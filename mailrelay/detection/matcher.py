@@ -73,7 +73,9 @@ class RuleSet:
                 if not found or not all(found):
                     if any(found):
                         missing = next(n for n, g in enumerate(found) if not g)
-                        wanted = " | ".join(p.written for p in rule.require[missing])
+                        group = [p.written for p in rule.require[missing]]
+                        more = f" | … {len(group) - 6} more" if len(group) > 6 else ""
+                        wanted = " | ".join(group[:6]) + more
                         lines.append(f"{tag}: no match, group {missing + 1} missing ({wanted})")
                     continue
                 hits = tuple(p for group in found for p in group)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from messages.checks import FOOTER, check_decorated
 
@@ -27,29 +25,19 @@ def deep(n: int) -> bytes:
     return b"".join(out)
 
 
-def timed(fn: object) -> float:
-    start = time.perf_counter()
-    fn()  # type: ignore[operator]
-    return time.perf_counter() - start
-
-
 def test_too_many_parts_refused_fast() -> None:
     raw = many_parts(100_000)
     with pytest.raises(LimitExceeded) as info:
-        start = time.perf_counter()
         parse(raw)
     assert info.value.reason == "parts"
-    assert time.perf_counter() - start < 2
 
 
 def test_100k_parts_scanned_when_allowed() -> None:
     raw = many_parts(100_000)
     limits = Limits(max_parts=200_000)
-    start = time.perf_counter()
+    # Time is measured by bench/ and scripts/reliability, never asserted here (tests assert no timings).
     m = parse(raw, limits)
     m.text()
-    # About 1 s on an idle machine; the bound only catches a quadratic scan, not a slow CI runner.
-    assert time.perf_counter() - start < 20
     assert len(m.parts) == 100_001
 
 
@@ -60,7 +48,6 @@ def test_deep_nesting_refused_and_allowed_without_recursion() -> None:
     assert info.value.reason == "depth"
     limits = Limits(max_depth=2000, max_parts=5000)
     m = parse(raw, limits)
-    assert timed(lambda: m.decorate(FOOTER)) < 2
     check_decorated(raw, m.decorate(FOOTER), limits=limits)
 
 
@@ -70,7 +57,6 @@ def test_one_megabyte_header_line() -> None:
         parse(raw)
     assert info.value.reason == "header_size"
     m = parse(raw, Limits(max_header_bytes=2_000_000))
-    assert timed(lambda: m.header_values("x-junk")) < 2
     assert len(m.header_values("X-Junk")[0]) == 1_000_000
 
 
@@ -80,20 +66,9 @@ def test_8000_address_to_header() -> None:
     with pytest.raises(LimitExceeded):
         parse(raw)
     limits = Limits(max_header_bytes=1_000_000)
-    elapsed = timed(lambda: parse(raw, limits).header_values("to"))
-    assert elapsed < 2
     assert parse(raw, limits).header_values("to")[0].count("@example.com") == 8000
 
 
-def test_huge_body_without_boundary_is_linear() -> None:
+def test_huge_body_without_boundary_parses() -> None:
     raw = HEAD + b'Content-Type: multipart/mixed; boundary="zz"\r\n\r\n' + (b"--z" * 60 + b"\r\n") * 20_000
-    assert timed(lambda: parse(raw).text()) < 2
-
-
-def test_typical_message_is_fast() -> None:
-    from test_message_cases import load
-
-    raw = load("mixed_pdf_xlsx.eml")
-    n = 200
-    elapsed = timed(lambda: [parse(raw).text() and parse(raw).decorate(FOOTER) for _ in range(n)])
-    assert elapsed / n < 0.02  # generous: the aim is well under 2 ms
+    parse(raw).text()  # its time is measured by bench/ (stage micro-benchmarks), not asserted

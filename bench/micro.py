@@ -119,6 +119,14 @@ def run_all(
 
     out.append(_run("whole plan (parse → detect → decorate → sign), 20 KB, 1 applicant", plan, budget))
 
+    def tls_context() -> Callable[[], object]:
+        import ssl
+
+        return ssl.create_default_context
+
+    # SmtpNextHop.connect makes one per next-hop connection, even with starttls = "off" (see RESULTS.md).
+    out.append(_run("ssl.create_default_context() (loads the system CA bundle)", tls_context, budget))
+
     def record() -> Callable[[], object]:
         from mailrelay.store import CopyRecord, EventStore, ReferralFields
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -50,15 +49,20 @@ def cpu_seconds(root: int) -> float:
 
 
 def rss_bytes(root: int) -> int:
+    """PSS summed over the tree: shared pages (libraries, copy-on-write) are split between the processes
+    that share them, so 100 Postfix smtpd processes or N workers are not counted N times over."""
     total = 0
     for pid in tree(root):
-        with contextlib.suppress(OSError, IndexError):  # the process may exit between the two reads
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+        with contextlib.suppress(OSError, IndexError, ValueError):  # the process may exit meanwhile
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
     return total
 
 
 class RssSampler:
-    """Samples the tree's summed RSS in a thread; `peak` is the largest sum seen since the last reset."""
+    """Samples the tree's summed PSS in a thread; `peak` is the largest sum seen since the last reset."""
 
     def __init__(self, root: int, interval: float = 0.1) -> None:
         self.root = root

@@ -85,7 +85,7 @@ def render(bench: Bench, command: str, elapsed: float) -> str:
         "",
         "| contestant | message | "
         + " | ".join(f"{s} session{'s' if s > 1 else ''}" for s in sessions)
-        + " | CPU ms/msg | peak RSS MiB |",
+        + " | CPU ms/msg | peak PSS MiB |",
         "|---|---|" + "---:|" * (len(sessions) + 2),
     ]
     for contestant in contestants:
@@ -144,11 +144,12 @@ def render(bench: Bench, command: str, elapsed: float) -> str:
     lines += ["", "## Memory", ""]
     if bench.memory:
         lines += [
-            "Idle RSS after start (all processes), then with N sessions open at once, each holding its "
+            "Memory is PSS summed over all the server's processes (shared pages split, not counted per "
+            "process). Idle PSS after start, then with N sessions open at once, each holding its "
             "next-hop connection after relaying a 20 KB rejection; the difference over N is the cost of one "
             "more concurrent session.",
             "",
-            "| contestant | idle MiB | open sessions | RSS then MiB | per session KiB |",
+            "| contestant | idle MiB | open sessions | PSS then MiB | per session KiB |",
             "|---|---:|---:|---:|---:|",
         ]
         for m in bench.memory:
@@ -163,8 +164,8 @@ def render(bench: Bench, command: str, elapsed: float) -> str:
         lines += [
             "",
             f"Soak: mailrelay, 20 KB rejections from 10 sessions for {bench.soak.seconds:.0f} s "
-            f"({bench.soak.messages} messages, {bench.soak.messages / bench.soak.seconds:.0f} msg/s), RSS of "
-            f"all processes sampled every second: first tenth {first / MiB:.1f} MiB, last tenth "
+            f"({bench.soak.messages} messages, {bench.soak.messages / bench.soak.seconds:.0f} msg/s), PSS of "
+            f"all processes (PSS) sampled every second: first tenth {first / MiB:.1f} MiB, last tenth "
             f"{last / MiB:.1f} MiB ({(last - first) / MiB:+.1f} MiB), max {max(samples) / MiB:.1f} MiB.",
         ]
 

@@ -1,0 +1,28 @@
+"""The benchmark harness runs end to end: a few messages through every contestant (no timing is asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_bench_smoke_relays_through_every_contestant(tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = out.read_text()
+    for contestant in ("floor", "mailrelay (other mail)", "mailrelay (rejection)"):
+        assert f"| {contestant} | plain-5k |" in report
+    # Either Postfix ran, or the report says exactly why not.
+    assert "| postfix | plain-5k |" in report or "Postfix: not measured" in report
+    assert "## Errors" not in report

@@ -378,14 +378,18 @@ class RelaySession:
     async def _data(self, txn: Transaction) -> DataOutcome:
         relay, metrics = self.relay, self.relay.metrics
         metrics.received.inc()
-        txn.content = normalize_line_endings(txn.content)
-        txn.fingerprint = hashlib.sha256(txn.mail_from.lower().encode() + b"\0" + txn.content).hexdigest()
         started = time.perf_counter()
         passed: list[str] = []
+
+        def prepare() -> Plan:
+            # All CPU work on the message bytes happens off the event loop: other sessions keep being
+            # served while a large or pathological message is processed (issue 3, "Bounded").
+            txn.content = normalize_line_endings(txn.content)
+            txn.fingerprint = hashlib.sha256(txn.mail_from.lower().encode() + b"\0" + txn.content).hexdigest()
+            return relay.plan(txn, passed.append)
+
         try:
-            plan = await asyncio.wait_for(
-                asyncio.to_thread(relay.plan, txn, passed.append), relay.settings.processing.time_budget
-            )
+            plan = await asyncio.wait_for(asyncio.to_thread(prepare), relay.settings.processing.time_budget)
         except TimeoutError:
             metrics.failed_open.labels(stage="timeout").inc()
             plan = Plan([Group(list(txn.rcpt_tos), txn.content)], "failed-open:timeout")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 
@@ -106,3 +107,33 @@ def test_a_broken_rule_file_stops_the_daemon_with_exit_2(
     assert main(["check", "--config", str(settings.source), str(E2E / "rejection_en.eml")]) == 2
     err = capsys.readouterr().err
     assert f"{rules / 'bad.toml'} › x › " in err
+
+
+async def test_other_sessions_are_served_while_one_message_burns_cpu(
+    start_relay, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 3/5: planning runs off the event loop; a pathological message does not stop other sessions."""
+    import time
+
+    from mailrelay.relay import Relay
+
+    original = Relay.plan
+
+    def slow_plan(self: Relay, txn, on_pass):  # type: ignore[no-untyped-def]
+        if b"pathological" in txn.content:
+            deadline = time.perf_counter() + 1.5
+            while time.perf_counter() < deadline:  # pure-Python CPU work, holding the GIL in slices
+                sum(range(1000))
+        return original(self, txn, on_pass)
+
+    monkeypatch.setattr(Relay, "plan", slow_plan)
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port))
+        heavy = asyncio.ensure_future(
+            relay.send("recruit@acme.co.jp", ["a@gmail.example"], REJECTION.replace(b"Dear", b"pathological"))
+        )
+        await asyncio.sleep(0.2)
+        await relay.send("recruit@acme.co.jp", ["b@gmail.example"], REJECTION)
+        finished_first = [m.rcpt_tos for m in sink.messages]
+        await heavy
+    assert finished_first == [["b@gmail.example"]]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -351,26 +350,3 @@ def test_plain_and_html_are_both_read(tmp_path: Path) -> None:
 
 def test_an_empty_rule_set_decides_nothing() -> None:
     assert RuleSet().evaluate(item("選考 見送らせていただきます")).rejection is False
-
-
-def test_detection_of_a_5kb_mail_takes_well_under_a_millisecond() -> None:
-    rules = load_rules(sorted((REPO / "rules").glob("*.toml")), {"ja", "en"})
-    paragraph = (
-        "このたびは弊社の求人にご応募いただき、誠にありがとうございました。慎重に選考を重ねました結果、\n"
-    )
-    plain = (paragraph * 40)[:800]
-    html = (
-        "<html><body>"
-        + "".join(f"<p style='margin:0'>{line}</p>" for line in plain.splitlines())
-        + "</body></html>"
-    )
-    message = item(plain, subject="選考結果のご連絡", html=html)
-    assert 4000 < len(plain.encode()) + len(html.encode()) < 7000
-    best = min(_time(rules, message) for _ in range(20))
-    assert best < 0.001, f"{best * 1e6:.0f} µs"
-
-
-def _time(rules: RuleSet, message: DetectionInput) -> float:
-    start = time.perf_counter()
-    rules.evaluate(message)
-    return time.perf_counter() - start

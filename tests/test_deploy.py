@@ -7,11 +7,16 @@ import os
 import re
 import shutil
 import subprocess
+import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
+from test_systemd import DEADLINE, Keys, free_port, stop, unit_command, write_config
 
 from conftest import REPO
 from mailrelay import metrics as metrics_module
@@ -191,3 +196,66 @@ def test_metrics_doc_lists_every_metric_as_declared() -> None:
     assert text == expected, (
         "docs/metrics.md is out of date: run MAILRELAY_WRITE_DOCS=1 pytest tests/test_deploy.py"
     )
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_real_prometheus_scrapes_the_relay_and_runs_every_dashboard_query(tmp_path: Path, keys: Keys) -> None:
+    """Prometheus itself scrapes a running relay, loads alerts.yml, and evaluates each dashboard query."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus not found: install Debian's prometheus package (scripts/bootstrap does)")
+    metrics_port, prometheus_port = free_port(), free_port()
+    config = write_config(tmp_path, keys, smtp_port=free_port(), metrics_port=metrics_port)
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files: ['{PROMETHEUS / 'alerts.yml'}']\n"
+        "scrape_configs:\n  - job_name: mailrelay\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{metrics_port}']\n"
+    )
+    relay_log, prometheus_log = tmp_path / "relay.log", tmp_path / "prometheus.log"
+    with relay_log.open("wb") as out:
+        relay = subprocess.Popen(unit_command(config), cwd=tmp_path, stdout=out, stderr=out)
+    with prometheus_log.open("wb") as out:
+        prometheus = subprocess.Popen(
+            [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prometheus_port}"],
+            stdout=out, stderr=out,
+        )  # fmt: skip
+    api = f"http://127.0.0.1:{prometheus_port}/api/v1"
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            assert relay.poll() is None, relay_log.read_text(errors="replace")
+            assert prometheus.poll() is None, prometheus_log.read_text(errors="replace")
+            assert time.monotonic() < deadline, "Prometheus never scraped the relay"
+            try:
+                result = _get_json(f"{api}/query?query=" + urllib.parse.quote('up{job="mailrelay"} == 1'))
+                if result["data"]["result"]:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        built = _get_json(f"{api}/query?query=mailrelay_build_info")["data"]["result"]
+        assert built and built[0]["metric"]["version"]
+        groups = _get_json(f"{api}/rules")["data"]["groups"]
+        assert {r["name"] for g in groups for r in g["rules"]} >= {"MailrelayDown", "MailrelayFailOpenRate"}
+        dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+        for panel in panels(dashboard):
+            for target in panel.get("targets", []):
+                # Grafana's own variables, filled in the way Grafana would.
+                expr = (
+                    target["expr"]
+                    .replace("$__rate_interval", "1m")
+                    .replace("$__range", "1h")
+                    .replace("$instance", ".*")
+                )
+                answer = _get_json(f"{api}/query?query=" + urllib.parse.quote(expr))
+                assert answer["status"] == "success", (panel["title"], expr, answer)
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=DEADLINE)
+        stop(relay, relay_log)

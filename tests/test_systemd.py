@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-from conftest import REPO
 
+from conftest import REPO
 from mailrelay import sdnotify
 
 UNIT = REPO / "systemd" / "mailrelay.service"

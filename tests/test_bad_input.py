@@ -196,6 +196,8 @@ async def test_a_source_route_is_ignored_as_rfc_5321_appendix_c_says(
         relay = await start_relay(make_settings(sink.port))
         await send_raw_smtp(
             relay.host, relay.port,
-            session(b"MAIL FROM:<recruit@acme.co.jp>\r\n", b"RCPT TO:<@relay.example:victim@gmail.example>\r\n"),
+            session(
+                b"MAIL FROM:<recruit@acme.co.jp>\r\n", b"RCPT TO:<@relay.example:victim@gmail.example>\r\n"
+            ),
         )  # fmt: skip
     assert [e for e in sink.events if e[0] == "RCPT"] == [("RCPT", "victim@gmail.example")]

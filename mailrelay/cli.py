@@ -56,11 +56,23 @@ def _offline_relay(settings: Settings):  # type: ignore[no-untyped-def]
     )
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mailrelay.app import serve, setup_logging
+    from mailrelay.app import serve, serve_workers, setup_logging
 
     settings = _settings(args)
     setup_logging(args.log_level or settings.log_level, settings.log_format)
+    if args.workers > 1:
+        return serve_workers(settings, args.workers, args.log_level)
     return asyncio.run(serve(settings))
 
 
@@ -211,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the relay")
     _add_config(p)
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default=None)
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="processes sharing the SMTP port (SO_REUSEPORT), one per core; worker i serves metrics on "
+        "metrics port + i (default: 1)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check", help="the verdict of the rules for each message file")

@@ -14,6 +14,7 @@ import secrets
 import signal
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from aiohttp import web
@@ -29,6 +30,7 @@ from mailrelay.signing import DkimSigner
 from mailrelay.smtp.server import RelayHandler, start_smtp_server
 from mailrelay.stages import StageContext, build_pipeline
 from mailrelay.store import EventStore
+from mailrelay.tracking.http import start_tracking_server
 from mailrelay.transport import DirectoryNextHop, NextHop, SmtpNextHop
 
 log = logging.getLogger("mailrelay")
@@ -83,8 +85,9 @@ def build(settings: Settings, metrics: Metrics | None = None, next_hop: NextHop 
     signer = DkimSigner(settings.tenants, str(settings.source))
     pipeline = build_pipeline(StageContext(settings, signer))
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    store = EventStore(settings.database_url)
-    store.create_schema()
+    store = EventStore(settings.database_url, dedupe_window=timedelta(days=settings.referral.dedupe_days))
+    # Empty database: created; newer schema: SchemaError, the relay does not start (issue 6).
+    log.info("database: %s", store.check_schema())
     if next_hop is None:
         nh = settings.next_hop
         next_hop = DirectoryNextHop(nh.directory) if nh.directory else SmtpNextHop(nh, settings.smtp.hostname)
@@ -135,6 +138,11 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
         runner = await start_metrics_server(
             components.metrics, settings.metrics_listen.host, settings.metrics_listen.port
         )
+    tracking = None
+    if settings.http.listen is not None:
+        tracking = await start_tracking_server(
+            settings, components.store, components.metrics, settings.http.listen, reuse_port=reuse_port
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -171,6 +179,8 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     smtp_server.close()
     if runner is not None:
         await runner.cleanup()
+    if tracking is not None:
+        await tracking.cleanup()
     components.store.close()
     return 0
 

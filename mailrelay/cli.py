@@ -15,6 +15,7 @@ from mailrelay.config import Settings, default_config_path, load_settings
 from mailrelay.detection import DetectionInput, Verdict
 from mailrelay.errors import ConfigError
 from mailrelay.message import MimeError, parse
+from mailrelay.store.schema import SchemaError
 
 EXIT_CONFIG = 2
 
@@ -270,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(p)
     p.set_defaults(func=cmd_check_config)
+
+    from mailrelay.store.commands import register as register_store_commands
+
+    # db upgrade, ledger (show, redeem, correct), purge, report (issue 6).
+    register_store_commands(sub, _add_config, _settings)
     return parser
 
 
@@ -278,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.func(args)
     except ConfigError as exc:
+        print(f"mailrelay: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SchemaError as exc:
         print(f"mailrelay: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return result

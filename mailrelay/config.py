@@ -84,6 +84,12 @@ class TenantSettings:
     domains: tuple[str, ...]
     dkim: tuple[DkimKeySettings, ...]
     footers: Mapping[str, FooterTemplate]
+    # Referrals that earn one free slot (issue 6).
+    referral_ratio: int = 10
+    # "hash", or "clear" only when this company opted in (defaults to referral.store_recipient).
+    store_recipient: Literal["hash", "clear"] = "hash"
+    # "direct": links go to referral.base_url + token; "click": via mailrelay's /r/<token> (http.public_url).
+    link_mode: Literal["direct", "click"] = "direct"
 
     def owns(self, domain: str) -> bool:
         domain = domain.lower().rstrip(".")
@@ -95,6 +101,21 @@ class ReferralSettings:
     base_url: str
     store_recipient: Literal["hash", "clear"]
     hash_key_file: Path
+    # The same applicant rejected again by the same company within this many days is one referral.
+    dedupe_days: int = 180
+    # After this many days `mailrelay purge` pseudonymises event details (ledger totals stay); 0 = never.
+    retention_days: int = 400
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The click redirect and the registration webhook (issue 6): mailrelay/tracking."""
+
+    listen: Listen | None = None
+    public_url: str = ""  # base of click-mode links: public_url + "/r/" + token
+    webhook_secrets: tuple[str, ...] = ()  # Standard Webhooks secrets ("whsec_" + base64); several rotate
+    webhook_tolerance: float = 300.0  # seconds a webhook-timestamp may be off (replay window)
+    scanner_seconds: float = 10.0  # a click this soon after delivery is a link scanner's
 
 
 @dataclass(frozen=True)
@@ -113,6 +134,7 @@ class Settings:
     log_level: str = "INFO"
     log_format: LogFormat = "text"
     footers: Mapping[str, FooterTemplate] = field(default_factory=dict)
+    http: HttpSettings = field(default_factory=HttpSettings)
 
     def tenant_for_domain(self, domain: str) -> TenantSettings | None:
         for tenant in self.tenants:
@@ -345,8 +367,35 @@ def load_settings(path: Path) -> Settings:
             Literal["hash", "clear"], rf.choice("store_recipient", ("hash", "clear"), "hash")
         ),
         hash_key_file=_resolve(state_dir, rf.text("hash_key_file", "recipient-hash.key")),
+        dedupe_days=rf.integer("dedupe_days", 180, high=36500),
+        retention_days=rf.integer("retention_days", 400, high=36500),
     )
+    if referral.retention_days and referral.retention_days < referral.dedupe_days:
+        # Purging an applicant's hash inside the window would let the same applicant count twice.
+        raise rf.error("retention_days", f"must be 0 or at least dedupe_days ({referral.dedupe_days})")
     rf.finish()
+
+    h = root.table("http")
+    http_listen_text = h.text("listen", "", allow_empty=True)
+    public_url = h.text("public_url", "", allow_empty=True).rstrip("/")
+    if public_url:
+        pu = urlsplit(public_url)
+        if pu.scheme not in ("https", "http") or not pu.hostname or pu.query or pu.fragment:
+            raise h.error(
+                "public_url", f"must be an http(s) URL without query or fragment, not {public_url!r}"
+            )
+    webhook_secrets = tuple(h.str_list("webhook_secrets", []))
+    for secret in webhook_secrets:
+        if not secret.startswith("whsec_") or len(secret) < 6 + 32:
+            raise h.error("webhook_secrets", "each secret must be whsec_ + base64 of at least 24 bytes")
+    http = HttpSettings(
+        listen=_listen(h, "listen", "") if http_listen_text else None,
+        public_url=public_url,
+        webhook_secrets=webhook_secrets,
+        webhook_tolerance=h.number("webhook_tolerance", 300.0),
+        scanner_seconds=h.number("scanner_seconds", 10.0),
+    )
+    h.finish()
 
     footers = _footers(root.table("footers"))
 
@@ -388,8 +437,18 @@ def load_settings(path: Path) -> Settings:
                 domains=domains,
                 dkim=tuple(keys),
                 footers=tenant_footers,
+                referral_ratio=t.integer("referral_ratio", 10, low=1, high=1000),
+                store_recipient=cast(
+                    Literal["hash", "clear"],
+                    t.choice("store_recipient", ("hash", "clear"), referral.store_recipient),
+                ),
+                link_mode=cast(
+                    Literal["direct", "click"], t.choice("link_mode", ("direct", "click"), "direct")
+                ),
             )
         )
+        if tenants[-1].link_mode == "click" and not http.public_url:
+            raise t.error("link_mode", '"click" needs http.public_url, the address applicants reach /r/ on')
         t.finish()
     if not tenants:
         raise root.error("tenants", "at least one [[tenants]] table is required")
@@ -416,4 +475,5 @@ def load_settings(path: Path) -> Settings:
         log_level=log_level,
         log_format=cast(LogFormat, log_format),
         footers=footers,
+        http=http,
     )

@@ -16,6 +16,8 @@ PASS_REASONS = ("not_rejection", "shadow", "no_applicant", "protected", "already
 FAIL_OPEN_STAGES = ("parse", "limits", "detect", "decorate", "sign", "timeout")
 DKIM_RESULTS = ("signed", "error")
 REPLY_CLASSES = ("2xx", "4xx", "5xx", "unavailable")
+CLICK_KINDS = ("person", "scanner")
+TRACKING_REFUSALS = ("unknown_token", "bad_signature", "malformed")
 REFUSE_REASONS = (
     "client_network",
     "too_many_recipients",
@@ -79,6 +81,24 @@ class Metrics:
         self.referral_events = Counter(
             "mailrelay_referral_events", "Referral events recorded, by tenant.", ["tenant"], registry=r
         )
+        self.clicks = Counter(
+            "mailrelay_link_clicks",
+            "Requests for /r/<token> of a known token, by tenant and kind (scanner: flagged, not a person).",
+            ["tenant", "kind"],
+            registry=r,
+        )
+        self.registrations = Counter(
+            "mailrelay_registrations",
+            "Applicants registered with the referral service (signed webhook, first delivery), by tenant.",
+            ["tenant"],
+            registry=r,
+        )
+        self.tracking_refused = Counter(
+            "mailrelay_tracking_refused",
+            "Click or webhook requests refused (404, 401, 400), by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.event_store_errors = Counter(
             "mailrelay_event_store_errors", "Failed writes or reads of the event store.", registry=r
         )
@@ -120,5 +140,10 @@ class Metrics:
             self.connections_refused.labels(reason=reason)
         for rule in rule_ids:
             self.detected.labels(rule=rule)
+        for reason in TRACKING_REFUSALS:
+            self.tracking_refused.labels(reason=reason)
         for tenant in tenant_ids:
             self.referral_events.labels(tenant=tenant)
+            self.registrations.labels(tenant=tenant)
+            for kind in CLICK_KINDS:
+                self.clicks.labels(tenant=tenant, kind=kind)

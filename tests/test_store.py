@@ -1,4 +1,6 @@
-"""The event store on SQLite and on the real PostgreSQL server: retries count once, marks are found."""
+"""The event store on SQLite and on the real PostgreSQL server: retries count once, marks are found.
+
+The fixtures here (`db_url`, `store`) are imported by the ledger, tracking and report tests."""
 
 from __future__ import annotations
 
@@ -16,33 +18,39 @@ POSTGRES = os.environ.get("MAILRELAY_TEST_POSTGRES", "postgresql+psycopg://postg
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file, or a schema of its own on the real PostgreSQL server."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'events.db'}"
-    else:
-        # A schema of its own per test, on the real server: tests never see each other's rows.
-        schema = f"t_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(POSTGRES)
-        with admin.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-        url = f"{POSTGRES}?options=-csearch_path%3D{schema}"
-    store = EventStore(url)
+        yield f"sqlite:///{tmp_path / 'events.db'}"
+        return
+    # A schema of its own per test, on the real server: tests never see each other's rows.
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[EventStore]:
+    store = EventStore(db_url)
     store.create_schema()
     yield store
     store.close()
-    if request.param == "postgresql":
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
-def referral(token: str, recipient_hash: str, fingerprint: str = "f" * 64) -> CopyRecord:
+def referral(
+    token: str, recipient_hash: str, fingerprint: str = "f" * 64, tenant: str = "acme"
+) -> CopyRecord:
     return CopyRecord(
         fingerprint=fingerprint,
         recipient_hash=recipient_hash,
         next_hop_reply="250 2.0.0 Ok",
         referral=ReferralFields(
-            tenant_id="acme", token=token, rule_id="ja", message_id="<m@x>", recipient=None
+            tenant_id=tenant, token=token, rule_id="ja", message_id="<m@x>", recipient=None
         ),
     )
 

@@ -1,6 +1,21 @@
-"""The referral-event store: SQLAlchemy models and the writer the relay calls off the event loop."""
+"""The referral-event store and ledger: SQLAlchemy models, migrations check, the writer the relay calls off
+the event loop, and the ledger, tracking and retention logic (issue 6)."""
 
-from mailrelay.store.events import CopyRecord, EventStore, ReferralFields
-from mailrelay.store.models import DeliveredCopy, ReferralEvent
+from mailrelay.store.events import DEFAULT_DEDUPE_WINDOW, CopyRecord, EventStore, ReferralFields
+from mailrelay.store.ledger import Balance, LedgerError, LedgerLine
+from mailrelay.store.models import DeliveredCopy, LedgerEntry, ReferralEvent
+from mailrelay.store.schema import SchemaError
 
-__all__ = ["CopyRecord", "DeliveredCopy", "EventStore", "ReferralEvent", "ReferralFields"]
+__all__ = [
+    "DEFAULT_DEDUPE_WINDOW",
+    "Balance",
+    "CopyRecord",
+    "DeliveredCopy",
+    "EventStore",
+    "LedgerEntry",
+    "LedgerError",
+    "LedgerLine",
+    "ReferralEvent",
+    "ReferralFields",
+    "SchemaError",
+]

@@ -1,19 +1,27 @@
-"""Writes referral events and delivered-copy marks; reads the marks that make a retried message idempotent."""
+"""Writes referral events (and their ledger lines) and delivered-copy marks; reads the marks that make a
+retried message idempotent; the async door to the ledger, clicks, registrations and purge (issue 6)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailrelay.store.models import Base, DeliveredCopy, ReferralEvent
+from mailrelay.store import ledger, schema
+from mailrelay.store import tracking as tracking_store
+from mailrelay.store.models import DeliveredCopy, ReferralEvent, RejectionSeen
+
+T = TypeVar("T")
+
+# The same applicant rejected again by the same company within this time is one referral (issue 6).
+DEFAULT_DEDUPE_WINDOW = timedelta(days=180)
 
 
 @dataclass(frozen=True)
@@ -48,8 +56,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class EventStore:
     """All database work runs on one worker thread, so the SMTP event loop never waits on a query."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW) -> None:
         self.url = url
+        self.dedupe_window = dedupe_window
         self.engine: Engine = create_engine(url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -57,10 +66,26 @@ class EventStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailrelay-db")
 
     def create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
+        """Bring the schema to the latest migration (what `mailrelay db upgrade` does)."""
+        schema.upgrade(self.engine)
+
+    def check_schema(self) -> str:
+        """The check at start: an empty database is created; a newer schema raises SchemaError; an older
+        one is upgraded on SQLite (one relay owns the file) and refused on PostgreSQL (several relays)."""
+        return schema.check_at_start(self.engine, upgrade_older=self.engine.dialect.name == "sqlite")
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def transaction(self, fn: Callable[[Session], T]) -> T:
+        """Run `fn` in one transaction (synchronously: for the CLI, tests and the worker thread)."""
+        with self.sessions() as session, session.begin():
+            return fn(session)
+
+    async def run_transaction(self, fn: Callable[[Session], T]) -> T:
+        """`transaction` on the store's worker thread, for code on the event loop (the HTTP endpoints)."""
+        result: T = await self._run(self.transaction, fn)
+        return result
 
     async def delivered_recipients(self, fingerprint: str) -> set[str]:
         """Recipient hashes of copies of this message that an earlier attempt already delivered."""
@@ -101,23 +126,24 @@ class EventStore:
                     pass
         return added
 
-    @staticmethod
-    def _add(session: Session, record: CopyRecord, now: datetime, mark_delivered: bool) -> None:
+    def _add(self, session: Session, record: CopyRecord, now: datetime, mark_delivered: bool) -> None:
         if record.referral is not None:
             r = record.referral
-            session.add(
-                ReferralEvent(
-                    created_at=now,
-                    tenant_id=r.tenant_id,
-                    token=r.token,
-                    rule_id=r.rule_id,
-                    message_id=r.message_id,
-                    recipient_hash=record.recipient_hash,
-                    recipient=r.recipient,
-                    fingerprint=record.fingerprint,
-                    next_hop_reply=record.next_hop_reply,
-                )
+            referral_event = ReferralEvent(
+                created_at=now,
+                tenant_id=r.tenant_id,
+                token=r.token,
+                rule_id=r.rule_id,
+                message_id=r.message_id,
+                recipient_hash=record.recipient_hash,
+                recipient=r.recipient,
+                fingerprint=record.fingerprint,
+                next_hop_reply=record.next_hop_reply,
             )
+            session.add(referral_event)
+            # A retry of the same copy fails here (unique fingerprint + recipient) and counts nothing.
+            session.flush()
+            ledger.count_referral(session, referral_event, self.dedupe_window)
         elif mark_delivered:
             session.add(
                 DeliveredCopy(
@@ -130,7 +156,59 @@ class EventStore:
 
     def count_events(self) -> int:
         with self.sessions() as session:
-            return len(list(session.scalars(select(ReferralEvent.id))))
+            return int(session.scalar(select(func.count(ReferralEvent.id))) or 0)
+
+    async def record_rejection_seen(
+        self, tenant_id: str, decorated: bool, *, fingerprint: str | None = None
+    ) -> None:
+        """Count one rejection mail of `tenant_id`, decorated or not (the follow-up rate's denominator).
+        With the message fingerprint, a retried message counts once, as decorated if any attempt was."""
+        await self._run(self.rejection_seen, tenant_id, decorated, fingerprint, datetime.now(UTC))
+
+    def rejection_seen(self, tenant_id: str, decorated: bool, fingerprint: str | None, now: datetime) -> None:
+        def write(session: Session) -> None:
+            insert = ledger._insert(session)
+            statement = insert(RejectionSeen).values(
+                created_at=now, tenant_id=tenant_id, decorated=decorated, fingerprint=fingerprint
+            )
+            session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["fingerprint"],
+                    set_={"decorated": RejectionSeen.decorated | statement.excluded.decorated},
+                )
+            )
+
+        self.transaction(write)
+
+    async def click(
+        self,
+        token: str,
+        *,
+        method: str,
+        ip: str | None,
+        user_agent: str | None,
+        scanner_reason: str | None,
+        too_soon: timedelta,
+    ) -> tracking_store.ClickResult | None:
+        now = datetime.now(UTC)
+        return await self.run_transaction(
+            lambda s: tracking_store.record_click(
+                s,
+                token,
+                method=method,
+                ip=ip,
+                user_agent=user_agent,
+                now=now,
+                scanner_reason=scanner_reason,
+                too_soon=too_soon,
+            )
+        )
+
+    async def register(self, token: str, webhook_id: str) -> tracking_store.RegistrationResult:
+        now = datetime.now(UTC)
+        return await self.run_transaction(
+            lambda s: tracking_store.record_registration(s, token, webhook_id, now)
+        )
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

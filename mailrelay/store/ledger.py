@@ -1,0 +1,217 @@
+"""The referral ledger: which referral events count, slot redemptions and corrections, and balances that
+are sums of ledger lines (issue 6). Every function here runs inside a caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from mailrelay.store.models import LedgerEntry, ReferralApplicant, ReferralEvent, Tenant
+
+DEFAULT_RATIO = 10
+
+
+class LedgerError(Exception):
+    """A redemption or correction the ledger refuses (no slot left, unknown tenant, empty correction)."""
+
+
+def _insert(session: Session) -> type[postgresql.Insert] | type[sqlite.Insert]:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert  # type: ignore[return-value]
+
+
+def ensure_tenant(session: Session, tenant_id: str, name: str | None = None) -> None:
+    insert = _insert(session)
+    session.execute(
+        insert(Tenant)
+        .values(id=tenant_id, name=name or tenant_id, lock_seq=0)
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+
+
+def lock_tenant(session: Session, tenant_id: str) -> None:
+    """Serialise redemptions of one tenant across relays: an UPDATE holds the row lock (PostgreSQL) or the
+    database write lock (SQLite) until commit, so two redemptions never both spend the last slot."""
+    ensure_tenant(session, tenant_id)
+    session.execute(update(Tenant).where(Tenant.id == tenant_id).values(lock_seq=Tenant.lock_seq + 1))
+
+
+def count_referral(session: Session, event: ReferralEvent, window: timedelta) -> bool:
+    """Write the ledger line for a new referral event, unless the same applicant already counted for this
+    tenant less than `window` ago. Exact under concurrency: the first relay to insert the applicant row
+    wins; any other waits on that row (ON CONFLICT waits for the inserting transaction, FOR UPDATE for an
+    updating one) and then sees the committed time."""
+    insert = _insert(session)
+    inserted = session.execute(
+        insert(ReferralApplicant)
+        .values(tenant_id=event.tenant_id, recipient_hash=event.recipient_hash, counted_at=event.created_at)
+        .on_conflict_do_nothing(index_elements=["tenant_id", "recipient_hash"])
+        .returning(ReferralApplicant.tenant_id)
+    ).first()
+    if inserted is None:
+        row = session.execute(
+            select(ReferralApplicant)
+            .where(
+                ReferralApplicant.tenant_id == event.tenant_id,
+                ReferralApplicant.recipient_hash == event.recipient_hash,
+            )
+            .with_for_update()
+        ).scalar_one()
+        if _aware(event.created_at) - _aware(row.counted_at) < window:
+            return False
+        row.counted_at = event.created_at
+    session.add(
+        LedgerEntry(
+            created_at=event.created_at,
+            tenant_id=event.tenant_id,
+            kind="referral",
+            referrals=1,
+            slots_used=0,
+            slots_adjusted=0,
+            referral_event_id=event.id,
+        )
+    )
+    return True
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything the store writes is UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Balance:
+    tenant_id: str
+    ratio: int
+    referrals: int
+    earned: int
+    adjusted: int
+    used: int
+
+    @property
+    def left(self) -> int:
+        return self.earned + self.adjusted - self.used
+
+
+def slots_earned(referrals: int, ratio: int) -> int:
+    return max(referrals, 0) // ratio
+
+
+def balance(session: Session, tenant_id: str, ratio: int, until: datetime | None = None) -> Balance:
+    query = select(
+        func.coalesce(func.sum(LedgerEntry.referrals), 0),
+        func.coalesce(func.sum(LedgerEntry.slots_adjusted), 0),
+        func.coalesce(func.sum(LedgerEntry.slots_used), 0),
+    ).where(LedgerEntry.tenant_id == tenant_id)
+    if until is not None:
+        query = query.where(LedgerEntry.created_at < until)
+    referrals, adjusted, used = session.execute(query).one()
+    return Balance(
+        tenant_id, ratio, int(referrals), slots_earned(int(referrals), ratio), int(adjusted), int(used)
+    )
+
+
+def redeem(session: Session, tenant_id: str, ratio: int, by: str, reason: str, now: datetime) -> LedgerEntry:
+    if not by.strip() or not reason.strip():
+        raise LedgerError("a redemption needs who (--by) and why (--reason)")
+    lock_tenant(session, tenant_id)
+    if balance(session, tenant_id, ratio).left < 1:
+        raise LedgerError(f"tenant {tenant_id!r} has no free slot left")
+    entry = LedgerEntry(
+        created_at=now,
+        tenant_id=tenant_id,
+        kind="redeem",
+        referrals=0,
+        slots_used=1,
+        slots_adjusted=0,
+        actor=by,
+        reason=reason,
+    )
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def correct(
+    session: Session,
+    tenant_id: str,
+    *,
+    referrals: int,
+    slots_adjusted: int,
+    slots_used: int,
+    by: str,
+    reason: str,
+    now: datetime,
+) -> LedgerEntry:
+    if not by.strip() or not reason.strip():
+        raise LedgerError("a correction needs who (--by) and why (--reason)")
+    if referrals == slots_adjusted == slots_used == 0:
+        raise LedgerError("a correction must change something (--referrals, --slots or --used)")
+    lock_tenant(session, tenant_id)
+    entry = LedgerEntry(
+        created_at=now,
+        tenant_id=tenant_id,
+        kind="correction",
+        referrals=referrals,
+        slots_used=slots_used,
+        slots_adjusted=slots_adjusted,
+        actor=by,
+        reason=reason,
+    )
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+@dataclass(frozen=True)
+class LedgerLine:
+    """One ledger entry with the running totals after it: how a balance is explained line by line."""
+
+    entry_id: int
+    created_at: datetime
+    kind: str
+    referrals: int
+    slots_used: int
+    slots_adjusted: int
+    referral_event_id: int | None
+    actor: str | None
+    reason: str | None
+    total_referrals: int
+    total_earned: int
+    total_used: int
+    balance: int
+
+
+def lines(session: Session, tenant_id: str, ratio: int) -> Sequence[LedgerLine]:
+    entries = session.scalars(
+        select(LedgerEntry).where(LedgerEntry.tenant_id == tenant_id).order_by(LedgerEntry.id)
+    )
+    out: list[LedgerLine] = []
+    referrals = used = adjusted = 0
+    for e in entries:
+        referrals += e.referrals
+        used += e.slots_used
+        adjusted += e.slots_adjusted
+        earned = slots_earned(referrals, ratio)
+        out.append(
+            LedgerLine(
+                e.id,
+                _aware(e.created_at),
+                e.kind,
+                e.referrals,
+                e.slots_used,
+                e.slots_adjusted,
+                e.referral_event_id,
+                e.actor,
+                e.reason,
+                referrals,
+                earned + adjusted,
+                used,
+                earned + adjusted - used,
+            )
+        )
+    return out

@@ -1,0 +1,126 @@
+"""The HTTP side of tracking, in the relay's process: GET /r/<token> records a click and redirects to the
+referral service; POST /webhooks/registration takes the service's signed registration callback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import timedelta
+
+from aiohttp import web
+
+from mailrelay.config import Listen, Settings
+from mailrelay.metrics import Metrics
+from mailrelay.store import EventStore
+from mailrelay.tracking.links import TOKEN, scanner_reason, service_url
+from mailrelay.tracking.webhook import WebhookError, verify
+
+log = logging.getLogger("mailrelay.tracking")
+
+WEBHOOK_PATH = "/webhooks/registration"
+MAX_WEBHOOK_BODY = 65536
+
+STORE: web.AppKey[EventStore] = web.AppKey("store", EventStore)
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+
+_NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+
+def _not_found() -> web.Response:
+    # Never a redirect for a token we did not issue: the endpoint is no open redirect.
+    return web.Response(status=404, text="Not found\n", headers=_NO_STORE)
+
+
+async def click(request: web.Request) -> web.StreamResponse:
+    token = request.match_info["token"]
+    if not TOKEN.fullmatch(token):
+        request.app[METRICS].tracking_refused.labels(reason="unknown_token").inc()
+        return _not_found()
+    settings = request.app[SETTINGS]
+    agent = request.headers.get("User-Agent")
+    try:
+        result = await request.app[STORE].click(
+            token,
+            method=request.method,
+            ip=request.remote,
+            user_agent=agent,
+            scanner_reason=scanner_reason(request.method, agent),
+            too_soon=timedelta(seconds=settings.http.scanner_seconds),
+        )
+    except Exception:
+        log.exception("recording a click failed")
+        request.app[METRICS].event_store_errors.inc()
+        return web.Response(status=503, text="Try again later\n", headers=_NO_STORE)
+    if result is None:
+        request.app[METRICS].tracking_refused.labels(reason="unknown_token").inc()
+        return _not_found()
+    request.app[METRICS].clicks.labels(
+        tenant=result.tenant_id, kind="scanner" if result.scanner else "person"
+    ).inc()
+    # 307 like Postal: the target is built from the stored token and the configured service URL only.
+    raise web.HTTPTemporaryRedirect(service_url(settings, result.token), headers=_NO_STORE)
+
+
+async def registration(request: web.Request) -> web.Response:
+    settings, metrics = request.app[SETTINGS], request.app[METRICS]
+    if not settings.http.webhook_secrets:
+        return web.json_response({"error": "webhook not configured"}, status=503)
+    body = await request.read()
+    try:
+        msg_id = verify(
+            settings.http.webhook_secrets,
+            {k.lower(): v for k, v in request.headers.items()},
+            body,
+            now=time.time(),
+            tolerance=settings.http.webhook_tolerance,
+        )
+    except WebhookError as exc:
+        metrics.tracking_refused.labels(reason="bad_signature").inc()
+        log.warning("registration webhook refused: %s", exc)
+        return web.json_response({"error": "invalid signature"}, status=401)
+    try:
+        payload = json.loads(body)
+        token = payload["data"]["token"]
+        if payload.get("type", "registration.created") != "registration.created" or not isinstance(
+            token, str
+        ):
+            raise ValueError(payload.get("type"))
+    except (ValueError, KeyError, TypeError):
+        metrics.tracking_refused.labels(reason="malformed").inc()
+        return web.json_response(
+            {"error": "expected {type: registration.created, data: {token}}"}, status=400
+        )
+    try:
+        result = await request.app[STORE].register(token, msg_id)
+    except Exception:
+        log.exception("recording a registration failed")
+        metrics.event_store_errors.inc()
+        return web.json_response({"error": "try again later"}, status=503)
+    if result.status == "unknown_token":
+        metrics.tracking_refused.labels(reason="unknown_token").inc()
+        return web.json_response({"error": "unknown token"}, status=404)
+    if result.status == "recorded" and result.tenant_id is not None:
+        metrics.registrations.labels(tenant=result.tenant_id).inc()
+    return web.json_response({"status": result.status}, status=200)
+
+
+def build_app(settings: Settings, store: EventStore, metrics: Metrics) -> web.Application:
+    app = web.Application(client_max_size=MAX_WEBHOOK_BODY)
+    app[SETTINGS] = settings
+    app[STORE] = store
+    app[METRICS] = metrics
+    app.router.add_get("/r/{token}", click)  # HEAD too: scanners send it, and it is flagged
+    app.router.add_post(WEBHOOK_PATH, registration)
+    return app
+
+
+async def start_tracking_server(
+    settings: Settings, store: EventStore, metrics: Metrics, listen: Listen, *, reuse_port: bool = False
+) -> web.AppRunner:
+    runner = web.AppRunner(build_app(settings, store, metrics), access_log=None)
+    await runner.setup()
+    # reuse_port: `serve --workers N` shares the one HTTP address like the SMTP one.
+    await web.TCPSite(runner, listen.host, listen.port, reuse_port=reuse_port or None).start()
+    return runner

@@ -1,0 +1,234 @@
+"""The click redirect and the registration webhook over real HTTP (aiohttp on loopback), on SQLite and
+PostgreSQL: 307 to the service for a token we issued, 404 and no redirect for anything else, scanner clicks
+flagged, Standard Webhooks signatures with rotation, replay window and idempotency."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import pytest
+from aiohttp import web
+from sqlalchemy import func, select, update
+from test_store import db_url, referral
+
+from conftest import SettingsFactory
+from mailrelay.config import HttpSettings, Settings
+from mailrelay.metrics import Metrics
+from mailrelay.store import EventStore
+from mailrelay.store.models import Click, ReferralEvent, Registration
+from mailrelay.tracking import link_for, sign, verify
+from mailrelay.tracking.http import WEBHOOK_PATH, build_app
+from mailrelay.tracking.webhook import WebhookError
+
+__all__ = ["db_url"]  # fixture
+
+OLD_SECRET = "whsec_" + base64.b64encode(b"o" * 32).decode()
+NEW_SECRET = "whsec_" + base64.b64encode(b"n" * 32).decode()
+TOKEN = "AbCdEfGhIjKlMnOpQrStUv"  # the shape of secrets.token_urlsafe(16)
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+
+
+@dataclass
+class Tracking:
+    base: str
+    store: EventStore
+    metrics: Metrics
+    settings: Settings
+    http: aiohttp.ClientSession
+
+    def count(self, model: type[Click] | type[Registration]) -> int:
+        return int(self.store.transaction(lambda s: s.scalar(select(func.count(model.id)))) or 0)
+
+    async def webhook(
+        self,
+        body: bytes,
+        *,
+        secret: str = NEW_SECRET,
+        msg_id: str = "msg_1",
+        stamp: int | None = None,
+        signature: str | None = None,
+    ) -> aiohttp.ClientResponse:
+        ts = int(time.time()) if stamp is None else stamp
+        headers = {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(ts),
+            "webhook-signature": signature or sign(secret, msg_id, ts, body),
+            "Content-Type": "application/json",
+        }
+        return await self.http.post(self.base + WEBHOOK_PATH, data=body, headers=headers)
+
+
+def registration(token: str = TOKEN) -> bytes:
+    return json.dumps(
+        {"type": "registration.created", "timestamp": "2026-03-01T00:00:00Z", "data": {"token": token}}
+    ).encode()
+
+
+@pytest.fixture
+async def tracking(db_url: str, make_settings: SettingsFactory) -> AsyncIterator[Tracking]:
+    settings = dataclasses.replace(
+        make_settings(),
+        http=HttpSettings(public_url="https://go.acme.example", webhook_secrets=(OLD_SECRET, NEW_SECRET)),
+    )
+    store = EventStore(db_url)
+    store.create_schema()
+    await store.record([referral(TOKEN, "a" * 64)], mark_delivered=False)
+    metrics = Metrics()
+    runner = web.AppRunner(build_app(settings, store, metrics))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    async with aiohttp.ClientSession() as http:
+        yield Tracking(f"http://127.0.0.1:{port}", store, metrics, settings, http)
+    await runner.cleanup()
+    store.close()
+
+
+def delivered_an_hour_ago(t: Tracking) -> None:
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    t.store.transaction(lambda s: s.execute(update(ReferralEvent).values(created_at=an_hour_ago)))
+
+
+async def test_a_click_is_recorded_and_redirected_to_the_service(tracking: Tracking) -> None:
+    delivered_an_hour_ago(tracking)
+    response = await tracking.http.get(
+        f"{tracking.base}/r/{TOKEN}?next=https://evil.example/",
+        allow_redirects=False,
+        headers={"User-Agent": FIREFOX},
+    )
+    assert response.status == 307
+    # The target comes from the configured service URL and the stored token, never from the request.
+    assert response.headers["Location"] == f"https://careerrelay.jp/r/{TOKEN}"
+    clicks = tracking.store.transaction(lambda s: list(s.scalars(select(Click))))
+    assert [(c.scanner, c.tenant_id, c.user_agent) for c in clicks] == [(False, "acme", FIREFOX)]
+    assert tracking.metrics.clicks.labels(tenant="acme", kind="person")._value.get() == 1
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/r/AbCdEfGhIjKlMnOpQrStUw",  # one character changed
+        "/r/unknown-token-unknown-token",
+        "/r/https:%2F%2Fevil.example%2F",
+        "/r/%2F%2Fevil.example",
+        "/r/" + "A" * 200,
+        "/r/",
+    ],
+)
+async def test_an_unknown_or_tampered_token_gets_404_and_no_redirect(tracking: Tracking, path: str) -> None:
+    response = await tracking.http.get(tracking.base + path, allow_redirects=False)
+    assert response.status == 404
+    assert "Location" not in response.headers
+    assert tracking.count(Click) == 0
+
+
+async def test_scanner_clicks_are_recorded_but_flagged(tracking: Tracking) -> None:
+    url = f"{tracking.base}/r/{TOKEN}"
+    # Right after delivery, even a browser's agent: people do not click that fast, gateways do.
+    first = await tracking.http.get(url, allow_redirects=False, headers={"User-Agent": FIREFOX})
+    delivered_an_hour_ago(tracking)
+    head = await tracking.http.head(url, allow_redirects=False, headers={"User-Agent": FIREFOX})
+    agent = await tracking.http.get(
+        url, allow_redirects=False, headers={"User-Agent": "Mozilla/5.0 (compatible; Proofpoint URL Defense)"}
+    )
+    person = await tracking.http.get(url, allow_redirects=False, headers={"User-Agent": FIREFOX})
+    assert [r.status for r in (first, head, agent, person)] == [307] * 4
+    clicks = tracking.store.transaction(lambda s: list(s.scalars(select(Click).order_by(Click.id))))
+    assert [(c.method, c.scanner, c.scanner_reason) for c in clicks] == [
+        ("GET", True, "too_soon"),
+        ("HEAD", True, "head"),
+        ("GET", True, "agent"),
+        ("GET", False, None),
+    ]
+    assert tracking.metrics.clicks.labels(tenant="acme", kind="scanner")._value.get() == 3
+    assert tracking.metrics.clicks.labels(tenant="acme", kind="person")._value.get() == 1
+
+
+async def test_a_signed_registration_is_recorded_once(tracking: Tracking) -> None:
+    response = await tracking.webhook(registration())
+    assert response.status == 200 and (await response.json())["status"] == "recorded"
+    # The service retries the same delivery, then sends the same registration under a new id.
+    again = await tracking.webhook(registration())
+    other_id = await tracking.webhook(registration(), msg_id="msg_2")
+    assert [(await r.json())["status"] for r in (again, other_id)] == ["duplicate", "duplicate"]
+    assert tracking.count(Registration) == 1
+    assert tracking.metrics.registrations.labels(tenant="acme")._value.get() == 1
+
+
+async def test_rotated_secrets_and_several_signatures_are_accepted(tracking: Tracking) -> None:
+    # Signed with the old secret, still configured during the rotation.
+    assert (await tracking.webhook(registration(), secret=OLD_SECRET)).status == 200
+    stamp = int(time.time())
+    body = registration()
+    bogus = "v1," + base64.b64encode(b"x" * 32).decode()
+    header = f"{bogus} v1a,AAAA {sign(NEW_SECRET, 'msg_9', stamp, body)}"
+    response = await tracking.webhook(body, msg_id="msg_9", stamp=stamp, signature=header)
+    assert response.status == 200 and (await response.json())["status"] == "duplicate"
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda body: {"body": body.replace(TOKEN.encode(), b"AbCdEfGhIjKlMnOpQrStUw")},  # body changed
+        lambda body: {"secret": "whsec_" + base64.b64encode(b"z" * 32).decode()},  # not our secret
+        lambda body: {"stamp": int(time.time()) - 3600},  # a replay from an hour ago
+        lambda body: {"stamp": int(time.time()) + 3600},
+        lambda body: {"signature": "v1,"},
+        lambda body: {"signature": "v2," + sign(NEW_SECRET, "msg_1", int(time.time()), body)[3:]},
+    ],
+)
+async def test_a_bad_signature_gets_401_and_changes_nothing(
+    tracking: Tracking, tamper: Callable[[bytes], dict[str, object]]
+) -> None:
+    body = registration()
+    change = tamper(body)
+    if "body" in change:
+        ts = int(time.time())
+        signature = sign(NEW_SECRET, "msg_1", ts, body)
+        response = await tracking.webhook(change["body"], stamp=ts, signature=signature)  # type: ignore[arg-type]
+    else:
+        response = await tracking.webhook(body, **change)  # type: ignore[arg-type]
+    assert response.status == 401
+    assert tracking.count(Registration) == 0
+    assert tracking.metrics.tracking_refused.labels(reason="bad_signature")._value.get() == 1
+
+
+async def test_missing_headers_unknown_tokens_and_bad_payloads(tracking: Tracking) -> None:
+    plain = await tracking.http.post(tracking.base + WEBHOOK_PATH, data=registration())
+    assert plain.status == 401
+    unknown = await tracking.webhook(registration("ZZZZZZZZZZZZZZZZZZZZZZ"), msg_id="msg_u")
+    assert unknown.status == 404
+    bad = await tracking.webhook(b'{"type": "registration.created"}', msg_id="msg_b")
+    assert bad.status == 400
+    assert tracking.count(Registration) == 0
+
+
+def test_verify_is_the_standard_webhooks_scheme() -> None:
+    # The example of the Standard Webhooks spec (standard-webhooks/spec/standard-webhooks.md).
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    body = b'{"test": 2432232314}'
+    signature = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    headers = {
+        "webhook-id": "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        "webhook-timestamp": "1614265330",
+        "webhook-signature": signature,
+    }
+    assert verify([secret], headers, body, now=1614265330, tolerance=300) == "msg_p5jXN8AQM9LWM0D4loKWxJek"
+    with pytest.raises(WebhookError):
+        verify([secret], headers, body, now=1614265330 + 301, tolerance=300)
+
+
+def test_link_modes(make_settings: SettingsFactory) -> None:
+    settings = dataclasses.replace(make_settings(), http=HttpSettings(public_url="https://go.acme.example"))
+    tenant = settings.tenants[0]
+    assert link_for(settings, tenant, TOKEN) == f"https://careerrelay.jp/r/{TOKEN}"
+    click = dataclasses.replace(tenant, link_mode="click")
+    assert link_for(settings, click, TOKEN) == f"https://go.acme.example/r/{TOKEN}"

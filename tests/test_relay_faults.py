@@ -212,3 +212,24 @@ async def test_client_hanging_up_after_the_dot_still_completes_forwarding_and_re
             await asyncio.sleep(0.05)
     assert len(sink.messages) == 1
     assert event_count(relay) == 1
+
+
+async def test_a_retry_of_an_already_delivered_message_leaves_the_session_usable(
+    start_relay, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the benchmark: after `250 already delivered`, the next MAIL on the same session must work."""
+    applicants = ["a@gmail.example", "b@gmail.example"]
+    fail_final_dot_once_for(monkeypatch, "b@gmail.example")
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port))
+        await send_expecting_error(relay, applicants, REJECTION)  # a delivered, b deferred
+        await relay.send(SENDER, applicants, REJECTION)  # b delivered now
+        client = aiosmtplib.SMTP(hostname=relay.host, port=relay.port)
+        await client.connect()
+        # The same message once more (all copies delivered before), then another one on the same session.
+        refused, reply = await client.sendmail(SENDER, applicants, REJECTION)
+        assert refused == {} and "already delivered" in reply
+        refused, reply = await client.sendmail(SENDER, ["c@gmail.example"], OFFER)
+        await client.quit()
+    assert refused == {} and reply.startswith("2")
+    assert sorted(r for m in sink.messages for r in m.rcpt_tos) == [*applicants, "c@gmail.example"]

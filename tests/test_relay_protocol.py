@@ -129,9 +129,9 @@ async def test_other_sessions_are_served_while_one_message_burns_cpu(
     monkeypatch.setattr(Relay, "plan", slow_plan)
     async with RecordingSink() as sink:
         relay = await start_relay(make_settings(sink.port))
-        heavy = asyncio.ensure_future(
-            relay.send("recruit@acme.co.jp", ["a@gmail.example"], REJECTION.replace(b"Dear", b"pathological"))
-        )
+        # Large enough to be planned off the event loop (relay.INLINE_PLAN_BYTES).
+        big = REJECTION.replace(b"Dear", b"pathological") + b"padding line\r\n" * 6000
+        heavy = asyncio.ensure_future(relay.send("recruit@acme.co.jp", ["a@gmail.example"], big))
         await asyncio.sleep(0.2)
         await relay.send("recruit@acme.co.jp", ["b@gmail.example"], REJECTION)
         finished_first = [m.rcpt_tos for m in sink.messages]

@@ -36,6 +36,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _offline_relay(settings: Settings):  # type: ignore[no-untyped-def]
     """The relay's planning part without listeners or the database: for check and preview."""
     from mailrelay.app import load_ruleset
+    from mailrelay.journal import EventJournal
     from mailrelay.metrics import Metrics
     from mailrelay.relay import Relay
     from mailrelay.signing import DkimSigner
@@ -54,6 +55,7 @@ def _offline_relay(settings: Settings):  # type: ignore[no-untyped-def]
         DirectoryNextHop(settings.state_dir / "outbox"),
         Metrics(),
         secrets.token_bytes(32),
+        EventJournal(settings.state_dir / "preview.journal"),
     )
 
 
@@ -214,6 +216,22 @@ def cmd_dkim_dns(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_passwd(args: argparse.Namespace) -> int:
+    import getpass
+
+    from mailrelay.smtp.auth import hash_password
+
+    if ":" in args.user or not args.user.strip():
+        print("a user name must not be empty or contain ':'", file=sys.stderr)
+        return 1
+    password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else getpass.getpass("password: ")
+    if len(password) < 12:
+        print("a password needs at least 12 characters", file=sys.stderr)
+        return 1
+    print(f"{args.user}:{hash_password(password)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mailrelay", description="SMTP relay that turns rejection mail into referrals"
@@ -249,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("eml", metavar="EML")
     p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("passwd", help="print a smtp.auth_users_file line for USER (password from stdin)")
+    p.add_argument("user", metavar="USER")
+    p.set_defaults(func=cmd_passwd)
 
     p = sub.add_parser("dkim", help="DKIM keys")
     dkim_sub = p.add_subparsers(dest="dkim_command", required=True)

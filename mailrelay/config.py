@@ -42,6 +42,11 @@ class SmtpSettings:
     max_connections: int
     max_connections_per_client: int
     shutdown_grace: float
+    tls_cert_file: Path | None = None  # STARTTLS offered to clients when set (with tls_key_file)
+    tls_key_file: Path | None = None
+    require_starttls: bool = False
+    auth_users_file: Path | None = None  # SMTP AUTH (after STARTTLS) when set
+    auth_max_failures: int = 5
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,7 @@ class Settings:
     database_url: str
     metrics_listen: Listen | None
     rules: tuple[Path, ...]
+    rule_globs: tuple[str, ...]
     processing: ProcessingSettings
     referral: ReferralSettings
     tenants: tuple[TenantSettings, ...]
@@ -250,6 +256,11 @@ def _resolve(base: Path, value: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def _optional_path(r: _Reader, key: str, base: Path) -> Path | None:
+    text = r.text(key, "", allow_empty=True)
+    return _resolve(base, text) if text else None
+
+
 def _footer(r: _Reader) -> FooterTemplate:
     text = r.text("text")
     html = r.text("html")
@@ -271,6 +282,18 @@ def _footers(r: _Reader) -> dict[str, FooterTemplate]:
     for name in r.data:
         footers[name] = _footer(r.table(name))
     return footers
+
+
+def expand_rule_globs(patterns: tuple[str, ...]) -> tuple[Path, ...]:
+    """The rule files the patterns match now (again on every reload, so a new file is picked up)."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        anchor = Path(pattern).anchor
+        matched = sorted(Path(anchor).glob(pattern[len(anchor) :]))
+        if not matched:
+            raise ValueError(f"{pattern!r} matches no file")
+        paths.extend(matched)
+    return tuple(paths)
 
 
 def load_settings(path: Path) -> Settings:
@@ -306,9 +329,18 @@ def load_settings(path: Path) -> Settings:
         max_recipients=s.integer("max_recipients", 1000, low=1),
         timeout=s.number("timeout", 300.0),
         max_connections=s.integer("max_connections", 500, low=1),
-        max_connections_per_client=s.integer("max_connections_per_client", 50, low=1),
+        max_connections_per_client=s.integer("max_connections_per_client", 100, low=1),
         shutdown_grace=s.number("shutdown_grace", 60.0),
+        tls_cert_file=_optional_path(s, "tls_cert_file", config_dir),
+        tls_key_file=_optional_path(s, "tls_key_file", config_dir),
+        require_starttls=s.flag("require_starttls", False),
+        auth_users_file=_optional_path(s, "auth_users_file", config_dir),
+        auth_max_failures=s.integer("auth_max_failures", 5, low=1),
     )
+    if (smtp.tls_cert_file is None) != (smtp.tls_key_file is None):
+        raise s.error("tls_key_file", "tls_cert_file and tls_key_file go together")
+    if (smtp.require_starttls or smtp.auth_users_file) and smtp.tls_cert_file is None:
+        raise s.error("tls_cert_file", "STARTTLS needs a certificate (AUTH is only offered after STARTTLS)")
     s.finish()
 
     n = root.table("next_hop")
@@ -345,13 +377,12 @@ def load_settings(path: Path) -> Settings:
     p.finish()
 
     ru = root.table("rules")
-    rule_paths: list[Path] = []
-    for pattern in ru.str_list("paths", ["rules/*.toml"]):
-        base = config_dir if not Path(pattern).is_absolute() else Path("/")
-        matched = sorted(base.glob(pattern.lstrip("/")) if base == Path("/") else base.glob(pattern))
-        if not matched:
-            raise ru.error("paths", f"{pattern!r} matches no file (relative to {config_dir})")
-        rule_paths.extend(matched)
+    patterns = ru.str_list("paths", ["rules/*.toml"])
+    rule_globs = tuple(str(_resolve(config_dir, pattern)) for pattern in patterns)
+    try:
+        rule_paths = expand_rule_globs(rule_globs)
+    except ValueError as exc:
+        raise ru.error("paths", str(exc)) from exc
     ru.finish()
 
     rf = root.table("referral", required=True)
@@ -467,7 +498,8 @@ def load_settings(path: Path) -> Settings:
         next_hop=next_hop,
         database_url=database_url,
         metrics_listen=metrics_listen,
-        rules=tuple(rule_paths),
+        rules=rule_paths,
+        rule_globs=rule_globs,
         processing=processing,
         referral=referral,
         tenants=tuple(tenants),

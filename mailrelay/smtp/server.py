@@ -8,6 +8,7 @@ import logging
 import re
 import secrets
 import socket
+import ssl
 import weakref
 from typing import Any
 
@@ -17,6 +18,7 @@ from mailrelay.config import Settings
 from mailrelay.metrics import Metrics
 from mailrelay.relay import Mirrored, Relay, RelaySession, Transaction, mask
 from mailrelay.smtp import replies
+from mailrelay.smtp.auth import Authenticator, load_users
 
 log = logging.getLogger("mailrelay.smtp")
 
@@ -123,7 +125,7 @@ class RelayHandler:
             self.metrics.connections_refused.labels(reason="bad_address").inc()
             return self._count("MAIL", replies.BAD_SENDER_ADDRESS)
         state.txn_id = secrets.token_hex(5).upper()
-        if not state.allowed:
+        if not state.allowed and not session.authenticated:
             # Relay policy is answered at RCPT (like Postfix's smtpd_recipient_restrictions), and nothing is
             # opened toward the next hop for a client that may not relay.
             envelope.mail_from = address
@@ -147,7 +149,7 @@ class RelayHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
         state = self.state(session)
-        if not state.allowed:
+        if not state.allowed and not session.authenticated:
             self.metrics.connections_refused.labels(reason="client_network").inc()
             log.info("%s: client=[%s] relay denied to <%s>", state.txn_id, state.peer_ip, mask(address))
             return self._count("RCPT", replies.RELAY_DENIED)
@@ -267,6 +269,14 @@ async def start_smtp_server(
     """Listen on settings.smtp.listen (or host/port), or on `sock`, a socket passed by systemd."""
     s = settings.smtp
     loop = asyncio.get_running_loop()
+    tls_context = None
+    if s.tls_cert_file is not None and s.tls_key_file is not None:
+        tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls_context.load_cert_chain(s.tls_cert_file, s.tls_key_file)
+    authenticator = None
+    if s.auth_users_file is not None:
+        users = load_users(s.auth_users_file, str(settings.source))
+        authenticator = Authenticator(users, s.auth_max_failures)
 
     def factory() -> RelaySMTP:
         return RelaySMTP(
@@ -278,6 +288,14 @@ async def start_smtp_server(
             enable_SMTPUTF8=True,
             decode_data=False,
             timeout=s.timeout,
+            tls_context=tls_context,
+            require_starttls=s.require_starttls,
+            authenticator=authenticator,
+            # AUTH only inside TLS (538 otherwise), and at most 3 attempts per connection (then 421).
+            auth_require_tls=True,
+            command_call_limit={"AUTH": 3} if authenticator else None,
+            # PLAIN only: inside TLS it is all a submission client needs, and one mechanism less to get wrong.
+            auth_exclude_mechanism=["LOGIN"],
             # aiosmtpd logs every address at INFO on the "mail.log" logger; ours are masked instead.
             loop=loop,
         )

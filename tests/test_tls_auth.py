@@ -1,0 +1,159 @@
+"""Issue 5, security: STARTTLS for clients, AUTH only after it, attempts capped per connection and failures
+throttled per client, no password in any log, and no command injected before STARTTLS ever runs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import subprocess
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+
+from conftest import SettingsFactory
+from mailrelay.config import Settings, load_settings
+from mailrelay.smtp.auth import hash_password
+from support.sinks import RecordingSink
+
+E2E = Path(__file__).resolve().parent / "e2e"
+OFFER = (E2E / "offer_ja.eml").read_bytes()
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=relay.test",
+         "-keyout", base / "key.pem", "-out", base / "cert.pem"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return base / "cert.pem", base / "key.pem"
+
+
+def tls_settings(
+    make_settings: SettingsFactory, port: int, certificate: tuple[Path, Path], tmp_path: Path, networks: str
+) -> Settings:
+    settings = make_settings(port, client_networks=networks)
+    users = tmp_path / "users"
+    users.write_text(f"# submission accounts\nhr-desk:{hash_password(PASSWORD)}\n", encoding="utf-8")
+    cert, key = certificate
+    text = settings.source.read_text(encoding="utf-8").replace(
+        "[smtp]\n",
+        f'[smtp]\ntls_cert_file = "{cert}"\ntls_key_file = "{key}"\nauth_users_file = "{users}"\n',
+        1,
+    )
+    settings.source.write_text(text, encoding="utf-8")
+    return load_settings(settings.source)
+
+
+def client_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def test_auth_after_starttls_lets_an_outside_client_relay(
+    start_relay, make_settings: SettingsFactory, certificate: tuple[Path, Path], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    async with RecordingSink() as sink:
+        relay = await start_relay(
+            tls_settings(make_settings, sink.port, certificate, tmp_path, '["192.0.2.0/24"]')
+        )
+        # Without AUTH this client is an outsider: relaying is refused.
+        with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
+            await aiosmtplib.send(
+                OFFER, sender="hr@acme.co.jp", recipients=["a@gmail.example"],
+                hostname=relay.host, port=relay.port, start_tls=True, tls_context=client_tls(),
+            )  # fmt: skip
+        refused, reply = await aiosmtplib.send(
+            OFFER, sender="hr@acme.co.jp", recipients=["a@gmail.example"], hostname=relay.host,
+            port=relay.port, start_tls=True, tls_context=client_tls(), username="hr-desk", password=PASSWORD,
+        )  # fmt: skip
+    assert refused == {} and reply.startswith("2")
+    assert [m.content for m in sink.messages] == [OFFER]
+    assert PASSWORD not in caplog.text
+
+
+async def test_auth_is_refused_without_tls(
+    start_relay, make_settings: SettingsFactory, certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    async with RecordingSink() as sink:
+        relay = await start_relay(
+            tls_settings(make_settings, sink.port, certificate, tmp_path, '["192.0.2.0/24"]')
+        )
+        client = aiosmtplib.SMTP(hostname=relay.host, port=relay.port, start_tls=False)
+        await client.connect()
+        await client.ehlo()
+        assert "auth" not in client.esmtp_extensions  # not even offered before STARTTLS
+        response = await client.execute_command(b"AUTH", b"PLAIN", b"AGhyLWRlc2sAeA==")
+        await client.quit()
+    assert response.code == 538
+
+
+async def test_auth_attempts_are_capped_per_connection_and_throttled_per_client(
+    start_relay, make_settings: SettingsFactory, certificate: tuple[Path, Path], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    async with RecordingSink() as sink:
+        relay = await start_relay(
+            tls_settings(make_settings, sink.port, certificate, tmp_path, '["192.0.2.0/24"]')
+        )
+        codes: list[int] = []
+        for _connection in range(2):
+            client = aiosmtplib.SMTP(
+                hostname=relay.host, port=relay.port, start_tls=True, tls_context=client_tls()
+            )
+            await client.connect()
+            for _attempt in range(4):
+                try:
+                    await client.login("hr-desk", "wrong password 123")
+                except aiosmtplib.SMTPAuthenticationError as exc:
+                    codes.append(exc.code)
+                except aiosmtplib.SMTPServerDisconnected:
+                    codes.append(421)
+                    break
+            client.close()
+        # The right password from the same address is refused for a while: guessing stays slow.
+        client = aiosmtplib.SMTP(
+            hostname=relay.host, port=relay.port, start_tls=True, tls_context=client_tls()
+        )
+        await client.connect()
+        with pytest.raises(aiosmtplib.SMTPAuthenticationError) as info:
+            await client.login("hr-desk", PASSWORD)
+        client.close()
+    assert codes[:3] == [535, 535, 535]
+    assert 421 in codes  # the 4th AUTH on one connection: aiosmtpd's per-connection cap
+    assert info.value.code == 454
+    assert "wrong password" not in caplog.text and PASSWORD not in caplog.text
+
+
+async def test_commands_pipelined_before_starttls_never_run(
+    start_relay, make_settings: SettingsFactory, certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """CVE-2024-34083 (aiosmtpd < 1.4.6): plaintext sent with STARTTLS is discarded, never run under TLS."""
+    async with RecordingSink() as sink:
+        relay = await start_relay(
+            tls_settings(make_settings, sink.port, certificate, tmp_path, '["127.0.0.0/8"]')
+        )
+        reader, writer = await asyncio.open_connection(relay.host, relay.port)
+        await reader.readline()
+        writer.write(b"EHLO client.test\r\n")
+        while not (await reader.readline()).startswith(b"250 "):
+            pass
+        writer.write(b"STARTTLS\r\nEHLO evil.example\r\nMAIL FROM:<injected@evil.example>\r\n")
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"220")
+        await writer.start_tls(client_tls())
+        writer.write(b"EHLO legit.example\r\nMAIL FROM:<legit@acme.co.jp>\r\nQUIT\r\n")
+        await writer.drain()
+        rest = await reader.read()
+        writer.close()
+    assert b"221" in rest
+    assert [e for e in sink.events if e[0] == "MAIL"] == [("MAIL", "legit@acme.co.jp")]

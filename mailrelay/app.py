@@ -21,8 +21,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mailrelay import sdnotify
-from mailrelay.config import Listen, Settings, load_settings
+from mailrelay.config import Listen, Settings, expand_rule_globs, load_settings
 from mailrelay.detection import RuleSet, load_rules
+from mailrelay.errors import ConfigError
 from mailrelay.journal import EventJournal, replay_forever
 from mailrelay.metrics import Metrics
 from mailrelay.relay import Relay
@@ -56,7 +57,11 @@ def setup_logging(level: str, fmt: str) -> None:
 
 def load_ruleset(settings: Settings) -> RuleSet:
     footers = {name for tenant in settings.tenants for name in tenant.footers}
-    return load_rules(settings.rules, footers)
+    try:
+        paths = expand_rule_globs(settings.rule_globs)
+    except ValueError as exc:
+        raise ConfigError(str(settings.source), ("rules.paths",), str(exc)) from exc
+    return load_rules(paths, footers)
 
 
 def load_hash_key(path: Path) -> bytes:
@@ -113,6 +118,22 @@ async def start_metrics_server(metrics: Metrics, host: str, port: int) -> web.Ap
     return runner
 
 
+def reload_rules(components: Components) -> bool:
+    """SIGHUP: read the rule files again and swap them in whole (one attribute assignment, so a message
+    being planned sees the old set or the new one, never a mix). A bad file keeps the old rules."""
+    try:
+        rules = load_ruleset(components.settings)
+    except Exception as exc:
+        log.error("reload refused, keeping the old rules: %s", exc)
+        components.metrics.rule_reloads.labels(result="failure").inc()
+        return False
+    components.relay.rules = rules
+    components.metrics.prime(rules.ids, ())
+    components.metrics.rule_reloads.labels(result="success").inc()
+    log.info("rules reloaded: %d rules", len(rules.ids))
+    return True
+
+
 async def drain(handler: RelayHandler, grace: float) -> None:
     """Stop like an MTA: the listener stays open so new sessions hear `421 4.3.2` instead of a refused
     connection, transactions in flight get `grace` seconds to finish; whatever is cut then never got a
@@ -148,17 +169,12 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
 
-    def reload_rules() -> None:
+    def on_sighup() -> None:
         sdnotify.reloading()
-        try:
-            components.relay.rules = load_ruleset(settings)
-        except Exception as exc:
-            log.error("reload refused, keeping the old rules: %s", exc)
-        else:
-            log.info("rules reloaded: %d rules", len(components.relay.rules.ids))
+        reload_rules(components)
         sdnotify.notify("READY=1")
 
-    loop.add_signal_handler(signal.SIGHUP, reload_rules)
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     where = settings.next_hop.directory or f"{settings.next_hop.host}:{settings.next_hop.port}"
     smtp_listen = Listen(*smtp_server.sockets[0].getsockname()[:2])
     status = f"listening on {smtp_listen}, next hop {where}, metrics {settings.metrics_listen or 'off'}"

@@ -42,6 +42,9 @@ class Metrics:
         self.rule_vetoes = Counter(
             "mailrelay_rule_vetoes", "Rule hits vetoed, by rule.", ["rule"], registry=r
         )
+        self.rule_reloads = Counter(
+            "mailrelay_rule_reloads", "Rule reloads on SIGHUP, by result.", ["result"], registry=r
+        )
         self.decorated = Counter(
             "mailrelay_copies_decorated", "Per-applicant copies decorated with a referral link.", registry=r
         )
@@ -130,6 +133,8 @@ class Metrics:
 
     def prime(self, rule_ids: tuple[str, ...], tenant_ids: tuple[str, ...]) -> None:
         """Create every labelled series at 0, so rate() and alerts see them before the first event."""
+        for result in ("success", "failure"):
+            self.rule_reloads.labels(result=result)
         for reason in PASS_REASONS:
             self.passed_through.labels(reason=reason)
         for stage in FAIL_OPEN_STAGES:

@@ -1,0 +1,53 @@
+"""Issue 4: SIGHUP reloads the rules atomically; a bad reload keeps the old rules, logs why and counts it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from conftest import REPO, SettingsFactory
+from mailrelay.app import build, reload_rules
+from mailrelay.detection import DetectionInput
+
+SHADOW_RULE = """
+[[rule]]
+id = "en-new-wording"
+description = "A wording HR wants to watch before it acts"
+mode = "shadow"
+language = "en"
+footer = "en"
+require = [["we have filled the position"]]
+"""
+
+
+def _verdict(components, text: str):  # type: ignore[no-untyped-def]
+    return components.relay.rules.evaluate(
+        DetectionInput(
+            subject="", plain=text, html="", header=lambda _n: [], sender="hr@acme.co.jp", tenant="acme"
+        )
+    )
+
+
+def test_reload_swaps_in_new_rules_and_a_broken_file_keeps_the_old(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", rules, ignore=shutil.ignore_patterns("*.md"))
+    components = build(make_settings(rules=str(rules / "*.toml")))
+    text = "Thank you for your application. We have filled the position with another applicant."
+    assert _verdict(components, text).shadow == ()
+
+    (rules / "zz-new.toml").write_text(SHADOW_RULE, encoding="utf-8")
+    assert reload_rules(components) is True
+    assert _verdict(components, text).shadow == ("en-new-wording",)
+
+    (rules / "zz-new.toml").write_text(
+        SHADOW_RULE.replace('mode = "shadow"', 'mode = "loud"'), encoding="utf-8"
+    )
+    before = components.relay.rules
+    assert reload_rules(components) is False
+    assert components.relay.rules is before  # the old set, whole
+    metrics = components.metrics.registry
+    assert metrics.get_sample_value("mailrelay_rule_reloads_total", {"result": "success"}) == 1
+    assert metrics.get_sample_value("mailrelay_rule_reloads_total", {"result": "failure"}) == 1
+    components.store.close()

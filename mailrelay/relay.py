@@ -86,6 +86,7 @@ class Plan:
     groups: list[Group]
     decision: str  # "decorated", or the pass-through/fail-open reason, for logs
     verdict: Verdict | None = None
+    tenant_id: str | None = None  # the tenant the mail was attributed to, once known
 
 
 PassReason = Literal["not_rejection", "shadow", "no_applicant", "protected", "already_decorated", "no_tenant"]
@@ -154,6 +155,10 @@ class Relay:
         self.next_hop = next_hop
         self.metrics = metrics
         self.hash_key = hash_key
+        # Our links, in either link mode: a text that already carries one was decorated before.
+        self.link_prefixes = [settings.referral.base_url]
+        if settings.http.public_url:
+            self.link_prefixes.append(settings.http.public_url.rstrip("/") + "/r/")
         p = settings.processing
         self.limits = Limits(
             max_parts=p.max_parts, max_depth=p.max_depth, max_header_bytes=p.max_header_bytes
@@ -199,9 +204,11 @@ class Relay:
     def _plan(self, txn: Transaction, on_pass: Callable[[str], None], current: list[str]) -> Plan:
         everyone = [Group(list(txn.rcpt_tos), txn.content)]
 
+        tenant: TenantSettings | None = None
+
         def passthrough(reason: PassReason, verdict: Verdict | None = None) -> Plan:
             on_pass(reason)
-            return Plan(everyone, reason, verdict)
+            return Plan(everyone, reason, verdict, tenant.id if tenant else None)
 
         try:
             parsed = parse(txn.content, self.limits)
@@ -217,8 +224,7 @@ class Relay:
 
         current[0] = "detect"
         text = parsed.text()
-        base_url = self.settings.referral.base_url
-        if base_url in text.plain or base_url in text.html:
+        if any(prefix in text.plain or prefix in text.html for prefix in self.link_prefixes):
             # A reply quoting an earlier footer: one link per thread is enough (issue 3, idempotent).
             return passthrough("already_decorated")
         verdict = self.rules.evaluate(
@@ -280,7 +286,7 @@ class Relay:
                 log.exception("%s: stage %s failed; forwarding the original", txn.txn_id, stage_name)
             self.metrics.failed_open.labels(stage="decorate").inc()
             return Plan(everyone, f"failed-open:{stage_name}:{reason}", verdict)
-        return Plan(groups, "decorated", verdict)
+        return Plan(groups, "decorated", verdict, tenant.id)
 
 
 @dataclass
@@ -416,6 +422,16 @@ class RelaySession:
             plan.decision,
             rule,
         )
+
+        if plan.verdict is not None and plan.verdict.rejection and plan.tenant_id is not None:
+            # The follow-up rate's denominator: every rejection mail, decorated or not (issue 6 reports).
+            try:
+                await relay.store.record_rejection_seen(
+                    plan.tenant_id, plan.decision == "decorated", fingerprint=txn.fingerprint
+                )
+            except Exception as exc:
+                log.warning("%s: counting the rejection failed (%s)", txn.txn_id, type(exc).__name__)
+                metrics.event_store_errors.inc()
 
         already: set[str] = set()
         if len(plan.groups) > 1 or plan.groups[0].copy is not None:
@@ -576,7 +592,7 @@ class RelaySession:
                         token=copy.token,
                         rule_id=copy.rule_id,
                         message_id=next(iter(copy.parsed.header_values("Message-ID")), None),
-                        recipient=r if relay.settings.referral.store_recipient == "clear" else None,
+                        recipient=r if copy.tenant.store_recipient == "clear" else None,
                     )
                 records.append(
                     CopyRecord(txn.fingerprint, relay.recipient_hash(r), res.data_reply.one_line(), referral)

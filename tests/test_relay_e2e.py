@@ -225,3 +225,22 @@ async def test_client_outside_client_networks_gets_554_at_rcpt(
     [refusal] = info.value.recipients
     assert refusal.code == 554 and refusal.message.startswith("5.7.1")
     assert sink.messages == []
+
+
+async def test_rejections_seen_count_every_rejection_once_decorated_or_not(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    """The report's follow-up rate needs every rejection mail, also those that got no link (issue 6)."""
+    from mailrelay.store.models import RejectionSeen
+
+    async with RecordingSink() as sink:
+        relay = await relay_to(sink, start_relay, make_settings)
+        await relay.send("recruit@acme.co.jp", ["applicant@gmail.example"], fixture("rejection_en.eml"))
+        await relay.send(
+            "recruit@acme.co.jp", ["applicant@gmail.example"], fixture("rejection_en.eml")
+        )  # retry
+        await relay.send("recruit@acme.co.jp", ["archive@acme.co.jp"], fixture("rejection_ja_iso2022.eml"))
+        await relay.send("recruit@acme.co.jp", ["applicant@gmail.example"], fixture("offer_ja.eml"))
+    with relay.components.store.sessions() as session:
+        rows = list(session.scalars(select(RejectionSeen)))
+    assert sorted((r.tenant_id, r.decorated) for r in rows) == [("acme", False), ("acme", True)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 
 from mailrelay.stages import Copy, Stage, StageContext
+from mailrelay.tracking import link_for
 
 
 def new_token() -> str:
@@ -13,10 +14,11 @@ def new_token() -> str:
 
 
 def build(context: StageContext) -> Stage:
-    base_url = context.settings.referral.base_url
+    settings = context.settings
 
     def referral_link(copy: Copy) -> None:
         copy.token = new_token()
-        copy.link = base_url + copy.token
+        # "direct" to the referral service, or "click" through our own /r/<token> (issue 6, per tenant).
+        copy.link = link_for(settings, copy.tenant, copy.token)
 
     return referral_link

@@ -464,15 +464,9 @@ class RelaySession:
             self.conn = None
             results = [GroupResult(g, deferred=[(r, None) for r in g.recipients]) for g in groups]
         metrics.forwarding_seconds.observe(time.perf_counter() - started)
-        if self.in_transaction and self.conn is not None:
-            # The transaction opened live at MAIL/RCPT was not used (every copy had been delivered by an
-            # earlier attempt): close it, or the client's next MAIL would meet "503 nested MAIL" downstream.
-            try:
-                await self.conn.rset()
-            except NextHopUnavailable:
-                self.conn = None
-        self.in_transaction = False
-        self.accepted = []
+        # A transaction opened live at MAIL/RCPT may be left unused (every copy had been delivered by an
+        # earlier attempt): close it, or the client's next MAIL would meet "503 nested MAIL" downstream.
+        await self.reset()
         return await self._conclude(txn, plan, results, skipped=bool(already))
 
     async def _forward(self, txn: Transaction, groups: list[Group]) -> list[GroupResult]:

@@ -1,5 +1,5 @@
 # Thin wrappers: the scripts are the source of truth (they also work without make).
-.PHONY: run test lint bench bootstrap
+.PHONY: run test lint bench bootstrap reliability
 
 run:
 	scripts/serve
@@ -16,3 +16,7 @@ bench:
 
 bootstrap:
 	scripts/bootstrap
+
+# Issue 5: the long load, kill -9, fault and flood runs; writes docs/RELIABILITY.md (RELIABILITY_ARGS=--quick in CI).
+reliability:
+	scripts/reliability $(RELIABILITY_ARGS)

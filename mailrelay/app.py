@@ -81,6 +81,7 @@ class Components:
     relay: Relay
     store: EventStore
     handler: RelayHandler
+    signer: DkimSigner
 
 
 def build(settings: Settings, metrics: Metrics | None = None, next_hop: NextHop | None = None) -> Components:
@@ -102,7 +103,7 @@ def build(settings: Settings, metrics: Metrics | None = None, next_hop: NextHop 
     relay = Relay(settings, rules, pipeline, store, next_hop, metrics, hash_key, journal)
     metrics.prime(rules.ids, tuple(t.id for t in settings.tenants))
     handler = RelayHandler(settings, relay, metrics)
-    return Components(settings, metrics, relay, store, handler)
+    return Components(settings, metrics, relay, store, handler, signer)
 
 
 async def start_metrics_server(metrics: Metrics, host: str, port: int) -> web.AppRunner:

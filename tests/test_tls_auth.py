@@ -4,10 +4,12 @@ throttled per client, no password in any log, and no command injected before STA
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from conftest import SettingsFactory
 from mailrelay.config import Settings, load_settings
 from mailrelay.smtp.auth import hash_password
+from mailrelay.transport import SmtpNextHop
 from support.sinks import RecordingSink
 
 E2E = Path(__file__).resolve().parent / "e2e"
@@ -157,3 +160,53 @@ async def test_commands_pipelined_before_starttls_never_run(
         writer.close()
     assert b"221" in rest
     assert [e for e in sink.events if e[0] == "MAIL"] == [("MAIL", "legit@acme.co.jp")]
+
+
+async def test_a_reply_pre_staged_before_the_next_hops_tls_is_never_believed(
+    start_relay, make_settings: SettingsFactory, certificate: tuple[Path, Path]
+) -> None:
+    """GHSA-vxj7-4xrp-5vr4 (aiosmtplib < 5.1.2): a man in the middle appends a plaintext reply to "220 Ready
+    to start TLS"; it must be discarded, not taken as the answer to a command sent inside TLS."""
+    from aiosmtpd.smtp import SMTP
+
+    class Handler:
+        def __init__(self) -> None:
+            self.delivered: list[bytes] = []
+
+        async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+            self.delivered.append(envelope.original_content)
+            return "250 2.0.0 real reply from the next hop"
+
+    class PreStaging(SMTP):  # type: ignore[misc]
+        async def push(self, status: str | bytes) -> None:
+            if isinstance(status, str) and status.startswith("220 Ready to start TLS"):
+                status += "\r\n250 2.0.0 injected before TLS"
+                staged.append(status)
+            await super().push(status)
+
+    staged: list[str] = []
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    handler = Handler()
+    loop = asyncio.get_running_loop()
+    hop = await loop.create_server(
+        lambda: PreStaging(handler, tls_context=server_tls, require_starttls=True, hostname="hop.test"),
+        "127.0.0.1",
+        0,
+    )
+    try:
+        port = hop.sockets[0].getsockname()[1]
+        settings = make_settings(port, starttls="required")
+        settings = dataclasses.replace(
+            settings, next_hop=dataclasses.replace(settings.next_hop, verify_certificate=False)
+        )
+        # The relay's next-hop client was built from settings: rebuild it with the test's settings.
+        relay = await start_relay(settings)
+        relay.components.relay.next_hop = SmtpNextHop(settings.next_hop, "relay.test")
+        refused, reply = await relay.send("recruit@acme.co.jp", ["a@gmail.example"], OFFER)
+    finally:
+        hop.close()
+    assert len(staged) == 1  # the injection really happened
+    assert refused == {} and reply == "2.0.0 real reply from the next hop"
+    assert handler.delivered == [OFFER]

@@ -24,6 +24,10 @@ log = logging.getLogger("mailrelay.smtp")
 
 # Control characters, spaces and angle brackets never belong in an envelope address we forward: aiosmtplib
 # would otherwise rewrite some of them silently (a\rb@x → ab@x), and CR/LF would reach headers or commands.
+# asyncio's default accept backlog is 100: a burst of connections overflows it and a legitimate client then
+# waits for the kernel's 1 s SYN retry (scripts/reliability, flood). The kernel caps it at somaxconn.
+LISTEN_BACKLOG = 1024
+
 _BAD_ADDRESS = re.compile(r"[\x00-\x20\x7f<>]")
 
 
@@ -301,8 +305,12 @@ async def start_smtp_server(
         )
 
     if sock is not None:
-        return await loop.create_server(factory, sock=sock)
+        return await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG)
     # `serve --workers N`: N processes bind one port and the kernel spreads connections (SO_REUSEPORT).
     return await loop.create_server(
-        factory, host or s.listen.host, s.listen.port if port is None else port, reuse_port=reuse_port
+        factory,
+        host or s.listen.host,
+        s.listen.port if port is None else port,
+        reuse_port=reuse_port,
+        backlog=LISTEN_BACKLOG,
     )

@@ -49,7 +49,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    # Wait briefly for a lock, then let the relay journal the record: mail must keep flowing (issue 5).
+    cursor.execute("PRAGMA busy_timeout=500")
     cursor.close()
 
 
@@ -59,7 +60,9 @@ class EventStore:
     def __init__(self, url: str, *, dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW) -> None:
         self.url = url
         self.dedupe_window = dedupe_window
-        self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        # A database that does not answer must fail fast, so the relay journals instead of stalling mail.
+        connect_args = {"connect_timeout": 3} if url.startswith("postgresql") else {}
+        self.engine: Engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)

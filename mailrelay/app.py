@@ -183,7 +183,9 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     # Only now: both listeners accept connections, so `systemctl start` returns when mail can flow.
     sdnotify.notify(f"READY=1\nSTATUS={status}")
     watchdog = sdnotify.start_watchdog()
-    replayer = asyncio.ensure_future(replay_forever(components.relay.journal, components.store))
+    replayer = asyncio.ensure_future(
+        replay_forever(components.relay.journal, components.store, on_success=components.relay.store_back)
+    )
     await stop.wait()
     sdnotify.notify("STOPPING=1\nSTATUS=stopping: finishing transactions in flight")
     log.info("stopping: no new sessions, finishing transactions in flight")

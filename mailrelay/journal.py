@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,13 @@ class EventJournal:
             return written
 
 
-async def replay_forever(journal: EventJournal, store: EventStore, interval: float = 5.0) -> None:
-    """Retry the journal every `interval` seconds while it is not empty."""
+async def replay_forever(
+    journal: EventJournal,
+    store: EventStore,
+    interval: float = 5.0,
+    on_success: Callable[[], None] | None = None,
+) -> None:
+    """Retry the journal every `interval` seconds while it is not empty; `on_success` after a replay."""
     while True:
         await asyncio.sleep(interval)
         if not journal.backlog:
@@ -113,3 +119,5 @@ async def replay_forever(journal: EventJournal, store: EventStore, interval: flo
             )
         else:
             log.info("wrote %d journalled record(s) to the database", written)
+            if on_success is not None:
+                on_success()

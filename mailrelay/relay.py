@@ -148,6 +148,7 @@ class Relay:
         journal: EventJournal,
     ) -> None:
         self.journal = journal
+        self.store_paused_until = 0.0
         self.settings = settings
         self.rules = rules
         self.pipeline = pipeline
@@ -163,6 +164,22 @@ class Relay:
         self.limits = Limits(
             max_parts=p.max_parts, max_depth=p.max_depth, max_header_bytes=p.max_header_bytes
         )
+
+    # After a failure the database is left alone for this long: messages go straight to the journal instead
+    # of each waiting out a lock or a connect timeout on the one database thread (issue 5: mail keeps
+    # flowing). A successful journal replay ends the pause early.
+    STORE_PAUSE_SECONDS = 5.0
+
+    def store_usable(self) -> bool:
+        return time.monotonic() >= self.store_paused_until
+
+    def store_failed(self, txn_id: str, doing: str, exc: Exception) -> None:
+        log.warning("%s: event store unavailable while %s (%s)", txn_id, doing, type(exc).__name__)
+        self.metrics.event_store_errors.inc()
+        self.store_paused_until = time.monotonic() + self.STORE_PAUSE_SECONDS
+
+    def store_back(self) -> None:
+        self.store_paused_until = 0.0
 
     def recipient_hash(self, address: str) -> str:
         return hmac.new(self.hash_key, address.lower().encode("utf-8"), hashlib.sha256).hexdigest()
@@ -423,28 +440,25 @@ class RelaySession:
             rule,
         )
 
-        if plan.verdict is not None and plan.verdict.rejection and plan.tenant_id is not None:
+        rejection_seen = plan.verdict is not None and plan.verdict.rejection and plan.tenant_id is not None
+        if rejection_seen and plan.tenant_id is not None and relay.store_usable():
             # The follow-up rate's denominator: every rejection mail, decorated or not (issue 6 reports).
             try:
                 await relay.store.record_rejection_seen(
                     plan.tenant_id, plan.decision == "decorated", fingerprint=txn.fingerprint
                 )
             except Exception as exc:
-                log.warning("%s: counting the rejection failed (%s)", txn.txn_id, type(exc).__name__)
-                metrics.event_store_errors.inc()
+                relay.store_failed(txn.txn_id, "counting the rejection", exc)
 
         already: set[str] = set()
         if len(plan.groups) > 1 or plan.groups[0].copy is not None:
+            # What this relay delivered while the database was away is in its journal (issue 5).
             already = relay.journal.delivered(txn.fingerprint)
-            try:
-                already |= await relay.store.delivered_recipients(txn.fingerprint)
-            except Exception as exc:
-                # Mail keeps flowing while the database is away (issue 5); what this relay delivered
-                # meanwhile is in its journal, which was consulted above.
-                log.warning(
-                    "%s: event store unreadable (%s); using the journal", txn.txn_id, type(exc).__name__
-                )
-                metrics.event_store_errors.inc()
+            if relay.store_usable():
+                try:
+                    already |= await relay.store.delivered_recipients(txn.fingerprint)
+                except Exception as exc:
+                    relay.store_failed(txn.txn_id, "reading delivered copies", exc)
         groups = [
             Group([r for r in g.recipients if relay.recipient_hash(r) not in already], g.content, g.copy)
             for g in plan.groups
@@ -592,18 +606,16 @@ class RelaySession:
                     CopyRecord(txn.fingerprint, relay.recipient_hash(r), res.data_reply.one_line(), referral)
                 )
         if records and (any(rec.referral for rec in records) or not complete):
-            try:
-                added = await relay.store.record(records, mark_delivered=not complete)
-            except Exception as exc:
+            added: int | None = None
+            if relay.store_usable():
+                try:
+                    added = await relay.store.record(records, mark_delivered=not complete)
+                except Exception as exc:
+                    relay.store_failed(txn.txn_id, "recording delivered copies", exc)
+            if added is None:
                 # The copies are delivered: keep their records in the fsynced journal until the database
                 # is back (0 events lost), and answer as the next hop did.
-                log.warning(
-                    "%s: event store unavailable (%s); journalling %d record(s)",
-                    txn.txn_id,
-                    type(exc).__name__,
-                    len(records),
-                )
-                metrics.event_store_errors.inc()
+                log.info("%s: journalling %d record(s) until the database is back", txn.txn_id, len(records))
                 try:
                     await asyncio.to_thread(relay.journal.append, records, not complete)
                 except OSError:

@@ -80,3 +80,31 @@ def test_journal_survives_a_restart_and_skips_a_torn_last_line(tmp_path: Path) -
     assert reopened.replay(store) == 1
     assert events_in(store) == 1
     store.close()
+
+
+async def test_after_a_store_failure_messages_go_straight_to_the_journal(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    """A locked or silent database is not asked again for every message (each would wait out its timeout):
+    the relay pauses it and journals, so mail keeps flowing at full speed; a replay ends the pause."""
+    async with RecordingSink() as sink:
+        relay: RunningRelay = await start_relay(make_settings(sink.port))
+        down = EventStore(UNREACHABLE)
+        calls: list[str] = []
+        original = down.record
+
+        async def counting_record(*args: object, **kwargs: object) -> int:
+            calls.append("record")
+            return await original(*args, **kwargs)  # type: ignore[arg-type]
+
+        down.record = counting_record  # type: ignore[method-assign]
+        relay.components.relay.store = down
+        for i in range(4):
+            content = REJECTION.replace(b"<e2e-bcc@", f"<pause-{i}@".encode())
+            await relay.send("recruit@acme.co.jp", [f"a{i}@gmail.example"], content)
+        assert len(calls) <= 1  # only the first message met the failing database
+        assert relay.components.relay.journal.backlog == 4
+        relay.components.relay.store_back()
+        assert relay.components.relay.store_usable()
+        down.close()
+    assert len(sink.messages) == 4

@@ -566,14 +566,17 @@ class RelaySession:
                 metrics.next_hop_replies.labels(**{"class": res.data_reply.kind}).inc()
             elif any(reply is None for _r, reply in res.deferred):
                 metrics.next_hop_replies.labels(**{"class": "unavailable"}).inc()
+            copy = res.group.copy
+            signed = f" decorated dkim=d={copy.signed_domain},a={'+'.join(copy.signed_with)}" if copy else ""
             for r in res.delivered:
                 assert res.data_reply is not None
                 log.info(
-                    "%s: to=<%s> status=sent (%d %s)",
+                    "%s: to=<%s> status=sent (%d %s)%s",
                     txn.txn_id,
                     mask(r),
                     res.data_reply.code,
                     res.data_reply.one_line(),
+                    signed,
                 )
             for r, reply in res.deferred:
                 text = f"{reply.code} {reply.one_line()}" if reply else "no reply from next hop"
@@ -606,13 +609,13 @@ class RelaySession:
                     CopyRecord(txn.fingerprint, relay.recipient_hash(r), res.data_reply.one_line(), referral)
                 )
         if records and (any(rec.referral for rec in records) or not complete):
-            added: int | None = None
+            event_ids: list[int] | None = None
             if relay.store_usable():
                 try:
-                    added = await relay.store.record(records, mark_delivered=not complete)
+                    event_ids = await relay.store.record_events(records, mark_delivered=not complete)
                 except Exception as exc:
                     relay.store_failed(txn.txn_id, "recording delivered copies", exc)
-            if added is None:
+            if event_ids is None:
                 # The copies are delivered: keep their records in the fsynced journal until the database
                 # is back (0 events lost), and answer as the next hop did.
                 log.info("%s: journalling %d record(s) until the database is back", txn.txn_id, len(records))
@@ -626,8 +629,8 @@ class RelaySession:
                 for rec in records:
                     if rec.referral is not None:
                         metrics.referral_events.labels(tenant=rec.referral.tenant_id).inc()
-                if added:
-                    log.info("%s: recorded %d referral event(s)", txn.txn_id, added)
+                if event_ids:
+                    log.info("%s: referral event id=%s", txn.txn_id, ",".join(map(str, event_ids)))
 
         if complete:
             last = (

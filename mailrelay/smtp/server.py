@@ -249,12 +249,15 @@ class RelaySMTP(SMTP):
             if self.transport is not None:
                 self.transport.close()
             return
+        log.info("connect from [%s]", self._client)
         await super()._handle_client()
 
     def connection_lost(self, error: Exception | None) -> None:
         session = self.session
         super().connection_lost(error)
         self._metrics.active_sessions.dec()
+        if self._client is not None:
+            log.info("disconnect from [%s]", self._client)
         self._relay_handler.release(self)
         if session is not None:
             self._relay_handler.session_closed(session)

@@ -27,6 +27,7 @@ class Copy:
     token: str = ""
     link: str = ""
     signed_with: list[str] = field(default_factory=list)
+    signed_domain: str = ""
 
 
 Stage = Callable[[Copy], None]

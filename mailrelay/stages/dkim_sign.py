@@ -14,5 +14,6 @@ def build(context: StageContext) -> Stage:
         lines, algorithms = signer.sign(copy.raw, copy.tenant, domain)
         copy.raw = prepend_headers(copy.raw, [lines])
         copy.signed_with = algorithms
+        copy.signed_domain = domain
 
     return dkim_sign

@@ -107,29 +107,33 @@ class EventStore:
 
     async def record(self, records: Iterable[CopyRecord], *, mark_delivered: bool) -> int:
         """Store referral events (and, when the message was split, delivered marks); returns events added."""
-        added: int = await self._run(self._record, list(records), mark_delivered)
-        return added
+        return len(await self.record_events(records, mark_delivered=mark_delivered))
+
+    async def record_events(self, records: Iterable[CopyRecord], *, mark_delivered: bool) -> list[int]:
+        """`record`, returning the ids of the referral events added (for the transaction's log line)."""
+        ids: list[int] = await self._run(self._record, list(records), mark_delivered)
+        return ids
 
     def write(self, records: Iterable[CopyRecord], *, mark_delivered: bool) -> int:
         """`record` for callers already off the event loop (the journal replay)."""
-        return self._record(list(records), mark_delivered)
+        return len(self._record(list(records), mark_delivered))
 
-    def _record(self, records: list[CopyRecord], mark_delivered: bool) -> int:
+    def _record(self, records: list[CopyRecord], mark_delivered: bool) -> list[int]:
         now = datetime.now(UTC)
-        added = 0
+        ids: list[int] = []
         for record in records:
             with self.sessions() as session, session.begin():
                 try:
                     with session.begin_nested():
-                        self._add(session, record, now, mark_delivered)
-                    if record.referral is not None:
-                        added += 1
+                        event_id = self._add(session, record, now, mark_delivered)
+                    if event_id is not None:
+                        ids.append(event_id)
                 except IntegrityError:
                     # The same copy was recorded by an earlier attempt of this message: count it once.
                     pass
-        return added
+        return ids
 
-    def _add(self, session: Session, record: CopyRecord, now: datetime, mark_delivered: bool) -> None:
+    def _add(self, session: Session, record: CopyRecord, now: datetime, mark_delivered: bool) -> int | None:
         if record.referral is not None:
             r = record.referral
             referral_event = ReferralEvent(
@@ -147,7 +151,8 @@ class EventStore:
             # A retry of the same copy fails here (unique fingerprint + recipient) and counts nothing.
             session.flush()
             ledger.count_referral(session, referral_event, self.dedupe_window)
-        elif mark_delivered:
+            return referral_event.id
+        if mark_delivered:
             session.add(
                 DeliveredCopy(
                     created_at=now,
@@ -156,6 +161,7 @@ class EventStore:
                     next_hop_reply=record.next_hop_reply,
                 )
             )
+        return None
 
     def count_events(self) -> int:
         with self.sessions() as session:

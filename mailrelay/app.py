@@ -119,20 +119,50 @@ async def start_metrics_server(metrics: Metrics, host: str, port: int) -> web.Ap
     return runner
 
 
+# What a reload cannot change: these are bound at start (sockets, connections, the store).
+RESTART_ONLY = ("smtp.listen", "metrics_listen", "database_url", "next_hop", "state_dir")
+
+
 def reload_rules(components: Components) -> bool:
-    """SIGHUP: read the rule files again and swap them in whole (one attribute assignment, so a message
-    being planned sees the old set or the new one, never a mix). A bad file keeps the old rules."""
+    """SIGHUP: read config.toml, the rule files, the footer templates and the DKIM keys again, and swap them
+    in only if all of them load (a bad file keeps everything as it was, logged and counted). The rule set
+    is swapped by one assignment, so a message being planned sees the old rules or the new, never a mix."""
+    old = components.settings
     try:
-        rules = load_ruleset(components.settings)
+        settings = load_settings(old.source)
+        rules = load_ruleset(settings)
+        signer = DkimSigner(settings.tenants, str(settings.source))
+        pipeline = build_pipeline(StageContext(settings, signer))
     except Exception as exc:
-        log.error("reload refused, keeping the old rules: %s", exc)
+        log.error("reload refused, keeping the old configuration: %s", exc)
         components.metrics.rule_reloads.labels(result="failure").inc()
         return False
-    components.relay.rules = rules
-    components.metrics.prime(rules.ids, ())
+    changed = [key for key in RESTART_ONLY if _dotted(settings, key) != _dotted(old, key)]
+    if changed:
+        log.warning("reload: %s changed; that takes a restart (kept as before)", ", ".join(changed))
+        settings = dataclasses.replace(
+            settings,
+            smtp=dataclasses.replace(settings.smtp, listen=old.smtp.listen),
+            metrics_listen=old.metrics_listen,
+            database_url=old.database_url,
+            next_hop=old.next_hop,
+            state_dir=old.state_dir,
+        )
+    relay = components.relay
+    relay.settings, relay.pipeline, relay.rules = settings, pipeline, rules
+    components.handler.settings = settings
+    components.settings, components.signer = settings, signer
+    components.metrics.prime(rules.ids, tuple(t.id for t in settings.tenants))
     components.metrics.rule_reloads.labels(result="success").inc()
-    log.info("rules reloaded: %d rules", len(rules.ids))
+    log.info("reloaded: %d rules, %d tenants", len(rules.ids), len(settings.tenants))
     return True
+
+
+def _dotted(settings: Settings, key: str) -> object:
+    value: object = settings
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 async def drain(handler: RelayHandler, grace: float) -> None:

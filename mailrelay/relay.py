@@ -156,14 +156,20 @@ class Relay:
         self.next_hop = next_hop
         self.metrics = metrics
         self.hash_key = hash_key
-        # Our links, in either link mode: a text that already carries one was decorated before.
-        self.link_prefixes = [settings.referral.base_url]
-        if settings.http.public_url:
-            self.link_prefixes.append(settings.http.public_url.rstrip("/") + "/r/")
-        p = settings.processing
-        self.limits = Limits(
-            max_parts=p.max_parts, max_depth=p.max_depth, max_header_bytes=p.max_header_bytes
-        )
+
+    # Derived from the settings each time: a SIGHUP reload replaces `settings` (app.reload_rules).
+    @property
+    def link_prefixes(self) -> list[str]:
+        """Our links, in either link mode: a text that already carries one was decorated before."""
+        prefixes = [self.settings.referral.base_url]
+        if self.settings.http.public_url:
+            prefixes.append(self.settings.http.public_url.rstrip("/") + "/r/")
+        return prefixes
+
+    @property
+    def limits(self) -> Limits:
+        p = self.settings.processing
+        return Limits(max_parts=p.max_parts, max_depth=p.max_depth, max_header_bytes=p.max_header_bytes)
 
     # After a failure the database is left alone for this long: messages go straight to the journal instead
     # of each waiting out a lock or a connect timeout on the one database thread (issue 5: mail keeps

@@ -51,3 +51,28 @@ def test_reload_swaps_in_new_rules_and_a_broken_file_keeps_the_old(
     assert metrics.get_sample_value("mailrelay_rule_reloads_total", {"result": "success"}) == 1
     assert metrics.get_sample_value("mailrelay_rule_reloads_total", {"result": "failure"}) == 1
     components.store.close()
+
+
+def test_reload_also_takes_new_footer_templates_and_keys(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    from mailrelay.signing import make_key_pair
+
+    settings = make_settings()
+    components = build(settings)
+    text = settings.source.read_text(encoding="utf-8")
+    new_key = tmp_path / "new.key"
+    make_key_pair(new_key, "rsa-sha256")
+    text = text.replace("転職支援サービスのご案内です。", "新しいご案内です。").replace(
+        str(settings.tenants[0].dkim[0].key_file), str(new_key)
+    )
+    settings.source.write_text(
+        text.replace('listen = "127.0.0.1:0"', 'listen = "127.0.0.1:2525"'), encoding="utf-8"
+    )
+    assert reload_rules(components) is True
+    tenant = components.relay.settings.tenants[0]
+    assert "新しいご案内です。" in tenant.footers["ja"].text
+    assert components.signer.keys["acme"][0].private == new_key.read_bytes()
+    # The listener is bound: a changed listen address is kept as it was until a restart.
+    assert components.relay.settings.smtp.listen == settings.smtp.listen
+    components.store.close()

@@ -203,16 +203,63 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_dkim_dns(args: argparse.Namespace) -> int:
-    from mailrelay.signing import check_key_file, dns_record, public_txt
+    from mailrelay import signing
 
     settings = _settings(args)
+    status = 0
     for tenant in settings.tenants:
         print(f"; tenant {tenant.id} ({tenant.name}): one record per signing domain and key")
         for key in tenant.dkim:
-            check_key_file(key, str(settings.source))
-            txt = public_txt(key)
+            signing.check_key_file(key, str(settings.source))
+            txt = signing.public_txt(key)
             for domain in tenant.domains:
-                print(dns_record(key.selector, domain, txt))
+                print(signing.dns_record(key.selector, domain, txt))
+                if args.verify:
+                    state = signing.verify_published(key.selector, domain, txt)
+                    print(f";   published: {VERIFY_WORDS[state]}")
+                    status = status or (1 if state in ("missing", "differs") else 0)
+    return status
+
+
+VERIFY_WORDS = {
+    "matches": "yes, the record in DNS matches this key",
+    "differs": "NO: the record in DNS holds another key (signatures would fail)",
+    "missing": "NO: no record in DNS (signatures would fail)",
+    "unreachable": "unknown: DNS could not be asked from here",
+}
+
+
+def cmd_dkim_rotate(args: argparse.Namespace) -> int:
+    from mailrelay import signing
+
+    settings = _settings(args)
+    tenant = next((t for t in settings.tenants if t.id == args.tenant), None)
+    if tenant is None:
+        print(f"no tenant {args.tenant!r} in {settings.source}", file=sys.stderr)
+        return 1
+    if any(k.selector == args.selector for k in tenant.dkim):
+        print(
+            f"tenant {tenant.id} already signs with selector {args.selector!r}: pick a new one",
+            file=sys.stderr,
+        )
+        return 1
+    algorithm = {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}[args.algorithm]
+    key_file = settings.state_dir / "dkim" / f"{tenant.id}.{args.selector}.{args.algorithm}.key"
+    if key_file.exists():
+        print(f"{key_file} exists: refusing to overwrite a key", file=sys.stderr)
+        return 1
+    txt = signing.make_key_pair(key_file, algorithm)
+    print(f"; new {algorithm} key for tenant {tenant.id}: {key_file} (mode 600)")
+    print("; 1. publish these records:")
+    for domain in tenant.domains:
+        print(signing.dns_record(args.selector, domain, txt))
+    print("; 2. wait until `mailrelay dkim dns --verify` says they match and the old TTL has passed;")
+    print(f'; 3. in {settings.source}, under the [[tenants]] with id = "{tenant.id}", add')
+    print(f';      [[tenants.dkim]]\n;      selector = "{args.selector}"\n;      key_file = "{key_file}"')
+    print(f';      algorithm = "{algorithm}"')
+    print(";    and remove the old [[tenants.dkim]] (keep both for a while to dual-sign);")
+    print("; 4. reload: systemctl reload mailrelay (SIGHUP reloads keys);")
+    print("; 5. keep the old DNS record for a week, so mail still in transit verifies; then delete it.")
     return 0
 
 
@@ -282,7 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(func=cmd_dkim_keygen)
     k = dkim_sub.add_parser("dns", help="print the DNS TXT record of every tenant key for each tenant domain")
     _add_config(k)
+    k.add_argument(
+        "--verify", action="store_true", help="also check each record in DNS (exit 1 if one is wrong)"
+    )
     k.set_defaults(func=cmd_dkim_dns)
+    k = dkim_sub.add_parser("rotate", help="make a tenant's next key and print the records and the steps")
+    _add_config(k)
+    k.add_argument("--tenant", required=True)
+    k.add_argument("--selector", required=True, help="the new selector, e.g. mr2027")
+    k.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa")
+    k.set_defaults(func=cmd_dkim_rotate)
 
     p = sub.add_parser("version", help="the versions of mailrelay, Python and the libraries it runs on")
     p.set_defaults(func=cmd_version)

@@ -198,6 +198,38 @@ def public_txt(settings: DkimKeySettings) -> str:
     return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
 
 
+def published_txt(name: str, timeout: float = 3.0) -> list[str] | None:
+    """The TXT strings published at `name`; [] when there are none; None when DNS cannot be asked."""
+    import dns.exception
+    import dns.resolver
+
+    try:
+        answer = dns.resolver.resolve(name, "TXT", lifetime=timeout)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except (dns.exception.DNSException, OSError):
+        return None
+    return [b"".join(record.strings).decode("ascii", "replace") for record in answer]
+
+
+def _p_tag(txt: str) -> str:
+    for tag in txt.split(";"):
+        name, _, value = tag.strip().partition("=")
+        if name.strip() == "p":
+            return "".join(value.split())
+    return ""
+
+
+def verify_published(selector: str, domain: str, txt: str) -> str:
+    """ "matches", "differs", "missing" or "unreachable": what DNS says of our key (RFC 6376 §3.6.1)."""
+    published = published_txt(f"{selector}._domainkey.{domain}")
+    if published is None:
+        return "unreachable"
+    if not published:
+        return "missing"
+    return "matches" if any(_p_tag(value) == _p_tag(txt) for value in published) else "differs"
+
+
 def dns_record(selector: str, domain: str, txt: str) -> str:
     """A zone-file line; TXT strings are split at 255 octets (RFC 1035 §3.3.14)."""
     chunks = " ".join(f'"{txt[i : i + 255]}"' for i in range(0, len(txt), 255))

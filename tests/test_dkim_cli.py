@@ -1,0 +1,46 @@
+"""Issue 7: `mailrelay dkim rotate` makes the next key and says what to do; `dkim dns --verify` checks DNS
+(answers faked: DNS is not ours to run)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import KeyPairs, SettingsFactory
+from mailrelay import signing
+from mailrelay.cli import main
+
+
+def test_rotate_makes_a_private_key_and_prints_records_and_steps(
+    make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = make_settings()
+    args = ["dkim", "rotate", "--config", str(settings.source), "--tenant", "acme", "--selector", "mr2027"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    key = settings.state_dir / "dkim" / "acme.mr2027.rsa.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert 'mr2027._domainkey.acme.co.jp. IN TXT ( "v=DKIM1; k=rsa; p=' in out
+    assert "mr2027._domainkey.acme.example. IN TXT" in out
+    assert "systemctl reload mailrelay" in out and 'selector = "mr2027"' in out
+    assert main(args) == 1  # never overwrites a key
+    assert main([*args[:-1], "mr1"]) == 1  # a selector already in use
+
+
+def test_dns_verify_says_which_records_match(
+    make_settings: SettingsFactory,
+    keys: KeyPairs,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = make_settings()
+    answers = {"mr1._domainkey.acme.co.jp": [keys.rsa_txt], "mr1._domainkey.acme.example": []}
+    monkeypatch.setattr(signing, "published_txt", lambda name, timeout=3.0: answers.get(name))
+    assert main(["dkim", "dns", "--config", str(settings.source), "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("published: yes, the record in DNS matches this key") == 1
+    assert "published: NO: no record in DNS" in out
+    answers["mr1._domainkey.acme.example"] = [keys.rsa_txt]
+    assert main(["dkim", "dns", "--config", str(settings.source), "--verify"]) == 0
+    monkeypatch.setattr(signing, "published_txt", lambda name, timeout=3.0: None)
+    assert main(["dkim", "dns", "--config", str(settings.source), "--verify"]) == 0
+    assert "unknown: DNS could not be asked" in capsys.readouterr().out

@@ -58,15 +58,9 @@ class PartlyDelivered:
     remembered and not sent again."""
 
 
-@dataclass(frozen=True)
-class LocalFailure:
-    """A fault in mailrelay itself (a bug, the event store for a needed read): never the sender's fault."""
-
-    stage: str
-
-
+# A fault in mailrelay itself is not an outcome: it is an exception, which smtp/ answers with 451 4.3.0.
 CommandOutcome = Mirrored | Unavailable | Unsupported
-DataOutcome = Mirrored | Unavailable | PartlyDelivered | LocalFailure
+DataOutcome = Mirrored | Unavailable | PartlyDelivered
 
 
 # ---- planning: what goes to whom ------------------------------------------------------------------------
@@ -417,8 +411,8 @@ class RelaySession:
         passed: list[str] = []
 
         def prepare() -> Plan:
-            # All CPU work on the message bytes happens off the event loop: other sessions keep being
-            # served while a large or pathological message is processed (issue 3, "Bounded").
+            # All CPU work on the message bytes: inline for small messages, in a worker thread for large
+            # ones, so other sessions keep being served meanwhile (INLINE_PLAN_BYTES; issue 3, "Bounded").
             txn.content = normalize_line_endings(txn.content)
             txn.fingerprint = hashlib.sha256(txn.mail_from.lower().encode() + b"\0" + txn.content).hexdigest()
             return relay.plan(txn, passed.append)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from mailrelay.relay import (
     CommandOutcome,
     DataOutcome,
-    LocalFailure,
     Mirrored,
     PartlyDelivered,
     Unavailable,
@@ -52,8 +51,6 @@ def for_data(outcome: DataOutcome) -> str:
             return NEXT_HOP_UNAVAILABLE
         case PartlyDelivered():
             return PARTLY_DELIVERED
-        case LocalFailure():
-            return TEMPORARY_FAILURE
 
 
 def reply_class(reply: str) -> str:

@@ -125,7 +125,10 @@ class RelayHandler:
         state = self.state(session)
         if self.closing:
             return self._count("MAIL", replies.SHUTTING_DOWN)
-        if not _address_ok(address) and address != "":
+        # The null sender of bounces and DSNs (RFC 5321 §4.5.5): aiosmtpd hands it over as "<>" and needs a
+        # non-empty envelope.mail_from; toward the next hop it is the empty address again.
+        sender = "" if address == "<>" else address
+        if sender and not _address_ok(sender):
             self.metrics.connections_refused.labels(reason="bad_address").inc()
             return self._count("MAIL", replies.BAD_SENDER_ADDRESS)
         state.txn_id = secrets.token_hex(5).upper()
@@ -136,7 +139,7 @@ class RelayHandler:
             envelope.mail_options.extend(mail_options)
             return self._count("MAIL", replies.OK)
         try:
-            outcome = await state.relay_session.mail(address, list(mail_options))
+            outcome = await state.relay_session.mail(sender, list(mail_options))
         except Exception:
             log.exception("%s: MAIL failed inside mailrelay", state.txn_id)
             self.metrics.internal_errors.inc()
@@ -182,7 +185,7 @@ class RelayHandler:
         content = envelope.original_content or b""
         txn = Transaction(
             txn_id=state.txn_id or secrets.token_hex(5).upper(),
-            mail_from=envelope.mail_from or "",
+            mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
             mail_options=list(envelope.mail_options),
             rcpt_tos=list(envelope.rcpt_tos),
             content=content,

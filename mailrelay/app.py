@@ -120,7 +120,17 @@ async def start_metrics_server(metrics: Metrics, host: str, port: int) -> web.Ap
 
 
 # What a reload cannot change: these are bound at start (sockets, connections, the store).
-RESTART_ONLY = ("smtp.listen", "metrics_listen", "database_url", "next_hop", "state_dir")
+RESTART_ONLY = (
+    "smtp.listen",
+    "smtp.tls_cert_file",
+    "smtp.tls_key_file",
+    "smtp.require_starttls",
+    "smtp.auth_users_file",
+    "metrics_listen",
+    "database_url",
+    "next_hop",
+    "state_dir",
+)
 
 
 def reload_rules(components: Components) -> bool:
@@ -142,7 +152,14 @@ def reload_rules(components: Components) -> bool:
         log.warning("reload: %s changed; that takes a restart (kept as before)", ", ".join(changed))
         settings = dataclasses.replace(
             settings,
-            smtp=dataclasses.replace(settings.smtp, listen=old.smtp.listen),
+            smtp=dataclasses.replace(
+                settings.smtp,
+                listen=old.smtp.listen,
+                tls_cert_file=old.smtp.tls_cert_file,
+                tls_key_file=old.smtp.tls_key_file,
+                require_starttls=old.smtp.require_starttls,
+                auth_users_file=old.smtp.auth_users_file,
+            ),
             metrics_listen=old.metrics_listen,
             database_url=old.database_url,
             next_hop=old.next_hop,

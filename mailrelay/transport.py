@@ -88,7 +88,10 @@ class SmtpNextHop:
         self.tls_context: ssl.SSLContext | None = None
         if settings.starttls != "off":
             self.tls_context = ssl.create_default_context()
-            if not settings.verify_certificate:
+            # "opportunistic" is Postfix's `may`: encrypt when offered, certificate not checked (against
+            # passive eavesdropping only; failing on a self-signed certificate would hold up all mail).
+            # "required" is `verify`/`secure`: TLS or a 4xx, with the certificate checked.
+            if settings.starttls == "opportunistic" or not settings.verify_certificate:
                 self.tls_context.check_hostname = False
                 self.tls_context.verify_mode = ssl.CERT_NONE
 
@@ -103,7 +106,7 @@ class SmtpNextHop:
             # a next hop that does not offer STARTTLS is then an error, never a plaintext fallback.
             start_tls={"off": False, "opportunistic": None, "required": True}[s.starttls],
             tls_context=self.tls_context,
-            validate_certs=s.verify_certificate,
+            validate_certs=s.starttls == "required" and s.verify_certificate,
         )
         try:
             await client.connect()

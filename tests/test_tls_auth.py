@@ -210,3 +210,40 @@ async def test_a_reply_pre_staged_before_the_next_hops_tls_is_never_believed(
     assert len(staged) == 1  # the injection really happened
     assert refused == {} and reply == "2.0.0 real reply from the next hop"
     assert handler.delivered == [OFFER]
+
+
+@pytest.mark.parametrize(("mode", "delivered"), [("opportunistic", True), ("required", False)])
+async def test_next_hop_tls_modes_with_a_self_signed_certificate(
+    start_relay, make_settings: SettingsFactory, certificate: tuple[Path, Path], mode: str, delivered: bool
+) -> None:
+    """Like Postfix: `opportunistic` (may) encrypts without checking the certificate; `required` (verify)
+    checks it and answers 451 when it does not verify, never falling back to plaintext."""
+    from aiosmtpd.smtp import SMTP
+
+    seen: list[object] = []
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            seen.append(session.ssl)
+            return "250 2.0.0 OK"
+
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    loop = asyncio.get_running_loop()
+    hop = await loop.create_server(
+        lambda: SMTP(Handler(), tls_context=server_tls, hostname="hop.test"), "127.0.0.1", 0
+    )
+    try:
+        relay = await start_relay(make_settings(hop.sockets[0].getsockname()[1], starttls=mode))
+        if delivered:
+            refused, reply = await relay.send("recruit@acme.co.jp", ["a@gmail.example"], OFFER)
+            assert refused == {} and reply.startswith("2")
+        else:
+            with pytest.raises(aiosmtplib.SMTPSenderRefused) as info:
+                await relay.send("recruit@acme.co.jp", ["a@gmail.example"], OFFER)
+            assert info.value.code == 451
+    finally:
+        hop.close()
+    assert len(seen) == (1 if delivered else 0)
+    assert all(s is not None for s in seen)  # what was delivered went encrypted

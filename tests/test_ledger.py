@@ -13,6 +13,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from test_store import db_url, referral, store
 
+from conftest import SettingsFactory
 from mailrelay.store import EventStore, LedgerError, SchemaError, ledger, schema
 from mailrelay.store.models import Base, LedgerEntry, ReferralApplicant, ReferralEvent
 from mailrelay.store.purge import purge
@@ -260,3 +261,20 @@ async def test_purge_removes_what_points_at_people_and_keeps_every_total(store: 
     )
     assert none is None
     assert store.transaction(lambda s: purge(s, cutoff, cutoff)).events == 0
+
+
+def test_ledger_cli_redeem_is_refused_without_a_slot_and_a_correction_grants_one(
+    make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mailrelay.app import build
+    from mailrelay.cli import main
+
+    settings = make_settings()
+    build(settings).store.close()  # the schema, as `serve` makes it
+    config = ["--config", str(settings.source), "--tenant", "acme", "--by", "hr-lead"]
+    assert main(["ledger", "redeem", *config, "--reason", "placement #1"]) == 1
+    assert "mailrelay:" in capsys.readouterr().err
+    assert main(["ledger", "correct", *config, "--slots", "1", "--reason", "goodwill"]) == 0
+    assert "1 slot(s) left" in capsys.readouterr().out
+    assert main(["ledger", "redeem", *config, "--reason", "placement #1"]) == 0
+    assert "1 slot redeemed for acme by hr-lead; 0 left" in capsys.readouterr().out

@@ -8,9 +8,12 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 
+from sqlalchemy.orm import Session
+
 from mailrelay.config import Settings, TenantSettings
 from mailrelay.store import ledger, schema
 from mailrelay.store.events import EventStore
+from mailrelay.store.models import LedgerEntry
 from mailrelay.store.purge import purge
 
 AddConfig = Callable[[argparse.ArgumentParser], None]
@@ -108,47 +111,58 @@ def cmd_ledger_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_ledger_redeem(args: argparse.Namespace, settings: Settings) -> int:
-    tenant = _tenant(settings, args.tenant)
+def _append_line(
+    settings: Settings, tenant_id: str, write: Callable[[Session], LedgerEntry]
+) -> tuple[LedgerEntry, int] | None:
+    """Append one ledger line and read the balance after it; None (message printed) when it is refused."""
+    tenant = _tenant(settings, tenant_id)
     store = _store(settings)
-    now = datetime.now(UTC)
     try:
-        entry = store.transaction(
-            lambda s: ledger.redeem(s, tenant.id, tenant.referral_ratio, args.by, args.reason, now)
-        )
+        entry = store.transaction(write)
         left = store.transaction(lambda s: ledger.balance(s, tenant.id, tenant.referral_ratio).left)
     except ledger.LedgerError as exc:
         print(f"mailrelay: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return None
     finally:
         store.close()
+    return entry, left
+
+
+def cmd_ledger_redeem(args: argparse.Namespace, settings: Settings) -> int:
+    tenant = _tenant(settings, args.tenant)
+    now = datetime.now(UTC)
+    done = _append_line(
+        settings,
+        tenant.id,
+        lambda s: ledger.redeem(s, tenant.id, tenant.referral_ratio, args.by, args.reason, now),
+    )
+    if done is None:
+        return EXIT_REFUSED
+    entry, left = done
     print(f"ledger line {entry.id}: 1 slot redeemed for {tenant.id} by {args.by}; {left} left")
     return 0
 
 
 def cmd_ledger_correct(args: argparse.Namespace, settings: Settings) -> int:
     tenant = _tenant(settings, args.tenant)
-    store = _store(settings)
     now = datetime.now(UTC)
-    try:
-        entry = store.transaction(
-            lambda s: ledger.correct(
-                s,
-                tenant.id,
-                referrals=args.referrals,
-                slots_adjusted=args.slots,
-                slots_used=args.used,
-                by=args.by,
-                reason=args.reason,
-                now=now,
-            )
-        )
-        left = store.transaction(lambda s: ledger.balance(s, tenant.id, tenant.referral_ratio).left)
-    except ledger.LedgerError as exc:
-        print(f"mailrelay: {exc}", file=sys.stderr)
+    done = _append_line(
+        settings,
+        tenant.id,
+        lambda s: ledger.correct(
+            s,
+            tenant.id,
+            referrals=args.referrals,
+            slots_adjusted=args.slots,
+            slots_used=args.used,
+            by=args.by,
+            reason=args.reason,
+            now=now,
+        ),
+    )
+    if done is None:
         return EXIT_REFUSED
-    finally:
-        store.close()
+    entry, left = done
     print(f"ledger line {entry.id}: correction for {tenant.id} by {args.by}; {left} slot(s) left")
     return 0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mailrelay import __version__
 from mailrelay.config import Settings, default_config_path, load_settings
-from mailrelay.detection import DetectionInput, Verdict
+from mailrelay.detection import Verdict
 from mailrelay.errors import ConfigError
 from mailrelay.message import MimeError, parse
 from mailrelay.store.schema import SchemaError
@@ -85,17 +85,8 @@ def _verdict_for(relay, raw: bytes) -> tuple[Verdict | None, str]:  # type: igno
     except MimeError as exc:
         return None, f"not parsed ({exc.reason}): would be forwarded unmodified"
     tenant, _from_domain = relay.tenant_for(parsed, "")
-    text = parsed.text()
-    verdict: Verdict = relay.rules.evaluate(
-        DetectionInput(
-            subject=text.subject,
-            plain=text.plain,
-            html=text.html,
-            header=parsed.header_values,
-            sender=next(iter(parsed.header_values("From")), ""),
-            tenant=tenant.id if tenant else None,
-        )
-    )
+    sender = next(iter(parsed.header_values("From")), "")
+    verdict: Verdict = relay.detect(parsed, parsed.text(), sender, tenant.id if tenant else None)
     note = "" if tenant else "no tenant owns the From domain: would be forwarded unmodified"
     if parsed.protected:
         note = f"{parsed.protected} message: would be forwarded unmodified"

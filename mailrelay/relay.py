@@ -17,7 +17,7 @@ from typing import Literal
 from mailrelay.config import Settings, TenantSettings
 from mailrelay.detection import DetectionInput, RuleSet, Verdict
 from mailrelay.journal import EventJournal
-from mailrelay.message import LimitExceeded, Limits, MimeError, ParsedMessage, parse
+from mailrelay.message import LimitExceeded, Limits, MessageText, MimeError, ParsedMessage, parse
 from mailrelay.metrics import Metrics
 from mailrelay.signing import SigningError
 from mailrelay.stages import Copy, Stage
@@ -204,6 +204,19 @@ class Relay:
                 from_domain = domain_of(mail_from)
         return tenant, from_domain
 
+    def detect(self, parsed: ParsedMessage, text: MessageText, sender: str, tenant_id: str | None) -> Verdict:
+        """The rules' verdict on one message; `mailrelay check` asks the same question the same way."""
+        return self.rules.evaluate(
+            DetectionInput(
+                subject=text.subject,
+                plain=text.plain,
+                html=text.html,
+                header=parsed.header_values,
+                sender=sender,
+                tenant=tenant_id,
+            )
+        )
+
     def new_session(self, peer: str) -> RelaySession:
         return RelaySession(self, peer)
 
@@ -244,16 +257,7 @@ class Relay:
         if any(prefix in text.plain or prefix in text.html for prefix in self.link_prefixes):
             # A reply quoting an earlier footer: one link per thread is enough (issue 3, idempotent).
             return passthrough("already_decorated")
-        verdict = self.rules.evaluate(
-            DetectionInput(
-                subject=text.subject,
-                plain=text.plain,
-                html=text.html,
-                header=parsed.header_values,
-                sender=txn.mail_from,
-                tenant=tenant.id,
-            )
-        )
+        verdict = self.detect(parsed, text, txn.mail_from, tenant.id)
 
         for rule_id in verdict.shadow:
             self.metrics.rule_matches.labels(rule=rule_id, mode="shadow").inc()

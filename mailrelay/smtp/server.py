@@ -19,6 +19,7 @@ from mailrelay.metrics import Metrics
 from mailrelay.relay import Mirrored, Relay, RelaySession, Transaction, mask
 from mailrelay.smtp import replies
 from mailrelay.smtp.auth import Authenticator, load_users
+from mailrelay.smtp.data import OneBufferDataSMTP
 
 log = logging.getLogger("mailrelay.smtp")
 
@@ -228,7 +229,7 @@ class RelayHandler:
 _background: set[asyncio.Future[Any]] = set()
 
 
-class RelaySMTP(SMTP):
+class RelaySMTP(OneBufferDataSMTP):
     """aiosmtpd's SMTP with admission control (connection caps, shutdown) and session bookkeeping."""
 
     def __init__(self, handler: RelayHandler, metrics: Metrics, **kwargs: Any) -> None:

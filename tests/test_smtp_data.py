@@ -1,0 +1,149 @@
+"""mailrelay's DATA reader (mailrelay.smtp.data) against aiosmtpd's own: for any bytes a client sends, the
+same replies in the same order and the same content handed to handle_DATA.
+
+Both servers run on loopback and get the raw bytes from a socket, so the stream's limits, fragmenting and
+pipelining are the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mailrelay.smtp.data import OneBufferDataSMTP
+
+SIZE_LIMIT = 3_000  # small, so that generated input crosses it
+PROLOGUE = b"EHLO client\r\nMAIL FROM:<hr@example.co.jp>\r\nRCPT TO:<applicant@example.net>\r\nDATA\r\n"
+EPILOGUE = b"\r\n.\r\nQUIT\r\n"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.contents: list[bytes] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        assert isinstance(envelope.original_content, bytes)
+        self.contents.append(envelope.original_content)
+        return f"250 stored {len(self.contents)}"
+
+
+class Servers:
+    """aiosmtpd's SMTP and ours, each with a Recorder, on one event loop in a thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.recorders = {"aiosmtpd": Recorder(), "mailrelay": Recorder()}
+        self.ports: dict[str, int] = {}
+        self.servers: list[asyncio.Server] = []
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        for name, cls in (("aiosmtpd", SMTP), ("mailrelay", OneBufferDataSMTP)):
+            future = asyncio.run_coroutine_threadsafe(self._serve(cls, self.recorders[name]), self.loop)
+            server = future.result(timeout=10)
+            self.servers.append(server)
+            self.ports[name] = server.sockets[0].getsockname()[1]
+
+    async def _serve(self, cls: type[SMTP], recorder: Recorder) -> asyncio.Server:
+        def factory() -> SMTP:
+            return cls(
+                recorder,
+                hostname="relay.test",
+                data_size_limit=SIZE_LIMIT,
+                decode_data=False,
+                enable_SMTPUTF8=True,
+                loop=self.loop,
+            )
+
+        return await self.loop.create_server(factory, "127.0.0.1", 0)
+
+    def stop(self) -> None:
+        async def close() -> None:
+            for server in self.servers:
+                server.close()
+                await server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+    def converse(self, name: str, sent: bytes) -> tuple[bytes, list[bytes]]:
+        """Send `sent` in one write after the 354; return every reply byte and what handle_DATA got."""
+        recorder = self.recorders[name]
+        recorder.contents = []
+        with socket.create_connection(("127.0.0.1", self.ports[name]), timeout=10) as sock:
+            received = bytearray()
+            sock.sendall(PROLOGUE)
+            while b"\r\n354 " not in b"\r\n" + received:
+                chunk = sock.recv(65536)
+                assert chunk, received
+                received += chunk
+            sock.sendall(sent)
+            while chunk := sock.recv(65536):
+                received += chunk
+        # The greeting names the implementation; everything after it must match.
+        return bytes(received[received.index(b"\r\n") + 2 :]), list(recorder.contents)
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[Servers]:
+    pair = Servers()
+    pair.start()
+    yield pair
+    pair.stop()
+
+
+PIECES = [
+    b"\r\n",
+    b"\r",
+    b"\n",
+    b".",
+    b"..",
+    b".\r\n",
+    b"\r\n.\r\n",
+    b"\n.\n",
+    b"\r.\r",
+    b"x",
+    b"Subject: hi",
+    b"\x00",
+    "お祈り".encode(),
+    b"y" * 400,
+    b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n",
+    b"RSET\r\n",
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(PIECES), max_size=30))
+def test_same_replies_and_content_as_aiosmtpd(servers: Servers, pieces: list[bytes]) -> None:
+    sent = b"".join(pieces) + EPILOGUE
+    assert servers.converse("mailrelay", sent) == servers.converse("aiosmtpd", sent)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"..leading dot\r\n.\r\n", id="dot-stuffed then end"),
+        pytest.param(b"a" * 999 + b"\r\n", id="999-octet line"),
+        pytest.param(b"a" * 1000 + b"\r\n", id="1000-octet line"),
+        pytest.param(b"a" * 5000 + b"\r\n.\r\n", id="5000-octet line with a dot after"),
+        pytest.param((b"b" * 900 + b"\r\n") * 4, id="over the size limit"),
+        pytest.param(b"a" * 5000 + (b"b" * 900 + b"\r\n") * 4, id="too long and too much"),
+        pytest.param(b"\r\n" + b"." * 3 + b"\r\n", id="dots"),
+    ],
+)
+def test_edge_cases_match_aiosmtpd(servers: Servers, body: bytes) -> None:
+    sent = b"Subject: edge\r\n\r\n" + body + EPILOGUE
+    ours: Any = servers.converse("mailrelay", sent)
+    assert ours == servers.converse("aiosmtpd", sent)

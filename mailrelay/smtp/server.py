@@ -118,7 +118,10 @@ class RelayHandler:
     ) -> list[str]:
         # aiosmtpd reads pipelined commands correctly but does not say so; RFC 2920 needs the keyword.
         session.host_name = hostname
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        lines = [*responses[:-1], "250-PIPELINING", responses[-1]]
+        # aiosmtpd writes each line it is given as its own TCP segment; clients that read a reply per
+        # segment (nmap's smtp library) then pair later commands with stale lines. One write, like Postfix.
+        return ["\r\n".join(lines)]
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]

@@ -157,6 +157,6 @@ async def run(scale: Scale, messages: int, section: Section) -> None:
         *rows,
         "",
         "Over the cap (`[processing]` max_parts 1000, max_depth 50, max_header_bytes 100 KB) the message is "
-        "forwarded unmodified; a line over 998 octets is refused by aiosmtpd with `500 Line too long` "
+        "forwarded unmodified; a line over 998 octets is refused with aiosmtpd's `500 Line too long` "
         "(RFC 5321 §4.5.3.1.6) after the data was read.",
     ]

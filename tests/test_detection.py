@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+import re
+import unicodedata
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailrelay.detection import (
     DetectionInput,
@@ -56,6 +61,24 @@ exclude = ["内定"]
 
 def test_normalise_folds_width_and_case() -> None:
     assert normalise("ＳＥ職　Regret  TO\tinform") == "se職 regret to inform"
+
+
+@settings(max_examples=500)
+@given(
+    st.lists(
+        st.sampled_from(
+            ["‘", "’", "‚", "′", "“", "”", "‐", "‑", "'", "-", "Ａ", "ｶﾞ", " ", "\n", "山", "a", "\u200b"]
+        )
+    )
+)
+def test_normalise_folds_quotes_and_dashes_as_the_plain_translation(pieces: list[str]) -> None:
+    """normalise() translates only when a foldable character is present (issue 8); same result as always."""
+    module = importlib.import_module("mailrelay.detection.normalise")
+    text = "".join(pieces)
+    folded = module._INVISIBLE.sub("", unicodedata.normalize("NFKC", text)).translate(module._FOLD).casefold()
+    folded = module._SPACES.sub(" ", module._CJK_GAP.sub("", folded)).strip()
+    assert normalise(text) == folded
+    assert set(module._FOLD) == {ord(c) for c in re.findall(".", module._FOLDABLE.pattern[1:-1])}
 
 
 def test_normalise_folds_half_width_kana_with_voiced_marks() -> None:

@@ -19,6 +19,9 @@ _CJK = (
 _CJK_GAP = re.compile(f"(?<=[{_CJK}])\\s+(?=[{_CJK}])")
 # Typographic quotes and dashes that NFKC keeps: "won’t" must match a rule written as "won't".
 _FOLD = str.maketrans({"‘": "'", "’": "'", "‚": "'", "′": "'", "“": '"', "”": '"', "‐": "-", "‑": "-"})
+# str.translate with a dict costs ~70 ns per character of Japanese text (140 µs for 2,000); most messages
+# have none of these characters, and a regex finds that in a few µs (issue 8).
+_FOLDABLE = re.compile("[‘’‚′“”‐‑]")
 _SPACES = re.compile(r"\s+")
 # Invisible characters that split a phrase without being seen: zero-width space/joiners, word joiner, BOM,
 # soft hyphen; C0 controls other than whitespace (NUL is also our subject/body separator).
@@ -61,8 +64,10 @@ _QUOTED_LINE = re.compile(r"^[ \t]*[>＞].*$\n?", re.MULTILINE)
 def normalise(text: str) -> str:
     """NFKC (full/half width folded), case-folded, typographic quotes folded, invisible characters dropped,
     whitespace between CJK characters removed and every other whitespace run collapsed to one space."""
-    text = unicodedata.normalize("NFKC", text)
-    text = _INVISIBLE.sub("", text).translate(_FOLD).casefold()
+    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))
+    if _FOLDABLE.search(text):
+        text = text.translate(_FOLD)
+    text = text.casefold()
     text = _CJK_GAP.sub("", text)
     return _SPACES.sub(" ", text).strip()
 

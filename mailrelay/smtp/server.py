@@ -10,6 +10,8 @@ import secrets
 import socket
 import ssl
 import weakref
+from email._header_value_parser import get_addr_spec, get_angle_addr  # what aiosmtpd parses addresses with
+from email.errors import HeaderParseError
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -258,6 +260,22 @@ class RelaySMTP(OneBufferDataSMTP):
             return
         log.info("connect from [%s]", self._client)
         await super()._handle_client()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd 1.4.6's _getaddr without the typing.Protocol class it defines on every call (~25 µs,
+        twice per message; issue 8). Same parsing, same results."""
+        if not arg:
+            return "", ""
+        try:
+            parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
+            address, rest = parse(arg)
+        except HeaderParseError:
+            return None, None
+        addr: str = address.addr_spec
+        localpart = addr.rpartition("@")[0]
+        if self.local_part_limit and len(localpart) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     def connection_lost(self, error: Exception | None) -> None:
         session = self.session

@@ -444,25 +444,8 @@ class RelaySession:
             rule,
         )
 
-        rejection_seen = plan.verdict is not None and plan.verdict.rejection and plan.tenant_id is not None
-        if rejection_seen and plan.tenant_id is not None and relay.store_usable():
-            # The follow-up rate's denominator: every rejection mail, decorated or not (issue 6 reports).
-            try:
-                await relay.store.record_rejection_seen(
-                    plan.tenant_id, plan.decision == "decorated", fingerprint=txn.fingerprint
-                )
-            except Exception as exc:
-                relay.store_failed(txn.txn_id, "counting the rejection", exc)
-
-        already: set[str] = set()
-        if len(plan.groups) > 1 or plan.groups[0].copy is not None:
-            # What this relay delivered while the database was away is in its journal (issue 5).
-            already = relay.journal.delivered(txn.fingerprint)
-            if relay.store_usable():
-                try:
-                    already |= await relay.store.delivered_recipients(txn.fingerprint)
-                except Exception as exc:
-                    relay.store_failed(txn.txn_id, "reading delivered copies", exc)
+        # Both go to the store at once, so they share one group transaction (store.events; issue 8).
+        _, already = await asyncio.gather(self._count_rejection(txn, plan), self._read_delivered(txn, plan))
         groups = [
             Group([r for r in g.recipients if relay.recipient_hash(r) not in already], g.content, g.copy)
             for g in plan.groups
@@ -486,6 +469,34 @@ class RelaySession:
         # earlier attempt): close it, or the client's next MAIL would meet "503 nested MAIL" downstream.
         await self.reset()
         return await self._conclude(txn, plan, results, skipped=bool(already))
+
+    async def _count_rejection(self, txn: Transaction, plan: Plan) -> None:
+        """The follow-up rate's denominator: every rejection mail, decorated or not (issue 6 reports)."""
+        relay = self.relay
+        if not (plan.verdict is not None and plan.verdict.rejection and plan.tenant_id is not None):
+            return
+        if relay.store_usable():
+            try:
+                await relay.store.record_rejection_seen(
+                    plan.tenant_id, plan.decision == "decorated", fingerprint=txn.fingerprint
+                )
+            except Exception as exc:
+                relay.store_failed(txn.txn_id, "counting the rejection", exc)
+
+    async def _read_delivered(self, txn: Transaction, plan: Plan) -> set[str]:
+        """Hashes of the recipients an earlier attempt of this message already delivered a copy to."""
+        relay = self.relay
+        if len(plan.groups) == 1 and plan.groups[0].copy is None:
+            return set()
+        # What this relay delivered while the database was away is in its journal (issue 5).
+        already = relay.journal.delivered(txn.fingerprint)
+        if relay.store_usable():
+            hashes = {relay.recipient_hash(r) for g in plan.groups for r in g.recipients}
+            try:
+                already |= await relay.store.delivered_recipients(txn.fingerprint, hashes)
+            except Exception as exc:
+                relay.store_failed(txn.txn_id, "reading delivered copies", exc)
+        return already
 
     async def _forward(self, txn: Transaction, groups: list[Group]) -> list[GroupResult]:
         results: list[GroupResult] = []

@@ -116,7 +116,7 @@ def test_concurrent_relays_never_double_count_nor_skip(db_url: str) -> None:
             own = [referral(f"o{k}-{i}", f"{i:064x}", f"{k + 1000:032x}{i:032x}") for i in range(applicants)]
             mixed = [r for pair in zip(shared, own, strict=True) for r in pair]
             barrier.wait()
-            store._record(mixed if k % 2 else mixed[::-1], False)
+            store.write(mixed if k % 2 else mixed[::-1], mark_delivered=False)
         except BaseException as exc:  # reported below, with the thread's own error
             errors.append(exc)
         finally:

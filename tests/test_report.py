@@ -50,7 +50,14 @@ def fill(store: EventStore) -> None:
             )
             session.add(event)
             session.flush()
-            ledger.count_referral(session, event, timedelta(days=180))
+            ledger.count_referral(
+                session,
+                tenant_id=event.tenant_id,
+                recipient_hash=event.recipient_hash,
+                event_id=event.id,
+                created_at=event.created_at,
+                window=timedelta(days=180),
+            )
             events[n] = event.id
         ledger.redeem(session, "acme", 10, "Sato", "placement 2026-02", datetime(2026, 2, 20, tzinfo=UTC))
         for n, scanner in [(6, False), (7, False), (7, False), (0, False), (8, True), (9, True)]:

@@ -4,13 +4,17 @@ The fixtures here (`db_url`, `store`) are imported by the ledger, tracking and r
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from mailrelay.store import CopyRecord, EventStore, ReferralFields
 
@@ -65,5 +69,58 @@ async def test_a_retried_copy_is_counted_once(store: EventStore) -> None:
 async def test_delivered_marks_and_events_are_both_found_for_a_retry(store: EventStore) -> None:
     plain = CopyRecord("e" * 64, "c" * 64, "250 ok", None)
     await store.record([plain, referral("t4", "d" * 64, "e" * 64)], mark_delivered=True)
-    assert await store.delivered_recipients("e" * 64) == {"c" * 64, "d" * 64}
-    assert await store.delivered_recipients("0" * 64) == set()
+    asked = {"c" * 64, "d" * 64, "f" * 64}
+    assert await store.delivered_recipients("e" * 64, asked) == {"c" * 64, "d" * 64}
+    assert await store.delivered_recipients("e" * 64, {"d" * 64}) == {"d" * 64}
+    assert await store.delivered_recipients("0" * 64, asked) == set()
+
+
+async def held(store: EventStore, *writes: Awaitable[object]) -> list[object]:
+    """Submit `writes` while the store's thread is busy, so that they all wait for the same next batch."""
+    gate = threading.Event()
+    busy = asyncio.ensure_future(store._run(gate.wait))
+    tasks = [asyncio.ensure_future(w) for w in writes]
+    await asyncio.sleep(0.05)  # every task has queued its job
+    gate.set()
+    await busy
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_concurrent_writes_share_one_transaction_and_all_land(store: EventStore) -> None:
+    """Group commit (issue 8): what arrives while the database is busy goes into the next transaction."""
+    commits = 0
+
+    def count(_connection: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(store.engine, "commit", count)
+    writes = [
+        store.record_events([referral(f"g{i}", f"{i:064x}", f"{i:064x}")], mark_delivered=False)
+        for i in range(60)
+    ]
+    seen = [store.record_rejection_seen("acme", True, fingerprint=f"{i:064x}") for i in range(60)]
+    results = await held(store, *writes, *seen)
+    assert all(isinstance(ids, list) and len(ids) == 1 for ids in results[:60]), results
+    assert store.count_events() == 60
+    assert commits == 1
+
+
+async def test_a_failing_job_spoils_only_itself_and_a_failing_database_spoils_the_batch(
+    store: EventStore,
+) -> None:
+    def broken(_session: Session) -> None:
+        raise ValueError("a bug in one job")
+
+    good = store.record_events([referral("ok", "1" * 64, "2" * 64)], mark_delivered=False)
+    results = await held(store, store._batched(broken), good)
+    assert isinstance(results[0], ValueError) and results[1] != [], results
+    assert store.count_events() == 1
+
+    def database_error(session: Session) -> None:
+        session.execute(text("SELECT * FROM no_such_table"))
+
+    doomed = store.record_events([referral("lost", "3" * 64, "4" * 64)], mark_delivered=False)
+    results = await held(store, store._batched(database_error), doomed)
+    assert all(isinstance(r, DBAPIError) for r in results), results
+    assert store.count_events() == 1  # the batch was rolled back: the caller journals its records

@@ -88,6 +88,9 @@ def relaxed_body(body: bytes, chunk_bytes: int = BODY_CHUNK_BYTES) -> bytes:
     the same bytes as applying them to the whole body; the end-of-body rules then run once on the result.
     """
     canon = dkim.canonicalization
+    if b"\t" not in body and b"  " not in body and b" \r\n" not in body:
+        # No tab, no run of spaces, no space before a line end: both substitutions would change nothing.
+        return bytes(canon.correct_empty_body(canon.strip_trailing_lines(body)))
     if len(body) <= chunk_bytes:
         return bytes(_dkimpy_relaxed_body(body))
     pieces = []

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench import load, micro, procs, report, servers
+from bench.load import PACED_RATE
 from bench.messages import RECIPIENT, SENDER, SHAPES, wire_bytes, write_all
 
 
@@ -25,7 +26,7 @@ class Cell:
     contestant: str  # "floor", "mailrelay (other mail)", "mailrelay (rejection)", "postfix"
     shape: str
     sessions: int
-    tool: str  # "smtp-source" (throughput) or "latency-client"
+    tool: str  # "smtp-source" (throughput), "latency-client" (closed loop) or "latency-paced" (PACED_RATE)
     rates: list[float] = field(default_factory=list)  # msg/s per run
     cpu_ms: list[float] = field(default_factory=list)  # server CPU per message per run
     p50_ms: list[float] = field(default_factory=list)
@@ -162,6 +163,34 @@ class Bench:
         finally:
             sampler.stop()
 
+    def paced_latency(
+        self, server: servers.Server, contestant: str, rejection: bool, sessions: int = 10
+    ) -> None:
+        """p50/p99 at PACED_RATE msg/s offered by `sessions` clients: a load every contestant carries, so
+        the latency is the time a message takes, not the queue in front of a saturated server."""
+        for shape in SHAPES:
+            payload = wire_bytes(self.messages[shape.name, rejection])
+            cell = Cell(contestant, shape.name, sessions, "latency-paced")
+            count = 2 * sessions if self.args.smoke else round(PACED_RATE * self.profile.duration * 2)
+            for _ in range(self.profile.runs):
+                cpu0 = procs.cpu_seconds(server.root_pid)
+                result = load.latency_run(server.port, payload, SENDER, sessions, count, PACED_RATE)
+                cpu = procs.cpu_seconds(server.root_pid) - cpu0
+                self._drain(server)
+                cell.rates.append(max(result.messages, 1) / result.seconds)
+                cell.cpu_ms.append(cpu / max(result.messages, 1) * 1000)
+                cell.p50_ms.append(percentile(result.latencies, 0.50) * 1000)
+                cell.p99_ms.append(percentile(result.latencies, 0.99) * 1000)
+                cell.messages += result.messages
+                cell.errors += result.errors
+                cell.detail = cell.detail or result.detail
+            self.cells.append(cell)
+            self.say(
+                f"{contestant:24} {shape.name:17} {sessions:3} sessions at {PACED_RATE:.0f} msg/s: "
+                f"p50 {cell.median(cell.p50_ms):6.2f} ms  p99 {cell.median(cell.p99_ms):6.2f} ms"
+                + (f"  ERRORS {cell.errors}: {cell.detail}" if cell.errors else "")
+            )
+
     def latency(self, server: servers.Server, contestant: str, rejection: bool, sessions: int = 10) -> None:
         sampler = procs.RssSampler(server.root_pid).start()
         try:
@@ -276,6 +305,7 @@ class Bench:
         try:
             self.throughput(floor, "floor", rejection=False)
             self.latency(floor, "floor", rejection=False)
+            self.paced_latency(floor, "floor", rejection=False)
             self.measure_memory(floor, "floor")
         finally:
             floor.stop()
@@ -287,6 +317,8 @@ class Bench:
             self.throughput(relay, "mailrelay (rejection)", rejection=True)
             self.latency(relay, "mailrelay (other mail)", rejection=False)
             self.latency(relay, "mailrelay (rejection)", rejection=True)
+            self.paced_latency(relay, "mailrelay (other mail)", rejection=False)
+            self.paced_latency(relay, "mailrelay (rejection)", rejection=True)
             self.measure_memory(relay, "mailrelay")
             self.run_soak(relay)
         finally:
@@ -305,6 +337,7 @@ class Bench:
         try:
             self.throughput(postfix, "postfix", rejection=False)
             self.latency(postfix, "postfix", rejection=False)
+            self.paced_latency(postfix, "postfix", rejection=False)
             self.measure_memory(postfix, "postfix")
         finally:
             postfix.stop()

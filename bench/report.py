@@ -49,6 +49,7 @@ def _pct(value: float | None) -> str:
 
 
 def render(bench: Bench, command: str, elapsed: float) -> str:
+    from bench.load import PACED_RATE
     from bench.messages import SHAPES
 
     idx = _Index(bench.cells)
@@ -141,6 +142,34 @@ def render(bench: Bench, command: str, elapsed: float) -> str:
                 f"{_spread(cell.cpu_ms, '{:.2f}')} |"
             )
 
+    paced = [c for c in bench.cells if c.tool == "latency-paced"]
+    if paced:
+        lines += [
+            "",
+            f"### Latency at an offered load of {PACED_RATE:.0f} msg/s, 10 sessions",
+            "",
+            "The table above is closed-loop: 10 clients send as fast as replies come, so every contestant "
+            "runs saturated and its latency is mostly the queue (10 sessions / msg/s). Here the same clients "
+            f"pace themselves to {PACED_RATE:.0f} msg/s in all, a load every contestant carries, so the "
+            "latency is the time one message takes through the server. The target on added latency is read "
+            "here; the closed-loop figure is reported beside it.",
+            "",
+            "| contestant | message | p50 ms | p99 ms | added p99 vs floor ms | CPU ms/msg |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for contestant in contestants:
+            for shape in SHAPES:
+                cell = idx.get(contestant, shape.name, 10, "latency-paced")
+                if cell is None:
+                    continue
+                floor = idx.get(FLOOR, shape.name, 10, "latency-paced")
+                added = _med(cell.p99_ms) - _med(floor.p99_ms) if floor and contestant != FLOOR else None
+                lines.append(
+                    f"| {contestant} | {shape.name} | {_spread(cell.p50_ms, '{:.1f}')} | "
+                    f"{_spread(cell.p99_ms, '{:.1f}')} | {'–' if added is None else f'{added:+.1f}'} | "
+                    f"{_spread(cell.cpu_ms, '{:.2f}')} |"
+                )
+
     lines += ["", "## Memory", ""]
     if bench.memory:
         lines += [
@@ -180,6 +209,7 @@ def render(bench: Bench, command: str, elapsed: float) -> str:
         value = m.note or f"{m.per_op_ms:.3f} [{m.spread_ms[0]:.3f}–{m.spread_ms[1]:.3f}]"
         lines.append(f"| {m.name} | {value} |")
 
+    lines += _where_the_time_goes(idx, bench)
     lines += ["", "## Targets (from this run)", ""]
     lines += _targets(idx, bench, sessions)
     if bench.notes:
@@ -191,6 +221,49 @@ def render(bench: Bench, command: str, elapsed: float) -> str:
             for c in errors
         ]
     return "\n".join(lines) + "\n"
+
+
+def _where_the_time_goes(idx: _Index, bench: Bench) -> list[str]:
+    """CPU per message above the floor's, against what the throughput targets leave room for."""
+    from bench.messages import SHAPES
+
+    rows = []
+    for shape in SHAPES:
+        floor, other, rejection = (idx.get(c, shape.name, 10) for c in (FLOOR, OTHER, REJECTION))
+        if not (floor and other and rejection and floor.cpu_ms):
+            continue
+        base = _med(floor.cpu_ms)
+        other_ms, rejection_ms = _med(other.cpu_ms), _med(rejection.cpu_ms)
+        rows.append(
+            f"| {shape.name} | {base:.2f} | {other_ms:.2f} (+{other_ms - base:.2f}) "
+            f"| +{base / 0.9 - base:.2f} "
+            f"| {rejection_ms:.2f} (+{rejection_ms - base:.2f}) | +{base / 0.5 - base:.2f} |"
+        )
+    if not rows:
+        return []
+    wanted = ("detection", "DKIM signing", "whole plan", "event recording")
+    stages = "; ".join(
+        f"{m.name} {m.per_op_ms:.2f} ms" for m in getattr(bench, "micros", []) if m.name.startswith(wanted)
+    )
+    return [
+        "",
+        "## Where the time goes (CPU per message at 10 sessions, smtp-source)",
+        "",
+        "The server's CPU per message (all its processes) against the floor's. With the load generator and "
+        "the next hop on the same 2 cores, msg/s follows CPU per message: reaching 90 % of the floor's msg/s "
+        "leaves mailrelay about 0.11× the floor's CPU per message on top of it, reaching 50 % leaves 1×.",
+        "",
+        "| message | floor ms | mailrelay, other mail ms (added) | room for 90 % | "
+        "mailrelay, rejection ms (added) | room for 50 % |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        f"What the added time is made of, from the stage micro-benchmarks below: {stages}. Every "
+        "non-matching message still has to be decoded and run through detection, which alone costs more "
+        "than the room the 90 % target leaves at 5 KB and 20 KB; a rejection adds DKIM signing, decoration "
+        "and the event write. A sampled profile of one worker (py-spy, in the issue note) shows the rest: "
+        "aiosmtpd's per-line command and data handling and the asyncio transports, which the floor pays too.",
+    ]
 
 
 def _verdict(ok: bool | None) -> str:
@@ -216,19 +289,20 @@ def _targets(idx: _Index, bench: Bench, sessions: tuple[int, ...]) -> list[str]:
         f"- Rejection mail ≥ 50 % of the floor's msg/s at 10 sessions: {_verdict(ok)} "
         f"(lowest {_pct(min(known) if known else None)})."
     )
-    added = []
-    for sh in SHAPES:
-        cell = idx.get(REJECTION, sh.name, 10, "latency-client")
-        floor = idx.get(FLOOR, sh.name, 10, "latency-client")
-        if cell and floor:
-            added.append(_med(cell.p99_ms) - _med(floor.p99_ms))
-    ok = max(added) < 20 if added else None
-    out.append(
-        f"- Added p99 latency per decorated message < 20 ms at 10 sessions: {_verdict(ok)} "
-        f"(largest {max(added):+.1f} ms)."
-        if added
-        else f"- Added p99 latency < 20 ms: {_verdict(None)}."
-    )
+    for tool, how in (("latency-paced", "at the paced load"), ("latency-client", "closed loop, saturated")):
+        added = []
+        for sh in SHAPES:
+            cell = idx.get(REJECTION, sh.name, 10, tool)
+            floor = idx.get(FLOOR, sh.name, 10, tool)
+            if cell and floor:
+                added.append(_med(cell.p99_ms) - _med(floor.p99_ms))
+        ok = max(added) < 20 if added else None
+        out.append(
+            f"- Added p99 latency per decorated message < 20 ms at 10 sessions, {how}: {_verdict(ok)} "
+            f"(largest {max(added):+.1f} ms)."
+            if added
+            else f"- Added p99 latency < 20 ms, {how}: {_verdict(None)}."
+        )
     for contestant in (OTHER, REJECTION):
         ratios = [idx.ratio(contestant, POSTFIX, sh.name, s) for sh in SHAPES for s in sessions]
         known = [r for r in ratios if r is not None]

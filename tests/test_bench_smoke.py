@@ -26,3 +26,4 @@ def test_bench_smoke_relays_through_every_contestant(tmp_path: Path) -> None:
     # Either Postfix ran, or the report says exactly why not.
     assert "| postfix | plain-5k |" in report or "Postfix: not measured" in report
     assert "## Errors" not in report
+    assert "### Latency at an offered load of 100 msg/s" in report

@@ -22,7 +22,7 @@ from mailrelay.metrics import Metrics
 from mailrelay.signing import SigningError
 from mailrelay.stages import Copy, Stage
 from mailrelay.stages.mark import MARKER_HEADER
-from mailrelay.store import CopyRecord, EventStore, ReferralFields
+from mailrelay.store import CopyRecord, EventStore, ReferralFields, SeenRejection
 from mailrelay.transport import HopConnection, NextHop, NextHopUnavailable, Reply
 
 log = logging.getLogger("mailrelay.relay")
@@ -444,8 +444,7 @@ class RelaySession:
             rule,
         )
 
-        # Both go to the store at once, so they share one group transaction (store.events; issue 8).
-        _, already = await asyncio.gather(self._count_rejection(txn, plan), self._read_delivered(txn, plan))
+        already = await self._read_delivered(txn, plan)
         groups = [
             Group([r for r in g.recipients if relay.recipient_hash(r) not in already], g.content, g.copy)
             for g in plan.groups
@@ -469,19 +468,6 @@ class RelaySession:
         # earlier attempt): close it, or the client's next MAIL would meet "503 nested MAIL" downstream.
         await self.reset()
         return await self._conclude(txn, plan, results, skipped=bool(already))
-
-    async def _count_rejection(self, txn: Transaction, plan: Plan) -> None:
-        """The follow-up rate's denominator: every rejection mail, decorated or not (issue 6 reports)."""
-        relay = self.relay
-        if not (plan.verdict is not None and plan.verdict.rejection and plan.tenant_id is not None):
-            return
-        if relay.store_usable():
-            try:
-                await relay.store.record_rejection_seen(
-                    plan.tenant_id, plan.decision == "decorated", fingerprint=txn.fingerprint
-                )
-            except Exception as exc:
-                relay.store_failed(txn.txn_id, "counting the rejection", exc)
 
     async def _read_delivered(self, txn: Transaction, plan: Plan) -> set[str]:
         """Hashes of the recipients an earlier attempt of this message already delivered a copy to."""
@@ -623,14 +609,21 @@ class RelaySession:
                 records.append(
                     CopyRecord(txn.fingerprint, relay.recipient_hash(r), res.data_reply.one_line(), referral)
                 )
-        if records and (any(rec.referral for rec in records) or not complete):
+        write_records = bool(records) and (any(rec.referral for rec in records) or not complete)
+        seen = None
+        if plan.verdict is not None and plan.verdict.rejection and plan.tenant_id is not None:
+            # The follow-up rate's denominator, in the same write as the events: one transaction per message.
+            seen = SeenRejection(plan.tenant_id, plan.decision == "decorated", txn.fingerprint)
+        if write_records or seen is not None:
             event_ids: list[int] | None = None
             if relay.store_usable():
                 try:
-                    event_ids = await relay.store.record_events(records, mark_delivered=not complete)
+                    event_ids = await relay.store.record_events(
+                        records if write_records else [], mark_delivered=not complete, seen=seen
+                    )
                 except Exception as exc:
                     relay.store_failed(txn.txn_id, "recording delivered copies", exc)
-            if event_ids is None:
+            if event_ids is None and write_records:
                 # The copies are delivered: keep their records in the fsynced journal until the database
                 # is back (0 events lost), and answer as the next hop did.
                 log.info("%s: journalling %d record(s) until the database is back", txn.txn_id, len(records))
@@ -640,8 +633,8 @@ class RelaySession:
                     log.critical(
                         "%s: journal write failed: %d delivered copies unrecorded", txn.txn_id, len(records)
                     )
-            else:
-                for rec in records:
+            elif event_ids is not None:
+                for rec in records if write_records else []:
                     if rec.referral is not None:
                         metrics.referral_events.labels(tenant=rec.referral.tenant_id).inc()
                 if event_ids:

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from mailrelay.store import CopyRecord, EventStore, ReferralFields
+from mailrelay.store import CopyRecord, EventStore, ReferralFields, SeenRejection
 
 POSTGRES = os.environ.get("MAILRELAY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -99,7 +99,10 @@ async def test_concurrent_writes_share_one_transaction_and_all_land(store: Event
         store.record_events([referral(f"g{i}", f"{i:064x}", f"{i:064x}")], mark_delivered=False)
         for i in range(60)
     ]
-    seen = [store.record_rejection_seen("acme", True, fingerprint=f"{i:064x}") for i in range(60)]
+    seen = [
+        store.record_events([], mark_delivered=False, seen=SeenRejection("acme", True, f"{i:064x}"))
+        for i in range(60)
+    ]
     results = await held(store, *writes, *seen)
     assert all(isinstance(ids, list) and len(ids) == 1 for ids in results[:60]), results
     assert store.count_events() == 60

@@ -1,7 +1,13 @@
 """The referral-event store and ledger: SQLAlchemy models, migrations check, the writer the relay calls off
 the event loop, and the ledger, tracking and retention logic (issue 6)."""
 
-from mailrelay.store.events import DEFAULT_DEDUPE_WINDOW, CopyRecord, EventStore, ReferralFields
+from mailrelay.store.events import (
+    DEFAULT_DEDUPE_WINDOW,
+    CopyRecord,
+    EventStore,
+    ReferralFields,
+    SeenRejection,
+)
 from mailrelay.store.ledger import Balance, LedgerError, LedgerLine
 from mailrelay.store.models import DeliveredCopy, LedgerEntry, ReferralEvent
 from mailrelay.store.schema import SchemaError
@@ -18,4 +24,5 @@ __all__ = [
     "ReferralEvent",
     "ReferralFields",
     "SchemaError",
+    "SeenRejection",
 ]

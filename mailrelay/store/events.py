@@ -41,6 +41,16 @@ class CopyRecord:
 
 
 @dataclass(frozen=True)
+class SeenRejection:
+    """A rejection mail of `tenant_id`, decorated or not: the follow-up rate's denominator (issue 6). A
+    retried message (same fingerprint) counts once, as decorated if any attempt was."""
+
+    tenant_id: str
+    decorated: bool
+    fingerprint: str | None
+
+
+@dataclass(frozen=True)
 class ReferralFields:
     tenant_id: str
     token: str
@@ -166,11 +176,20 @@ class EventStore:
         """Store referral events (and, when the message was split, delivered marks); returns events added."""
         return len(await self.record_events(records, mark_delivered=mark_delivered))
 
-    async def record_events(self, records: Iterable[CopyRecord], *, mark_delivered: bool) -> list[int]:
-        """`record`, returning the ids of the referral events added (for the transaction's log line)."""
+    async def record_events(
+        self, records: Iterable[CopyRecord], *, mark_delivered: bool, seen: SeenRejection | None = None
+    ) -> list[int]:
+        """`record`, returning the ids of the referral events added (for the transaction's log line); with
+        `seen`, the rejection is counted in the same write (one transaction per message; issue 8)."""
         batch = list(records)
         now = datetime.now(UTC)
-        return await self._batched(lambda session: self._record_in(session, batch, mark_delivered, now))
+
+        def write(session: Session) -> list[int]:
+            if seen is not None:
+                _rejection_seen(session, seen.tenant_id, seen.decorated, seen.fingerprint, now)
+            return self._record_in(session, batch, mark_delivered, now)
+
+        return await self._batched(write)
 
     def write(self, records: Iterable[CopyRecord], *, mark_delivered: bool) -> int:
         """`record` for callers already off the event loop (the journal replay): a transaction per record,
@@ -238,14 +257,6 @@ class EventStore:
     def count_events(self) -> int:
         with self.sessions() as session:
             return int(session.scalar(select(func.count(ReferralEvent.id))) or 0)
-
-    async def record_rejection_seen(
-        self, tenant_id: str, decorated: bool, *, fingerprint: str | None = None
-    ) -> None:
-        """Count one rejection mail of `tenant_id`, decorated or not (the follow-up rate's denominator).
-        With the message fingerprint, a retried message counts once, as decorated if any attempt was."""
-        now = datetime.now(UTC)
-        await self._batched(lambda session: _rejection_seen(session, tenant_id, decorated, fingerprint, now))
 
     def rejection_seen(self, tenant_id: str, decorated: bool, fingerprint: str | None, now: datetime) -> None:
         self.transaction(lambda session: _rejection_seen(session, tenant_id, decorated, fingerprint, now))

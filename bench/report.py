@@ -235,9 +235,9 @@ def _where_the_time_goes(idx: _Index, bench: Bench) -> list[str]:
         base = _med(floor.cpu_ms)
         other_ms, rejection_ms = _med(other.cpu_ms), _med(rejection.cpu_ms)
         rows.append(
-            f"| {shape.name} | {base:.2f} | {other_ms:.2f} (+{other_ms - base:.2f}) "
+            f"| {shape.name} | {base:.2f} | {other_ms:.2f} ({other_ms - base:+.2f}) "
             f"| +{base / 0.9 - base:.2f} "
-            f"| {rejection_ms:.2f} (+{rejection_ms - base:.2f}) | +{base / 0.5 - base:.2f} |"
+            f"| {rejection_ms:.2f} ({rejection_ms - base:+.2f}) | +{base / 0.5 - base:.2f} |"
         )
     if not rows:
         return []

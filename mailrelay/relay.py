@@ -634,7 +634,7 @@ class RelaySession:
                         "%s: journal write failed: %d delivered copies unrecorded", txn.txn_id, len(records)
                     )
             elif event_ids is not None:
-                for rec in records if write_records else []:
+                for rec in records:  # a referral among them means they were written
                     if rec.referral is not None:
                         metrics.referral_events.labels(tenant=rec.referral.tenant_id).inc()
                 if event_ids:

@@ -163,6 +163,24 @@ class Bench:
         finally:
             sampler.stop()
 
+    def _latency_run(
+        self, server: servers.Server, cell: Cell, payload: bytes, count: int, rate: float | None = None
+    ) -> float:
+        """One latency run into `cell` (closed loop, or offered at `rate` msg/s); returns the msg/s."""
+        cpu0 = procs.cpu_seconds(server.root_pid)
+        result = load.latency_run(server.port, payload, SENDER, cell.sessions, count, rate)
+        cpu = procs.cpu_seconds(server.root_pid) - cpu0
+        self._drain(server)
+        achieved = max(result.messages, 1) / result.seconds
+        cell.rates.append(achieved)
+        cell.cpu_ms.append(cpu / max(result.messages, 1) * 1000)
+        cell.p50_ms.append(percentile(result.latencies, 0.50) * 1000)
+        cell.p99_ms.append(percentile(result.latencies, 0.99) * 1000)
+        cell.messages += result.messages
+        cell.errors += result.errors
+        cell.detail = cell.detail or result.detail
+        return achieved
+
     def paced_latency(
         self, server: servers.Server, contestant: str, rejection: bool, sessions: int = 10
     ) -> None:
@@ -173,17 +191,7 @@ class Bench:
             cell = Cell(contestant, shape.name, sessions, "latency-paced")
             count = 2 * sessions if self.args.smoke else round(PACED_RATE * self.profile.duration * 2)
             for _ in range(self.profile.runs):
-                cpu0 = procs.cpu_seconds(server.root_pid)
-                result = load.latency_run(server.port, payload, SENDER, sessions, count, PACED_RATE)
-                cpu = procs.cpu_seconds(server.root_pid) - cpu0
-                self._drain(server)
-                cell.rates.append(max(result.messages, 1) / result.seconds)
-                cell.cpu_ms.append(cpu / max(result.messages, 1) * 1000)
-                cell.p50_ms.append(percentile(result.latencies, 0.50) * 1000)
-                cell.p99_ms.append(percentile(result.latencies, 0.99) * 1000)
-                cell.messages += result.messages
-                cell.errors += result.errors
-                cell.detail = cell.detail or result.detail
+                self._latency_run(server, cell, payload, count, PACED_RATE)
             self.cells.append(cell)
             self.say(
                 f"{contestant:24} {shape.name:17} {sessions:3} sessions at {PACED_RATE:.0f} msg/s: "
@@ -204,19 +212,7 @@ class Bench:
                     rate = max(warm.messages, 1) / warm.seconds
                 sampler.peak = 0
                 for _ in range(self.profile.runs):
-                    count = self.count_for(rate, sessions)
-                    cpu0 = procs.cpu_seconds(server.root_pid)
-                    result = load.latency_run(server.port, payload, SENDER, sessions, count)
-                    cpu = procs.cpu_seconds(server.root_pid) - cpu0
-                    self._drain(server)
-                    rate = max(result.messages, 1) / result.seconds
-                    cell.rates.append(rate)
-                    cell.cpu_ms.append(cpu / max(result.messages, 1) * 1000)
-                    cell.p50_ms.append(percentile(result.latencies, 0.50) * 1000)
-                    cell.p99_ms.append(percentile(result.latencies, 0.99) * 1000)
-                    cell.messages += result.messages
-                    cell.errors += result.errors
-                    cell.detail = cell.detail or result.detail
+                    rate = self._latency_run(server, cell, payload, self.count_for(rate, sessions))
                 cell.peak_rss = sampler.peak
                 self.cells.append(cell)
                 self.say(

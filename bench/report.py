@@ -129,18 +129,7 @@ def render(bench: Bench, command: str, elapsed: float) -> str:
         "| contestant | message | msg/s | p50 ms | p99 ms | added p99 vs floor ms | CPU ms/msg |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for contestant in contestants:
-        for shape in SHAPES:
-            cell = idx.get(contestant, shape.name, 10, "latency-client")
-            if cell is None:
-                continue
-            floor = idx.get(FLOOR, shape.name, 10, "latency-client")
-            added = _med(cell.p99_ms) - _med(floor.p99_ms) if floor and contestant != FLOOR else None
-            lines.append(
-                f"| {contestant} | {shape.name} | {_spread(cell.rates)} | {_spread(cell.p50_ms, '{:.1f}')} | "
-                f"{_spread(cell.p99_ms, '{:.1f}')} | {'–' if added is None else f'{added:+.1f}'} | "
-                f"{_spread(cell.cpu_ms, '{:.2f}')} |"
-            )
+    lines += _latency_rows(idx, contestants, "latency-client", with_rate=True)
 
     paced = [c for c in bench.cells if c.tool == "latency-paced"]
     if paced:
@@ -157,18 +146,7 @@ def render(bench: Bench, command: str, elapsed: float) -> str:
             "| contestant | message | p50 ms | p99 ms | added p99 vs floor ms | CPU ms/msg |",
             "|---|---|---:|---:|---:|---:|",
         ]
-        for contestant in contestants:
-            for shape in SHAPES:
-                cell = idx.get(contestant, shape.name, 10, "latency-paced")
-                if cell is None:
-                    continue
-                floor = idx.get(FLOOR, shape.name, 10, "latency-paced")
-                added = _med(cell.p99_ms) - _med(floor.p99_ms) if floor and contestant != FLOOR else None
-                lines.append(
-                    f"| {contestant} | {shape.name} | {_spread(cell.p50_ms, '{:.1f}')} | "
-                    f"{_spread(cell.p99_ms, '{:.1f}')} | {'–' if added is None else f'{added:+.1f}'} | "
-                    f"{_spread(cell.cpu_ms, '{:.2f}')} |"
-                )
+        lines += _latency_rows(idx, contestants, "latency-paced", with_rate=False)
 
     lines += ["", "## Memory", ""]
     if bench.memory:
@@ -221,6 +199,27 @@ def render(bench: Bench, command: str, elapsed: float) -> str:
             for c in errors
         ]
     return "\n".join(lines) + "\n"
+
+
+def _latency_rows(idx: _Index, contestants: list[str], tool: str, *, with_rate: bool) -> list[str]:
+    """A latency table's rows: p50, p99, p99 added over the floor's, CPU per message (and msg/s)."""
+    from bench.messages import SHAPES
+
+    rows = []
+    for contestant in contestants:
+        for shape in SHAPES:
+            cell = idx.get(contestant, shape.name, 10, tool)
+            if cell is None:
+                continue
+            floor = idx.get(FLOOR, shape.name, 10, tool)
+            added = _med(cell.p99_ms) - _med(floor.p99_ms) if floor and contestant != FLOOR else None
+            rate = f" {_spread(cell.rates)} |" if with_rate else ""
+            rows.append(
+                f"| {contestant} | {shape.name} |{rate} {_spread(cell.p50_ms, '{:.1f}')} | "
+                f"{_spread(cell.p99_ms, '{:.1f}')} | {'–' if added is None else f'{added:+.1f}'} | "
+                f"{_spread(cell.cpu_ms, '{:.2f}')} |"
+            )
+    return rows
 
 
 def _where_the_time_goes(idx: _Index, bench: Bench) -> list[str]:

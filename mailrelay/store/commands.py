@@ -83,7 +83,7 @@ def cmd_ledger_show(args: argparse.Namespace, settings: Settings) -> int:
     tenant = _tenant(settings, args.tenant)
     store = _store(settings)
     try:
-        lines = store.transaction(lambda s: ledger.lines(s, tenant.id, tenant.referral_ratio))
+        lines = store.read(lambda s: ledger.lines(s, tenant.id, tenant.referral_ratio))
     finally:
         store.close()
     if args.json:
@@ -119,7 +119,7 @@ def _append_line(
     store = _store(settings)
     try:
         entry = store.transaction(write)
-        left = store.transaction(lambda s: ledger.balance(s, tenant.id, tenant.referral_ratio).left)
+        left = store.read(lambda s: ledger.balance(s, tenant.id, tenant.referral_ratio).left)
     except ledger.LedgerError as exc:
         print(f"mailrelay: {exc}", file=sys.stderr)
         return None
@@ -200,7 +200,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     tenants = {t.id: (t.name, t.referral_ratio) for t in settings.tenants}
     store = _store(settings)
     try:
-        reports = store.transaction(
+        reports = store.read(
             lambda s: build_report(s, tenants, only=args.tenant, start=args.start, end=args.end)
         )
     finally:

@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, bindparam, create_engine, event, func, insert, select, union_all
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailrelay.store import driver as driver_sql
 from mailrelay.store import ledger, schema
 from mailrelay.store import tracking as tracking_store
-from mailrelay.store.models import DeliveredCopy, ReferralEvent, RejectionSeen
+from mailrelay.store.driver import RELEASE, ROLLBACK_TO, SAVEPOINT, Driver
+from mailrelay.store.models import ReferralEvent
 
 T = TypeVar("T")
 
@@ -60,6 +61,11 @@ class ReferralFields:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # The sqlite3 module's own transaction handling would begin a transaction only before an INSERT or
+    # UPDATE and never for SAVEPOINT, so each group-commit job's savepoint was a transaction of its own, one
+    # fsync each (issue 8 profile). Off, and SQLAlchemy's "begin" emits BEGIN itself (_sqlite_begin), as
+    # the SQLAlchemy SQLite dialect documents under "Serializable isolation / Savepoints".
+    dbapi_connection.isolation_level = None
     # WAL lets readers (reports) work while the relay writes; synchronous=FULL so that a committed event
     # survives a power cut, as the ledger counts on it.
     cursor = dbapi_connection.cursor()
@@ -68,6 +74,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Wait briefly for a lock, then let the relay journal the record: mail must keep flowing (issue 5).
     cursor.execute("PRAGMA busy_timeout=500")
     cursor.close()
+
+
+# Writers begin IMMEDIATE: they take SQLite's write lock at BEGIN, waiting for it under busy_timeout. A
+# deferred transaction that reads and then writes fails at once (SQLITE_BUSY, busy handler not called) when
+# another worker has written since its read began.
+_WRITE = {"mailrelay_sqlite_begin": "BEGIN IMMEDIATE"}
+
+
+def _sqlite_begin(connection: Any) -> None:
+    connection.exec_driver_sql(connection.get_execution_options().get("mailrelay_sqlite_begin", "BEGIN"))
 
 
 class EventStore:
@@ -81,7 +97,12 @@ class EventStore:
         self.engine: Engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+            event.listen(self.engine, "begin", _sqlite_begin)
+        self.driver = Driver(self.engine.dialect)
+        info = {"mailrelay_driver": self.driver}
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False, info=info)
+        write_engine = self.engine.execution_options(**_WRITE)
+        self.write_sessions = sessionmaker(write_engine, expire_on_commit=False, info=info)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailrelay-db")
         # Group commit: the relay's reads and writes wait here while a batch is in the database, then share
         # the next transaction (one commit, one fsync for all of them).
@@ -136,24 +157,35 @@ class EventStore:
                 log.debug("store: a result arrived after its event loop closed")
 
     def _run_jobs(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
-        """The jobs in one transaction, each in a savepoint; (True, result) or (False, exception) each."""
+        """The jobs in one transaction, each in a savepoint; (True, result) or (False, exception) each.
+        Jobs write through the driver cursor (store/driver.py), which the savepoints are set on."""
+        driver = self.driver
         outcomes: list[tuple[bool, Any]] = []
         try:
-            with self.sessions() as session, session.begin():
+            with self.write_sessions() as session, session.begin():
+                cursor = driver.cursor(session)
                 for job in batch:
+                    driver.execute(cursor, SAVEPOINT)
                     try:
-                        with session.begin_nested():
-                            outcomes.append((True, job.work(session)))
+                        outcomes.append((True, job.work(session)))
                     except DBAPIError:
                         raise  # the database failed (locked, gone): the others would only wait for it too
                     except Exception as exc:  # a bug in this job: its savepoint is rolled back, others go on
+                        driver.execute(cursor, ROLLBACK_TO)
                         outcomes.append((False, exc))
+                    driver.execute(cursor, RELEASE)
         except Exception as exc:  # the database, or the commit, failed: nothing of the batch is stored
             return [(False, exc)] * len(batch)
         return outcomes
 
     def transaction(self, fn: Callable[[Session], T]) -> T:
-        """Run `fn` in one transaction (synchronously: for the CLI, tests and the worker thread)."""
+        """Run `fn` in one writing transaction (synchronously: for the CLI, tests and the worker thread)."""
+        with self.write_sessions() as session, session.begin():
+            return fn(session)
+
+    def read(self, fn: Callable[[Session], T]) -> T:
+        """Run `fn` in one read-only transaction: on SQLite it takes no write lock, so a long report never
+        holds up the relay's writes."""
         with self.sessions() as session, session.begin():
             return fn(session)
 
@@ -170,7 +202,7 @@ class EventStore:
         wanted = sorted(set(recipient_hashes))
         if not wanted:
             return set()
-        return await self._batched(lambda session: _delivered_recipients(session, fingerprint, wanted))
+        return await self._batched(lambda session: self._delivered_recipients(session, fingerprint, wanted))
 
     async def record(self, records: Iterable[CopyRecord], *, mark_delivered: bool) -> int:
         """Store referral events (and, when the message was split, delivered marks); returns events added."""
@@ -186,7 +218,7 @@ class EventStore:
 
         def write(session: Session) -> list[int]:
             if seen is not None:
-                _rejection_seen(session, seen.tenant_id, seen.decorated, seen.fingerprint, now)
+                self._rejection_seen(session, seen.tenant_id, seen.decorated, seen.fingerprint, now)
             return self._record_in(session, batch, mark_delivered, now)
 
         return await self._batched(write)
@@ -204,62 +236,71 @@ class EventStore:
     def _record_in(
         self, session: Session, records: list[CopyRecord], mark_delivered: bool, now: datetime
     ) -> list[int]:
+        driver = self.driver
+        cursor = driver.cursor(session)
+        created_at = driver.bind_datetime(now)
         ids: list[int] = []
         for record in records:
-            try:
-                with session.begin_nested():
-                    event_id = self._add(session, record, now, mark_delivered)
-                if event_id is not None:
-                    ids.append(event_id)
-            except IntegrityError:
-                # The same copy was recorded by an earlier attempt of this message: count it once.
-                pass
+            if record.referral is not None:
+                r = record.referral
+                event = {
+                    "created_at": created_at,
+                    "tenant_id": r.tenant_id,
+                    "token": r.token,
+                    "rule_id": r.rule_id,
+                    "message_id": r.message_id,
+                    "recipient_hash": record.recipient_hash,
+                    "recipient": r.recipient,
+                    "fingerprint": record.fingerprint,
+                    "next_hop_reply": record.next_hop_reply,
+                }
+                row = driver.execute(cursor, driver_sql.INSERT_EVENT, event).fetchone()
+                if row is None:
+                    continue  # the same copy was recorded by an earlier attempt of this message: once
+                event_id: int = row[0]
+                ledger.count_referral(
+                    session,
+                    tenant_id=r.tenant_id,
+                    recipient_hash=record.recipient_hash,
+                    event_id=event_id,
+                    created_at=now,
+                    window=self.dedupe_window,
+                )
+                ids.append(event_id)
+            elif mark_delivered:
+                mark = {
+                    "created_at": created_at,
+                    "fingerprint": record.fingerprint,
+                    "recipient_hash": record.recipient_hash,
+                    "next_hop_reply": record.next_hop_reply,
+                }
+                driver.execute(cursor, driver_sql.INSERT_DELIVERED, mark)
         return ids
 
-    def _add(self, session: Session, record: CopyRecord, now: datetime, mark_delivered: bool) -> int | None:
-        # Core statements on the session's connection: the ORM's unit of work cost ~3x more per row here,
-        # and these rows are only ever written (issue 8).
-        connection = session.connection()
-        if record.referral is not None:
-            r = record.referral
-            # A retry of the same copy fails here (unique fingerprint + recipient) and counts nothing.
-            event = {
-                "created_at": now,
-                "tenant_id": r.tenant_id,
-                "token": r.token,
-                "rule_id": r.rule_id,
-                "message_id": r.message_id,
-                "recipient_hash": record.recipient_hash,
-                "recipient": r.recipient,
-                "fingerprint": record.fingerprint,
-                "next_hop_reply": record.next_hop_reply,
-            }
-            event_id: int = connection.execute(_INSERT_EVENT, event).scalar_one()
-            ledger.count_referral(
-                session,
-                tenant_id=r.tenant_id,
-                recipient_hash=record.recipient_hash,
-                event_id=event_id,
-                created_at=now,
-                window=self.dedupe_window,
-            )
-            return event_id
-        if mark_delivered:
-            mark = {
-                "created_at": now,
-                "fingerprint": record.fingerprint,
-                "recipient_hash": record.recipient_hash,
-                "next_hop_reply": record.next_hop_reply,
-            }
-            connection.execute(_INSERT_DELIVERED, mark)
-        return None
+    def _delivered_recipients(self, session: Session, fingerprint: str, wanted: list[str]) -> set[str]:
+        params = {"fingerprint": fingerprint, **{f"r{i}": h for i, h in enumerate(wanted)}}
+        cursor = self.driver.execute(
+            self.driver.cursor(session), driver_sql.delivered_query(len(wanted)), params
+        )
+        return {row[0] for row in cursor.fetchall()}
+
+    def _rejection_seen(
+        self, session: Session, tenant_id: str, decorated: bool, fingerprint: str | None, now: datetime
+    ) -> None:
+        seen = {
+            "created_at": self.driver.bind_datetime(now),
+            "tenant_id": tenant_id,
+            "decorated": decorated,
+            "fingerprint": fingerprint,
+        }
+        self.driver.execute(self.driver.cursor(session), driver_sql.INSERT_SEEN, seen)
 
     def count_events(self) -> int:
         with self.sessions() as session:
             return int(session.scalar(select(func.count(ReferralEvent.id))) or 0)
 
     def rejection_seen(self, tenant_id: str, decorated: bool, fingerprint: str | None, now: datetime) -> None:
-        self.transaction(lambda session: _rejection_seen(session, tenant_id, decorated, fingerprint, now))
+        self.transaction(lambda s: self._rejection_seen(s, tenant_id, decorated, fingerprint, now))
 
     async def click(
         self,
@@ -315,45 +356,3 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
 def _is_conflict(exc: object) -> bool:
     """A deadlock or serialization failure (SQLSTATE 40P01, 40001): worth trying again, unlike an outage."""
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in ("40P01", "40001")
-
-
-# Built once: constructing a statement costs more than executing a cached one (issue 8).
-_INSERT_EVENT = insert(ReferralEvent).returning(ReferralEvent.id)
-_INSERT_DELIVERED = insert(DeliveredCopy)
-_DELIVERED = union_all(
-    select(DeliveredCopy.recipient_hash).where(
-        DeliveredCopy.fingerprint == bindparam("fingerprint"),
-        DeliveredCopy.recipient_hash.in_(bindparam("wanted", expanding=True)),
-    ),
-    select(ReferralEvent.recipient_hash).where(
-        ReferralEvent.fingerprint == bindparam("fingerprint"),
-        ReferralEvent.recipient_hash.in_(bindparam("wanted", expanding=True)),
-    ),
-)
-
-
-def _count_once(statement: postgresql.Insert | sqlite.Insert) -> postgresql.Insert | sqlite.Insert:
-    """A retried message is one rejection seen, decorated if any attempt was."""
-    return statement.on_conflict_do_update(
-        index_elements=["fingerprint"],
-        set_={"decorated": RejectionSeen.decorated | statement.excluded.decorated},
-    )
-
-
-_SEEN = {
-    "postgresql": _count_once(postgresql.insert(RejectionSeen)),
-    "sqlite": _count_once(sqlite.insert(RejectionSeen)),
-}
-
-
-def _delivered_recipients(session: Session, fingerprint: str, wanted: list[str]) -> set[str]:
-    rows = session.connection().execute(_DELIVERED, {"fingerprint": fingerprint, "wanted": wanted})
-    return set(rows.scalars())
-
-
-def _rejection_seen(
-    session: Session, tenant_id: str, decorated: bool, fingerprint: str | None, now: datetime
-) -> None:
-    connection = session.connection()
-    seen = {"created_at": now, "tenant_id": tenant_id, "decorated": decorated, "fingerprint": fingerprint}
-    connection.execute(_SEEN[connection.dialect.name], seen)

@@ -7,11 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, bindparam, func, insert, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from mailrelay.store.models import LedgerEntry, ReferralApplicant, Tenant
+from mailrelay.store import driver as sql
+from mailrelay.store.driver import Driver
+from mailrelay.store.models import LedgerEntry, Tenant
 
 DEFAULT_RATIO = 10
 
@@ -40,23 +42,6 @@ def lock_tenant(session: Session, tenant_id: str) -> None:
     session.execute(update(Tenant).where(Tenant.id == tenant_id).values(lock_seq=Tenant.lock_seq + 1))
 
 
-# Bind names differ from column names: SQLAlchemy reserves those for the VALUES and SET clauses.
-_APPLICANT = and_(
-    ReferralApplicant.tenant_id == bindparam("of_tenant"),
-    ReferralApplicant.recipient_hash == bindparam("of_recipient"),
-)
-# Built once: constructing a statement costs more than executing a cached one (issue 8).
-_COUNTED_AT = select(ReferralApplicant.counted_at).where(_APPLICANT).with_for_update()
-_RECOUNT = update(ReferralApplicant).where(_APPLICANT).values(counted_at=bindparam("new_counted_at"))
-_LEDGER_LINE = insert(LedgerEntry)
-_NEW_APPLICANT = {
-    dialect.__name__.rpartition(".")[2]: dialect.insert(ReferralApplicant)
-    .on_conflict_do_nothing(index_elements=["tenant_id", "recipient_hash"])
-    .returning(ReferralApplicant.tenant_id)
-    for dialect in (postgresql, sqlite)
-}
-
-
 def count_referral(
     session: Session,
     *,
@@ -69,20 +54,18 @@ def count_referral(
     """Write the ledger line for a new referral event, unless the same applicant already counted for this
     tenant less than `window` ago. Exact under concurrency: the first relay to insert the applicant row
     wins; any other waits on that row (ON CONFLICT waits for the inserting transaction, FOR UPDATE for an
-    updating one) and then sees the committed time. Core statements: this runs for every referral."""
-    connection = session.connection()
-    new_applicant = {"tenant_id": tenant_id, "recipient_hash": recipient_hash, "counted_at": created_at}
-    inserted = connection.execute(_NEW_APPLICANT[connection.dialect.name], new_applicant).first()
-    if inserted is None:
-        applicant = {"of_tenant": tenant_id, "of_recipient": recipient_hash}
-        counted_at = connection.execute(_COUNTED_AT, applicant).scalar_one()
-        if _aware(created_at) - _aware(counted_at) < window:
+    updating one) and then sees the committed time. Driver statements: this runs for every referral."""
+    driver = Driver.of(session)
+    cursor = driver.cursor(session)
+    applicant = {"tenant_id": tenant_id, "recipient_hash": recipient_hash}
+    at = driver.bind_datetime(created_at)
+    if driver.execute(cursor, sql.INSERT_APPLICANT, {**applicant, "counted_at": at}).fetchone() is None:
+        row = driver.execute(cursor, sql.COUNTED_AT[driver.dialect], applicant).fetchone()
+        if _aware(created_at) - _aware(driver.read_datetime(row[0])) < window:
             return False
-        connection.execute(_RECOUNT, {**applicant, "new_counted_at": created_at})
-    line = {"created_at": created_at, "tenant_id": tenant_id, "kind": "referral", "referrals": 1}
-    connection.execute(
-        _LEDGER_LINE, {**line, "slots_used": 0, "slots_adjusted": 0, "referral_event_id": event_id}
-    )
+        driver.execute(cursor, sql.RECOUNT, {**applicant, "counted_at": at})
+    line = {"tenant_id": tenant_id, "created_at": at, "referral_event_id": event_id}
+    driver.execute(cursor, sql.INSERT_LEDGER_REFERRAL, line)
     return True
 
 

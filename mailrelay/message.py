@@ -292,13 +292,18 @@ def _split(raw: bytes, start: int, end: int, delim: bytes) -> tuple[list[tuple[i
 # Transfer encodings (RFC 2045 §6).
 
 
+# bytes.translate deletes in C: a regex substitution took ~85 µs per 4 KB base64 part (issue 8).
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_NOT_B64 = bytes(b for b in range(256) if b not in _B64_ALPHABET)
+
+
 def _b64_decode(data: bytes, strict: bool) -> bytes:
-    compact = re.sub(rb"[ \t\r\n]+", b"", data)
+    compact = data.translate(None, b" \t\r\n")
     if strict:
         if len(compact) % 4 or not _B64.fullmatch(compact):
             raise NotDecoratable("encoding", "invalid base64")
         return binascii.a2b_base64(compact, strict_mode=True)
-    compact = re.sub(rb"[^A-Za-z0-9+/]", b"", compact)
+    compact = compact.translate(None, _NOT_B64)
     return binascii.a2b_base64(compact[: len(compact) - len(compact) % 4] or b"")
 
 

@@ -76,9 +76,34 @@ def test_normalise_folds_quotes_and_dashes_as_the_plain_translation(pieces: list
     module = importlib.import_module("mailrelay.detection.normalise")
     text = "".join(pieces)
     folded = module._INVISIBLE.sub("", unicodedata.normalize("NFKC", text)).translate(module._FOLD).casefold()
-    folded = module._SPACES.sub(" ", module._CJK_GAP.sub("", folded)).strip()
+    folded = SPACES.sub(" ", CJK_GAP.sub("", folded)).strip()
     assert normalise(text) == folded
     assert set(module._FOLD) == {ord(c) for c in re.findall(".", module._FOLDABLE.pattern[1:-1])}
+
+
+# The whitespace steps as first written (issue 3), before issue 8 made them cheaper.
+CJK = importlib.import_module("mailrelay.detection.normalise")._CJK
+CJK_GAP = re.compile(f"(?<=[{CJK}])\\s+(?=[{CJK}])")
+SPACES = re.compile(r"\s+")
+EVERY_SPACE = [chr(c) for c in range(0x110000) if re.match(r"\s", chr(c))]
+
+
+@settings(max_examples=1000)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(EVERY_SPACE),
+            st.sampled_from(["山", "見", "あ", "ア", "ｶ", "、", "Ａ", "a", "B", "1", "\u200b", "\x00", "’"]),
+            st.characters(),
+        )
+    )
+)
+def test_normalise_collapses_whitespace_as_the_regular_expressions_did(pieces: list[str]) -> None:
+    """Every whitespace character re knows, between CJK, Latin and anything else (issue 8)."""
+    module = importlib.import_module("mailrelay.detection.normalise")
+    text = "".join(pieces)
+    folded = module._INVISIBLE.sub("", unicodedata.normalize("NFKC", text)).translate(module._FOLD).casefold()
+    assert normalise(text) == SPACES.sub(" ", CJK_GAP.sub("", folded)).strip()
 
 
 def test_normalise_folds_half_width_kana_with_voiced_marks() -> None:

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 import aiosmtplib
+import uvloop
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 
@@ -111,8 +112,14 @@ async def serve(listen_port: int, hop_port: int, reuse_port: bool) -> None:
     server.close()
 
 
+def _run(listen_port: int, hop_port: int, reuse_port: bool) -> None:
+    # uvloop, as mailrelay serves by default and as the floor is defined.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(listen_port, hop_port, reuse_port=reuse_port))
+
+
 def _worker(listen_port: int, hop_port: int) -> None:
-    asyncio.run(serve(listen_port, hop_port, reuse_port=True))
+    _run(listen_port, hop_port, reuse_port=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     if args.workers <= 1:
-        asyncio.run(serve(args.port, args.next_hop_port, reuse_port=False))
+        _run(args.port, args.next_hop_port, reuse_port=False)
         return 0
     # The same process model as `mailrelay serve --workers N`, so the ratio compares like with like.
     context = multiprocessing.get_context("spawn")

@@ -13,9 +13,11 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -225,7 +227,11 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     where = settings.next_hop.directory or f"{settings.next_hop.host}:{settings.next_hop.port}"
     smtp_listen = Listen(*smtp_server.sockets[0].getsockname()[:2])
-    status = f"listening on {smtp_listen}, next hop {where}, metrics {settings.metrics_listen or 'off'}"
+    event_loop = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+    status = (
+        f"listening on {smtp_listen}, next hop {where}, metrics {settings.metrics_listen or 'off'},"
+        f" event loop {event_loop}"
+    )
     log.info("%s", status)
     # Only now: both listeners accept connections, so `systemctl start` returns when mail can flow.
     sdnotify.notify(f"READY=1\nSTATUS={status}")
@@ -251,7 +257,27 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     return 0
 
 
-def _worker(config: Path, index: int, log_level: str | None) -> None:
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop `serve --loop` asks for (None: asyncio's own). uvloop (libuv; transports and the
+    selector in C) takes ~20 % less CPU per relayed message than asyncio's loop (issue 8 profile); "auto"
+    uses it when installed, as uvicorn's --loop auto does."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("mailrelay serve", ["--loop"], "uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def run_on_loop(main: Coroutine[Any, Any, int], choice: str) -> int:
+    with asyncio.Runner(loop_factory=event_loop_factory(choice)) as runner:
+        return runner.run(main)
+
+
+def _worker(config: Path, index: int, log_level: str | None, loop: str) -> None:
     """One process of `serve --workers N` (multiprocessing "spawn": a fresh interpreter, no shared state)."""
     settings = load_settings(config)
     setup_logging(log_level or settings.log_level, settings.log_format)
@@ -259,10 +285,10 @@ def _worker(config: Path, index: int, log_level: str | None) -> None:
         # Each worker has its own registry, hence its own port: metrics port + index (scrape N targets).
         listen = settings.metrics_listen
         settings = dataclasses.replace(settings, metrics_listen=Listen(listen.host, listen.port + index))
-    sys.exit(asyncio.run(serve(settings, reuse_port=True)))
+    sys.exit(run_on_loop(serve(settings, reuse_port=True), loop))
 
 
-def serve_workers(settings: Settings, workers: int, log_level: str | None) -> int:
+def serve_workers(settings: Settings, workers: int, log_level: str | None, loop: str = "auto") -> int:
     """N processes share the SMTP port with SO_REUSEPORT, so the CPU work of N messages runs on N cores
     (one Python process uses one core, issue 8). This parent only starts them, forwards SIGTERM, SIGINT and
     SIGHUP (rule reload) to them, and stops them all when one dies, so that the service manager restarts
@@ -273,7 +299,10 @@ def serve_workers(settings: Settings, workers: int, log_level: str | None) -> in
     context = multiprocessing.get_context("spawn")
     children = [
         context.Process(
-            target=_worker, args=(settings.source, i, log_level), name=f"mailrelay-worker-{i}", daemon=False
+            target=_worker,
+            args=(settings.source, i, log_level, loop),
+            name=f"mailrelay-worker-{i}",
+            daemon=False,
         )
         for i in range(workers)
     ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import secrets
 import sys
@@ -70,13 +69,14 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mailrelay.app import serve, serve_workers, setup_logging
+    from mailrelay.app import event_loop_factory, run_on_loop, serve, serve_workers, setup_logging
 
     settings = _settings(args)
     setup_logging(args.log_level or settings.log_level, settings.log_format)
+    event_loop_factory(args.loop)  # an unusable choice fails here, before any worker starts
     if args.workers > 1:
-        return serve_workers(settings, args.workers, args.log_level)
-    return asyncio.run(serve(settings))
+        return serve_workers(settings, args.workers, args.log_level, args.loop)
+    return run_on_loop(serve(settings), args.loop)
 
 
 def _verdict_for(relay, raw: bytes) -> tuple[Verdict | None, str]:  # type: ignore[no-untyped-def]
@@ -287,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="processes sharing the SMTP port (SO_REUSEPORT), one per core; worker i serves metrics on "
         "metrics port + i (default: 1)",
+    )
+    p.add_argument(
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="event loop: uvloop when installed (auto, the default), or asyncio's own",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from conftest import REPO, KeyPairs, SettingsFactory
+from mailrelay.app import event_loop_factory
 from mailrelay.cli import main
 from support.dkim import verify_dkim
 
@@ -50,6 +52,7 @@ def test_serve_on_embedded_defaults_delivers_into_the_outbox(tmp_path: Path) -> 
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=30)[0].decode()
     assert process.returncode == 0, output
+    assert "event loop uvloop" in output  # --loop auto, with uvloop installed as a dependency (issue 8)
     outbox = tmp_path / "var" / "outbox"
     [eml] = sorted(outbox.glob("*.eml"))
     delivered = eml.read_bytes()
@@ -63,6 +66,12 @@ def test_serve_on_embedded_defaults_delivers_into_the_outbox(tmp_path: Path) -> 
     assert verify_dkim(
         delivered, {"mailrelay._domainkey.example.co.jp": txt}, require_domain="example.co.jp"
     ).passed
+
+
+def test_serve_loop_choice_picks_the_event_loop() -> None:
+    assert event_loop_factory("auto") is uvloop.new_event_loop
+    assert event_loop_factory("uvloop") is uvloop.new_event_loop
+    assert event_loop_factory("asyncio") is None
 
 
 def test_check_json_gives_verdict_per_file(

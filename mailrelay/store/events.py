@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,6 +62,10 @@ class ReferralFields:
     recipient: str | None
 
 
+# Wait briefly for a lock, then let the relay journal the record: mail must keep flowing (issue 5).
+BUSY_TIMEOUT_MS = 500
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # The sqlite3 module's own transaction handling would begin a transaction only before an INSERT or
     # UPDATE and never for SAVEPOINT, so each group-commit job's savepoint was a transaction of its own, one
@@ -71,19 +77,41 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
-    # Wait briefly for a lock, then let the relay journal the record: mail must keep flowing (issue 5).
-    cursor.execute("PRAGMA busy_timeout=500")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.close()
 
 
-# Writers begin IMMEDIATE: they take SQLite's write lock at BEGIN, waiting for it under busy_timeout. A
-# deferred transaction that reads and then writes fails at once (SQLITE_BUSY, busy handler not called) when
-# another worker has written since its read began.
+# Writers begin IMMEDIATE: they take SQLite's write lock at BEGIN. A deferred transaction that reads and
+# then writes fails at once (SQLITE_BUSY, busy handler not called) when another worker has written since its
+# read began.
 _WRITE = {"mailrelay_sqlite_begin": "BEGIN IMMEDIATE"}
+# How long a writer waits for the write lock before the relay journals instead (busy_timeout), and
+# how often it asks. SQLite's own busy handler sleeps up to 100 ms between tries: with `serve --workers 2`,
+# the worker holding the lock took it again within microseconds of each commit and the other waited past
+# the timeout (issue 8: "database is locked", then journalling).
+WRITE_LOCK_WAIT = BUSY_TIMEOUT_MS / 1000
+WRITE_LOCK_POLL = 0.0005
 
 
 def _sqlite_begin(connection: Any) -> None:
-    connection.exec_driver_sql(connection.get_execution_options().get("mailrelay_sqlite_begin", "BEGIN"))
+    statement = connection.get_execution_options().get("mailrelay_sqlite_begin", "BEGIN")
+    if statement == "BEGIN":
+        connection.exec_driver_sql(statement)
+        return
+    cursor = connection.connection.driver_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=0")
+    deadline = time.monotonic() + WRITE_LOCK_WAIT
+    try:
+        while True:
+            try:
+                cursor.execute(statement)
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
+            time.sleep(WRITE_LOCK_POLL)
+    finally:
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 class EventStore:
@@ -98,6 +126,7 @@ class EventStore:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
+        self.yield_after_commit = self.engine.dialect.name == "sqlite"
         self.driver = Driver(self.engine.dialect)
         info = {"mailrelay_driver": self.driver}
         self.sessions = sessionmaker(self.engine, expire_on_commit=False, info=info)
@@ -143,6 +172,11 @@ class EventStore:
                     self._draining = False
                     return
             self._commit(batch)
+            if self._pending and self.yield_after_commit:
+                # More work is waiting, and other processes may be waiting for SQLite's one write lock:
+                # leave it free for a moment before taking it again (they poll every WRITE_LOCK_POLL); the
+                # next batch meanwhile grows, like PostgreSQL's commit_delay.
+                time.sleep(2 * WRITE_LOCK_POLL)
 
     def _commit(self, batch: list[_Job]) -> None:
         outcomes = self._run_jobs(batch)

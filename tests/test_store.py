@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import threading
 import uuid
 from collections.abc import Awaitable, Iterator
@@ -16,7 +17,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from mailrelay.store import CopyRecord, EventStore, ReferralFields, SeenRejection
+from mailrelay.store import CopyRecord, EventStore, ReferralFields, SeenRejection, events
 
 POSTGRES = os.environ.get("MAILRELAY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -138,3 +139,31 @@ async def test_a_failing_job_spoils_only_itself_and_a_failing_database_spoils_th
     results = await held(store, store._batched(database_error), doomed)
     assert all(isinstance(r, DBAPIError) for r in results), results
     assert store.count_events() == 1  # the batch was rolled back: the caller journals its records
+
+
+async def test_a_sqlite_writer_waits_for_the_write_lock_then_gives_up(tmp_path: Path) -> None:
+    """Another process holding SQLite's write lock: a write waits for it (polling, issue 8), and past
+    WRITE_LOCK_WAIT fails as a database error, which the relay answers by journalling (issue 5)."""
+    store = EventStore(f"sqlite:///{tmp_path / 'events.db'}")
+    store.create_schema()
+    other = sqlite3.connect(tmp_path / "events.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        write = asyncio.ensure_future(
+            store.record([referral("w1", "1" * 64, "2" * 64)], mark_delivered=False)
+        )
+        await asyncio.sleep(events.WRITE_LOCK_WAIT / 3)
+        assert not write.done()
+        other.execute("COMMIT")
+        assert await write == 1
+
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(DBAPIError, match="database is locked"):
+            await store.record([referral("w2", "3" * 64, "4" * 64)], mark_delivered=False)
+        other.execute("COMMIT")
+    finally:
+        other.close()
+        store.close()
+    check = EventStore(f"sqlite:///{tmp_path / 'events.db'}")
+    assert check.count_events() == 1
+    check.close()

@@ -9,6 +9,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from mailrelay.relay import Relay
+from mailrelay.store.events import WRITE_LOCK_WAIT
 from tests.reliability.common import (
     RelayProcess,
     Scale,
@@ -106,7 +108,8 @@ async def run(scale: Scale, messages: int, section: Section) -> None:
         "| decorated copies delivered / events / lost / doubled | "
         f"{len(decorated):,} / {len(counted):,} / {len(lost)} / {doubled} |",
         "",
-        "While the lock is held, each write waits SQLite's busy timeout (5 s), then the records go to the "
-        "fsynced journal and the sender gets the next hop's "
-        "250; the replay writes them once the lock is gone.",
+        f"While the lock is held, a write waits up to {WRITE_LOCK_WAIT:g} s for SQLite's write lock, then "
+        "its records go to the fsynced journal and the sender gets the next hop's 250; for the next "
+        f"{Relay.STORE_PAUSE_SECONDS:g} s the relay journals without asking the database. The replay "
+        "writes the records once the lock is gone.",
     ]

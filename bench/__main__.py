@@ -71,7 +71,7 @@ class Profile:
 
 PROFILES = {
     "default": Profile(
-        runs=3, duration=1.2, sessions=(1, 10, 50), micro_budget=1.0, soak=30, memory_sessions=40
+        runs=3, duration=2.5, sessions=(1, 10, 50), micro_budget=1.0, soak=30, memory_sessions=40
     ),
     "quick": Profile(
         runs=3, duration=0.4, sessions=(1, 10, 50), micro_budget=0.3, soak=0, memory_sessions=40

@@ -158,6 +158,9 @@ async def test_a_sqlite_writer_waits_for_the_write_lock_then_gives_up(tmp_path: 
         assert await write == 1
 
         other.execute("BEGIN IMMEDIATE")
+        # The retry check before forwarding only reads: it needs no write lock (before, it waited for one
+        # and failed with the write below).
+        assert await store.delivered_recipients("2" * 64, {"1" * 64, "5" * 64}) == {"1" * 64}
         with pytest.raises(DBAPIError, match="database is locked"):
             await store.record([referral("w2", "3" * 64, "4" * 64)], mark_delivered=False)
         other.execute("COMMIT")

@@ -133,8 +133,11 @@ class EventStore:
         write_engine = self.engine.execution_options(**_WRITE)
         self.write_sessions = sessionmaker(write_engine, expire_on_commit=False, info=info)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailrelay-db")
-        # Group commit: the relay's reads and writes wait here while a batch is in the database, then share
-        # the next transaction (one commit, one fsync for all of them).
+        # The retry check before forwarding only reads: on a thread and connection of its own it never waits
+        # behind a batch's commit, nor, on SQLite, for another worker's write lock (issue 8 latency).
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailrelay-db-read")
+        # Group commit: the relay's writes wait here while a batch is in the database, then share the next
+        # transaction (one commit, one fsync for all of them).
         self._pending: list[_Job] = []
         self._pending_lock = threading.Lock()
         self._draining = False
@@ -236,7 +239,21 @@ class EventStore:
         wanted = sorted(set(recipient_hashes))
         if not wanted:
             return set()
-        return await self._batched(lambda session: self._delivered_recipients(session, fingerprint, wanted))
+        loop = asyncio.get_running_loop()
+        found: set[str] = await loop.run_in_executor(self._reader, self._read_delivered, fingerprint, wanted)
+        return found
+
+    def _read_delivered(self, fingerprint: str, wanted: list[str]) -> set[str]:
+        # One statement, so one snapshot: run as it is (autocommit on SQLite; on PostgreSQL the pool's reset
+        # ends the transaction psycopg began), without SQLAlchemy's BEGIN and COMMIT around it.
+        params = {"fingerprint": fingerprint, **{f"r{i}": h for i, h in enumerate(wanted)}}
+        with self.engine.connect() as connection:
+            dbapi_connection = connection.connection.driver_connection
+            assert dbapi_connection is not None
+            cursor = self.driver.execute(
+                dbapi_connection.cursor(), driver_sql.delivered_query(len(wanted)), params
+            )
+            return {row[0] for row in cursor.fetchall()}
 
     async def record(self, records: Iterable[CopyRecord], *, mark_delivered: bool) -> int:
         """Store referral events (and, when the message was split, delivered marks); returns events added."""
@@ -311,13 +328,6 @@ class EventStore:
                 driver.execute(cursor, driver_sql.INSERT_DELIVERED, mark)
         return ids
 
-    def _delivered_recipients(self, session: Session, fingerprint: str, wanted: list[str]) -> set[str]:
-        params = {"fingerprint": fingerprint, **{f"r{i}": h for i, h in enumerate(wanted)}}
-        cursor = self.driver.execute(
-            self.driver.cursor(session), driver_sql.delivered_query(len(wanted)), params
-        )
-        return {row[0] for row in cursor.fetchall()}
-
     def _rejection_seen(
         self, session: Session, tenant_id: str, decorated: bool, fingerprint: str | None, now: datetime
     ) -> None:
@@ -368,6 +378,7 @@ class EventStore:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
         self.engine.dispose()
 
 

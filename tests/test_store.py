@@ -10,14 +10,16 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Awaitable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import DateTime, create_engine, event, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from mailrelay.store import CopyRecord, EventStore, ReferralFields, SeenRejection, events
+from mailrelay.store.models import ReferralEvent
 
 POSTGRES = os.environ.get("MAILRELAY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -74,6 +76,23 @@ async def test_delivered_marks_and_events_are_both_found_for_a_retry(store: Even
     assert await store.delivered_recipients("e" * 64, asked) == {"c" * 64, "d" * 64}
     assert await store.delivered_recipients("e" * 64, {"d" * 64}) == {"d" * 64}
     assert await store.delivered_recipients("0" * 64, asked) == set()
+
+
+async def test_rows_written_on_the_driver_cursor_read_back_as_the_orm_writes_them(store: EventStore) -> None:
+    """The per-message statements bypass SQLAlchemy (issue 8) but keep its datetime storage: on SQLite the
+    same text as the ORM's DateTime writes, so reports and the dedupe window compare like with like."""
+    before = datetime.now(UTC)
+    await store.record([referral("dt", "d" * 64, "e" * 64)], mark_delivered=False)
+    with store.sessions() as session:
+        (created_at,) = session.execute(select(ReferralEvent.created_at)).one()
+        raw = session.execute(text("SELECT created_at FROM referral_events")).scalar_one()
+        orm_text = (
+            DateTime(timezone=True).dialect_impl(store.engine.dialect).bind_processor(store.engine.dialect)
+        )
+    stored = created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC)
+    assert before <= stored <= datetime.now(UTC)
+    if store.engine.dialect.name == "sqlite":
+        assert orm_text is not None and raw == orm_text(stored)
 
 
 async def held(store: EventStore, *writes: Awaitable[object]) -> list[object]:

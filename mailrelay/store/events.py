@@ -115,7 +115,8 @@ def _sqlite_begin(connection: Any) -> None:
 
 
 class EventStore:
-    """All database work runs on one worker thread, so the SMTP event loop never waits on a query."""
+    """Database work runs on worker threads, never on the SMTP event loop: one thread writes (group commit)
+    and serves the CLI and HTTP endpoints, one answers the relay's retry check."""
 
     def __init__(self, url: str, *, dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW) -> None:
         self.url = url

@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from mailrelay.store import driver as sql
+from mailrelay.store import driver as driver_sql
 from mailrelay.store.driver import Driver
 from mailrelay.store.models import LedgerEntry, Tenant
 
@@ -59,13 +59,14 @@ def count_referral(
     cursor = driver.cursor(session)
     applicant = {"tenant_id": tenant_id, "recipient_hash": recipient_hash}
     at = driver.bind_datetime(created_at)
-    if driver.execute(cursor, sql.INSERT_APPLICANT, {**applicant, "counted_at": at}).fetchone() is None:
-        row = driver.execute(cursor, sql.COUNTED_AT[driver.dialect], applicant).fetchone()
+    inserted = driver.execute(cursor, driver_sql.INSERT_APPLICANT, {**applicant, "counted_at": at}).fetchone()
+    if inserted is None:
+        row = driver.execute(cursor, driver_sql.COUNTED_AT[driver.dialect], applicant).fetchone()
         if _aware(created_at) - _aware(driver.read_datetime(row[0])) < window:
             return False
-        driver.execute(cursor, sql.RECOUNT, {**applicant, "counted_at": at})
+        driver.execute(cursor, driver_sql.RECOUNT, {**applicant, "counted_at": at})
     line = {"tenant_id": tenant_id, "created_at": at, "referral_event_id": event_id}
-    driver.execute(cursor, sql.INSERT_LEDGER_REFERRAL, line)
+    driver.execute(cursor, driver_sql.INSERT_LEDGER_REFERRAL, line)
     return True
 
 

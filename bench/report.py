@@ -279,16 +279,19 @@ def _unavoidable(micros: dict[str, float], idx: _Index) -> list[str]:
     ms = {key: micros[name] for key, name in names.items()}
     base = _med(floor.cpu_ms)
     other = ms["read"] + ms["detect"]
-    rejection = other + ms["decorate"] + ms["rsa"] + ms["store"]
+    # Decoration is left out of the sum: its figure includes a second parse, counted once in "read".
+    rejection = other + ms["rsa"] + ms["store"]
     return [
         "",
         "What cannot be skipped, at 5 KB. A non-matching message must at least be read and run through the "
         f"rules: {ms['read']:.2f} + {ms['detect']:.2f} = **{other:.2f} ms**, against the "
-        f"**{base / 0.9 - base:.2f} ms** the 90 % target leaves. A rejection must also be decorated, signed "
-        f"(the RSA-2048 signature alone, in OpenSSL: {ms['rsa']:.2f} ms) and recorded durably "
-        f"({ms['store']:.2f} ms of store CPU per message, batched): at least **{rejection:.2f} ms**, against "
-        f"the **{base:.2f} ms** the 50 % target leaves. These are the measured costs of the stages alone, "
-        "without the SMTP handling, logging and metrics each message also needs.",
+        f"**{base / 0.9 - base:.2f} ms** the 90 % target leaves. A rejection must also be signed (the "
+        f"RSA-2048 signature alone, in OpenSSL: {ms['rsa']:.2f} ms) and recorded durably "
+        f"({ms['store']:.2f} ms of store CPU per message, batched): at least **{rejection:.2f} ms** before "
+        "it is even decorated "
+        f"({ms['decorate']:.2f} ms with its parse), against the **{base:.2f} ms** the 50 % target leaves. "
+        "These are the measured costs of the stages alone, without the SMTP handling, logging and metrics "
+        "each message also needs.",
         "",
     ]
 

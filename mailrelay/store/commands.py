@@ -112,43 +112,44 @@ def cmd_ledger_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _append_line(
-    settings: Settings, tenant_id: str, write: Callable[[Session], LedgerEntry]
-) -> tuple[LedgerEntry, int] | None:
-    """Append one ledger line and read the balance after it; None (message printed) when it is refused."""
-    tenant = _tenant(settings, tenant_id)
+    settings: Settings,
+    tenant: TenantSettings,
+    write: Callable[[Session], LedgerEntry],
+    done: Callable[[LedgerEntry, int], str],
+) -> int:
+    """Append one ledger line, then print `done(line, slots left after it)`; a refusal is printed as such."""
     store = _store(settings)
     try:
         entry = store.transaction(write)
         left = store.read(lambda s: ledger.balance(s, tenant.id, tenant.referral_ratio).left)
     except ledger.LedgerError as exc:
         print(f"mailrelay: {exc}", file=sys.stderr)
-        return None
+        return EXIT_REFUSED
     finally:
         store.close()
-    return entry, left
+    print(done(entry, left))
+    return 0
 
 
 def cmd_ledger_redeem(args: argparse.Namespace, settings: Settings) -> int:
     tenant = _tenant(settings, args.tenant)
     now = datetime.now(UTC)
-    done = _append_line(
+    return _append_line(
         settings,
-        tenant.id,
+        tenant,
         lambda s: ledger.redeem(s, tenant.id, tenant.referral_ratio, args.by, args.reason, now),
+        lambda entry, left: (
+            f"ledger line {entry.id}: 1 slot redeemed for {tenant.id} by {args.by}; {left} left"
+        ),
     )
-    if done is None:
-        return EXIT_REFUSED
-    entry, left = done
-    print(f"ledger line {entry.id}: 1 slot redeemed for {tenant.id} by {args.by}; {left} left")
-    return 0
 
 
 def cmd_ledger_correct(args: argparse.Namespace, settings: Settings) -> int:
     tenant = _tenant(settings, args.tenant)
     now = datetime.now(UTC)
-    done = _append_line(
+    return _append_line(
         settings,
-        tenant.id,
+        tenant,
         lambda s: ledger.correct(
             s,
             tenant.id,
@@ -159,12 +160,10 @@ def cmd_ledger_correct(args: argparse.Namespace, settings: Settings) -> int:
             reason=args.reason,
             now=now,
         ),
+        lambda entry, left: (
+            f"ledger line {entry.id}: correction for {tenant.id} by {args.by}; {left} slot(s) left"
+        ),
     )
-    if done is None:
-        return EXIT_REFUSED
-    entry, left = done
-    print(f"ledger line {entry.id}: correction for {tenant.id} by {args.by}; {left} slot(s) left")
-    return 0
 
 
 def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:

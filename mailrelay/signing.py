@@ -1,17 +1,18 @@
-"""DKIM keys (load, check, make) and signing with dkimpy over the exact bytes that go on the wire."""
+"""DKIM keys (load, check, make) and signing over the exact bytes that go on the wire."""
 
 from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import logging
 import os
 import re
 import stat
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import dkim
 import dkim.canonicalization
@@ -44,40 +45,12 @@ log = logging.getLogger("mailrelay.dkim")
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 
 
-def _use_openssl_rsa() -> None:
-    """dkimpy computes RSA in pure Python (about 15 ms per RSA-2048 signature, issue 8). Route that one call,
-    and the parsing of the PEM key it repeats on every signature, through OpenSSL via `cryptography`
-    (about 0.5 ms); canonicalisation, header selection and the tag list stay dkimpy's own. The result is
-    checked by an independent verifier (Perl's Mail::DKIM) in the tests."""
-    keys: dict[int, rsa.RSAPrivateKey] = {}
-    digests = {"sha256": hashes.SHA256(), "sha1": hashes.SHA1()}
-
-    def rsassa_pkcs1_v1_5_sign(hash_obj: Any, private_key: dict[str, int]) -> bytes:
-        key = keys.get(private_key["modulus"])
-        if key is None:
-            key = rsa.RSAPrivateNumbers(
-                p=private_key["prime1"],
-                q=private_key["prime2"],
-                d=private_key["privateExponent"],
-                dmp1=private_key["exponent1"],
-                dmq1=private_key["exponent2"],
-                iqmp=private_key["coefficient"],
-                public_numbers=rsa.RSAPublicNumbers(private_key["publicExponent"], private_key["modulus"]),
-            ).private_key()
-            keys[private_key["modulus"]] = key
-        algorithm = digests[hash_obj.name.lower()]
-        return key.sign(hash_obj.digest(), padding.PKCS1v15(), utils.Prehashed(algorithm))
-
-    dkim.parse_pem_private_key = functools.lru_cache(maxsize=64)(dkim.parse_pem_private_key)
-    dkim.RSASSA_PKCS1_v1_5_sign = rsassa_pkcs1_v1_5_sign
-
-
-_use_openssl_rsa()
-
 _dkimpy_rfc822_parse: Callable[[bytes], tuple[list[list[bytes]], bytes]] = dkim.rfc822_parse
 _dkimpy_relaxed_body: Callable[[bytes], bytes] = dkim.canonicalization.Relaxed.canonicalize_body
 
-# Large enough that a 5 KB or 50 KB message takes dkimpy's own path unchanged.
+# Large enough that a 5 KB or 50 KB message takes dkimpy's own path unchanged. Over it, the body is
+# canonicalised in chunks: dkimpy's two whole-body regexes on a 27 MB message are C calls of 300-380 ms
+# each, holding the GIL, and the event loop cannot run meanwhile (issue 5, scripts/reliability "stall").
 BODY_CHUNK_BYTES = 256 * 1024
 
 
@@ -105,7 +78,8 @@ def relaxed_body(body: bytes, chunk_bytes: int = BODY_CHUNK_BYTES) -> bytes:
 
 def split_message(message: bytes) -> tuple[list[list[bytes]], bytes]:
     """dkimpy's rfc822_parse, splitting only the header block into lines when the message has CRLF line
-    endings only (as every message we sign has: relay.normalize_line_endings); the same result."""
+    endings only (as every message we sign has: relay.normalize_line_endings); the same result, without
+    a list of every body line (a GIL-holding call of 300 ms on 27 MB, issue 5)."""
     blank = 0 if message.startswith(b"\r\n") else message.find(b"\r\n\r\n") + 2
     if blank == 1 or message.count(b"\n") != message.count(b"\r\n"):
         return _dkimpy_rfc822_parse(message)  # no empty line, or bare LFs: dkimpy's own path
@@ -113,17 +87,82 @@ def split_message(message: bytes) -> tuple[list[list[bytes]], bytes]:
     return headers, message[blank + 2 :]
 
 
-def _chunked_body_paths() -> None:
-    """dkimpy splits the whole message into lines (rfc822_parse) and runs two regexes over the whole body
-    (relaxed canonicalisation). For a 27 MB message those are three C calls of 300-380 ms, each holding the
-    GIL: the signing thread is off the event loop, but the loop cannot run while it waits for the GIL, and
-    every other session stalls (issue 5, scripts/reliability "stall"). The replacements return the same
-    values (tests/test_signing_chunks.py) in calls short enough for the loop to get its turn in between."""
-    dkim.rfc822_parse = split_message
-    dkim.canonicalization.Relaxed.canonicalize_body = staticmethod(relaxed_body)
+PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+# dkimpy folds at column 72 counting the field name (fold's namelen).
+_NAME_LENGTH = len(b"DKIM-Signature")
 
 
-_chunked_body_paths()
+@functools.lru_cache(maxsize=64)
+def private_key(algorithm: str, private: bytes) -> PrivateKey:
+    """The key object for a LoadedKey's bytes, parsed once (a PEM parse costs more than the signature)."""
+    if algorithm == "rsa-sha256":
+        key = serialization.load_pem_private_key(private, password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError("not an RSA private key")
+        return key
+    return ed25519.Ed25519PrivateKey.from_private_bytes(base64.b64decode(private, validate=True))
+
+
+def selected_fields(headers: list[list[bytes]], include_headers: Sequence[bytes]) -> list[list[bytes]]:
+    """The fields `h=` signs, in its order: each name takes its instances from the bottom up, and a name
+    listed once more than it occurs selects nothing the last time (RFC 6376 §5.4.2). dkimpy's
+    select_headers does the same over every field canonicalised first; this canonicalises only these."""
+    instances: dict[bytes, list[list[bytes]]] = {}
+    for field in headers:
+        instances.setdefault(field[0].lower().rstrip(), []).append(field)
+    return [instances[name].pop() for name in include_headers if instances.get(name)]
+
+
+def dkim_signature(
+    message: bytes,
+    *,
+    selector: bytes,
+    domain: bytes,
+    algorithm: bytes,
+    key: PrivateKey,
+    include_headers: Sequence[bytes],
+    timestamp: int,
+) -> bytes:
+    """The DKIM-Signature field (CRLF-terminated) that `dkim.sign` returns for relaxed/relaxed, linesep
+    CRLF and no l= (RFC 6376 §8.2: l= lets anyone append content under our signature), byte for byte:
+    tests/test_signing.py checks it against dkimpy and Mail::DKIM.
+
+    dkimpy's own call spends more in Python than the RSA signature costs in OpenSSL: a DKIM object, its
+    logger and policy sets, a PEM parse per call, a pure-Python RSA (15 ms per signature) and a hash
+    wrapper (issue 8). This keeps dkimpy's canonicalisation, header selection and folding and drops the
+    rest: the RSA-2048 signature is computed by OpenSSL through `cryptography`, the key parsed once.
+    """
+    headers, body = split_message(message)
+    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
+    # dkimpy's tag order (RFC 6376 §3.5); b= is filled with a placeholder first so that it folds onto a
+    # line of its own, and refolding once it holds the signature changes no other tag's whitespace.
+    fields = [
+        (b"v", b"1"),
+        (b"a", algorithm),
+        (b"c", b"relaxed/relaxed"),
+        (b"d", domain),
+        (b"i", b"@" + domain),
+        (b"q", b"dns/txt"),
+        (b"s", selector),
+        (b"t", str(timestamp).encode("ascii")),
+        (b"h", b" : ".join(include_headers)),
+        (b"bh", body_hash),
+        (b"b", b"0" * 60),
+    ]
+    unsigned = dkim.RE_BTAG.sub(b"\\1", dkim.fold(b"; ".join(b"=".join(f) for f in fields), _NAME_LENGTH))
+    relaxed = dkim.canonicalization.Relaxed.canonicalize_headers
+    # RFC 6376 §3.7: the selected fields, then the signature field itself with b= empty and no CRLF.
+    hashed = relaxed(selected_fields(headers, include_headers))
+    hashed += [(name, value.rstrip()) for name, value in relaxed([(b"DKIM-Signature", b" " + unsigned)])]
+    digest = hashlib.sha256(b"".join(name + b":" + value for name, value in hashed)).digest()
+    if isinstance(key, rsa.RSAPrivateKey):
+        signature = key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+    else:
+        signature = key.sign(digest)  # RFC 8463 §3: Ed25519 over the SHA-256 hash
+    fields[-1] = (b"b", base64.b64encode(signature))
+    value: bytes = dkim.fold(b"; ".join(b"=".join(f) for f in fields) + b"\r\n", _NAME_LENGTH, b"\r\n")
+    return b"DKIM-Signature: " + value
 
 
 class SigningError(Exception):
@@ -312,16 +351,14 @@ class DkimSigner:
         algorithms: list[str] = []
         for key in self.keys[tenant.id]:
             try:
-                line = dkim.sign(
+                line = dkim_signature(
                     raw,
-                    key.selector.encode(),
-                    domain.encode(),
-                    key.private,
-                    canonicalize=(b"relaxed", b"relaxed"),
+                    selector=key.selector.encode(),
+                    domain=domain.encode(),
+                    algorithm=key.algorithm.encode(),
+                    key=private_key(key.algorithm, key.private),
                     include_headers=headers,
-                    length=False,  # RFC 6376 §8.2: l= lets anyone append content under our signature.
-                    signature_algorithm=key.algorithm.encode(),
-                    linesep=b"\r\n",
+                    timestamp=int(time.time()),
                 )
             except Exception as exc:
                 raise SigningError(f"{key.algorithm} signing failed: {type(exc).__name__}") from exc

@@ -153,12 +153,18 @@ def test_edge_cases_match_aiosmtpd(servers: Servers, body: bytes) -> None:
 
 
 ADDRESS_PIECES = ["<", ">", "@", "a", "b.c", '"', " ", "\\", ".", "(c)", ",", ":", "SIZE=1", "é", "[1.2.3.4]"]
+# What follows a plain <local@domain> (RelaySMTP's fast path): blanks of every kind, comments, parameters.
+ADDRESS_PIECES += ["\t", "x-y_z", "(", " SIZE=1 BODY=8BITMIME", "\r\n", "\n", "\x85", "\u3000", "\x1c"]
 
 
 @settings(max_examples=2000)
-@given(st.lists(st.sampled_from(ADDRESS_PIECES), max_size=12), st.sampled_from([0, 1, 64]))
-def test_address_parsing_matches_aiosmtpd(pieces: list[str], local_part_limit: int) -> None:
-    arg = "".join(pieces)
+@given(
+    st.sampled_from(["", "<a@b.c>", "<x.y+z@d-e.f>"]),
+    st.lists(st.sampled_from(ADDRESS_PIECES), max_size=12),
+    st.sampled_from([0, 1, 64]),
+)
+def test_address_parsing_matches_aiosmtpd(start: str, pieces: list[str], local_part_limit: int) -> None:
+    arg = start + "".join(pieces)
     server = SimpleNamespace(local_part_limit=local_part_limit)
 
     def outcome(getaddr: Any) -> object:

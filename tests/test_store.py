@@ -78,6 +78,23 @@ async def test_delivered_marks_and_events_are_both_found_for_a_retry(store: Even
     assert await store.delivered_recipients("0" * 64, asked) == set()
 
 
+async def test_the_retry_check_opens_a_new_connection_after_its_own_failed(tmp_path: Path) -> None:
+    """On SQLite the check keeps one connection on its thread (issue 8); a failure on it is the
+    database error the relay journals for, and the next check works on a new connection."""
+    store = EventStore(f"sqlite:///{tmp_path / 'events.db'}")
+    store.create_schema()
+    try:
+        await store.record([CopyRecord("e" * 64, "c" * 64, "250 ok", None)], mark_delivered=True)
+        assert await store.delivered_recipients("e" * 64, {"c" * 64}) == {"c" * 64}
+        assert store._read_connection is not None
+        store._read_connection.driver_connection.close()  # type: ignore[union-attr]
+        with pytest.raises(DBAPIError):
+            await store.delivered_recipients("e" * 64, {"c" * 64})
+        assert await store.delivered_recipients("e" * 64, {"c" * 64}) == {"c" * 64}
+    finally:
+        store.close()
+
+
 async def test_rows_written_on_the_driver_cursor_read_back_as_the_orm_writes_them(store: EventStore) -> None:
     """The per-message statements bypass SQLAlchemy (issue 8) but keep its datetime storage: on SQLite the
     same text as the ORM's DateTime writes, so reports and the dedupe window compare like with like."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Engine, PoolProxiedConnection, create_engine, event, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -137,6 +137,8 @@ class EventStore:
         # The retry check before forwarding only reads: on a thread and connection of its own it never waits
         # behind a batch's commit, nor, on SQLite, for another worker's write lock (issue 8 latency).
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailrelay-db-read")
+        self._read_connection: PoolProxiedConnection | None = None  # SQLite: the reader thread's own
+        self._read_cursor: Any = None
         # Group commit: the relay's writes wait here while a batch is in the database, then share the next
         # transaction (one commit, one fsync for all of them).
         self._pending: list[_Job] = []
@@ -248,13 +250,30 @@ class EventStore:
         # One statement, so one snapshot: run as it is (autocommit on SQLite; on PostgreSQL the pool's reset
         # ends the transaction psycopg began), without SQLAlchemy's BEGIN and COMMIT around it.
         params = {"fingerprint": fingerprint, **{f"r{i}": h for i, h in enumerate(wanted)}}
-        with self.engine.connect() as connection:
-            dbapi_connection = connection.connection.driver_connection
-            assert dbapi_connection is not None
-            cursor = self.driver.execute(
-                dbapi_connection.cursor(), driver_sql.delivered_query(len(wanted)), params
-            )
-            return {row[0] for row in cursor.fetchall()}
+        statement = driver_sql.delivered_query(len(wanted))
+        if self.engine.dialect.name != "sqlite":
+            with self.engine.connect() as connection:
+                dbapi_connection = connection.connection.driver_connection
+                assert dbapi_connection is not None
+                cursor = self.driver.execute(dbapi_connection.cursor(), statement, params)
+                return {row[0] for row in cursor.fetchall()}
+        # SQLite: a file, no server to go away, so this thread keeps its connection instead of checking one
+        # out of the pool, pinging it and resetting it for every message (a third of the check's CPU, issue
+        # 8). After an error it opens a new one.
+        if self._read_cursor is None:
+            pooled = self.engine.raw_connection()
+            assert pooled.driver_connection is not None
+            self._read_connection, self._read_cursor = pooled, pooled.driver_connection.cursor()
+        try:
+            return {row[0] for row in self.driver.execute(self._read_cursor, statement, params).fetchall()}
+        except DBAPIError:
+            self._release_read_connection()
+            raise
+
+    def _release_read_connection(self) -> None:
+        if self._read_connection is not None:
+            self._read_connection.close()  # back to the pool, which resets it
+        self._read_connection = self._read_cursor = None
 
     async def record(self, records: Iterable[CopyRecord], *, mark_delivered: bool) -> int:
         """Store referral events (and, when the message was split, delivered marks); returns events added."""
@@ -379,6 +398,7 @@ class EventStore:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        self._reader.submit(self._release_read_connection).result()
         self._reader.shutdown(wait=True)
         self.engine.dispose()
 

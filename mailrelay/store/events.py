@@ -123,7 +123,10 @@ class EventStore:
         self.dedupe_window = dedupe_window
         # A database that does not answer must fail fast, so the relay journals instead of stalling mail.
         connect_args = {"connect_timeout": 3} if url.startswith("postgresql") else {}
-        self.engine: Engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        # A server can drop a pooled connection (restart, idle timeout): ping it at checkout. A SQLite file
+        # cannot: the ping would be one more statement for every batch and every read (issue 8).
+        ping = not url.startswith("sqlite")
+        self.engine: Engine = create_engine(url, pool_pre_ping=ping, connect_args=connect_args)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import threading
 import time
 from pathlib import Path
@@ -46,6 +47,12 @@ def cpu_seconds(root: int) -> float:
             # After the ')' : state ppid ... utime is field 14 of stat, i.e. index 11 here.
             total += sum(int(x) for x in fields[11:15])
     return total / _TICK
+
+
+def children_cpu_seconds() -> float:
+    """utime+stime of this process's children that have been waited for (smtp-source runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def rss_bytes(root: int) -> int:

@@ -173,7 +173,7 @@ class SigningError(Exception):
 class LoadedKey:
     selector: str
     algorithm: str
-    private: bytes  # what dkimpy takes: PEM for RSA, base64 of the 32-byte seed for Ed25519
+    private: bytes  # PEM for RSA, base64 of the 32-byte seed for Ed25519 (what private_key reads)
 
 
 def header_counts(raw: bytes) -> dict[str, int]:
@@ -362,7 +362,7 @@ class DkimSigner:
                 )
             except Exception as exc:
                 raise SigningError(f"{key.algorithm} signing failed: {type(exc).__name__}") from exc
-            lines.append(line if line.endswith(b"\r\n") else line + b"\r\n")
+            lines.append(line)
             algorithms.append(key.algorithm)
         # RFC 6376 §5.6: a new signature is prepended; the first signature listed is checked first.
         return b"".join(reversed(lines)), algorithms

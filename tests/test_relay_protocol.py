@@ -112,18 +112,25 @@ def test_a_broken_rule_file_stops_the_daemon_with_exit_2(
 async def test_other_sessions_are_served_while_one_message_burns_cpu(
     start_relay, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 3/5: planning runs off the event loop; a pathological message does not stop other sessions."""
+    """Issue 3/5: planning runs off the event loop; a pathological message does not stop other sessions.
+
+    The heavy plan burns CPU until the other message has been relayed (30 s at most), so the test waits for
+    an order of events, not for a time: were planning on the event loop, nothing else would be relayed while
+    it burns, and the heavy message would finish first, after the 30 s."""
+    import threading
     import time
 
     from mailrelay.relay import Relay
 
     original = Relay.plan
+    burning, other_done = threading.Event(), threading.Event()
 
     def slow_plan(self: Relay, txn, on_pass):  # type: ignore[no-untyped-def]
         if b"pathological" in txn.content:
-            deadline = time.perf_counter() + 1.5
-            while time.perf_counter() < deadline:  # pure-Python CPU work, holding the GIL in slices
-                sum(range(1000))
+            burning.set()
+            deadline = time.perf_counter() + 30
+            while not other_done.is_set() and time.perf_counter() < deadline:
+                sum(range(1000))  # pure-Python CPU work, holding the GIL in slices
         return original(self, txn, on_pass)
 
     monkeypatch.setattr(Relay, "plan", slow_plan)
@@ -132,8 +139,10 @@ async def test_other_sessions_are_served_while_one_message_burns_cpu(
         # Large enough to be planned off the event loop (relay.INLINE_PLAN_BYTES).
         big = REJECTION.replace(b"Dear", b"pathological") + b"padding line\r\n" * 6000
         heavy = asyncio.ensure_future(relay.send("recruit@acme.co.jp", ["a@gmail.example"], big))
-        await asyncio.sleep(0.2)
+        while not burning.is_set():
+            await asyncio.sleep(0.01)
         await relay.send("recruit@acme.co.jp", ["b@gmail.example"], REJECTION)
         finished_first = [m.rcpt_tos for m in sink.messages]
+        other_done.set()
         await heavy
     assert finished_first == [["b@gmail.example"]]

@@ -118,7 +118,9 @@ def _header_end(raw: bytes, start: int, end: int, cap: int) -> tuple[int, int]:
         return start, start + 1
     stop = min(end, start + cap + 3)
     a = raw.find(b"\n\r\n", start, stop)
-    b = raw.find(b"\n\n", start, stop)
+    # Only a bare-LF blank line before the CRLF one matters: on CRLF mail, a search up to `stop` would read
+    # the whole body for one that is never there (~2 % of a 20 KB rejection's CPU, issue 8 profile).
+    b = raw.find(b"\n\n", start, a + 1 if a >= 0 else stop)
     if a < 0 and b < 0:
         if end - start > cap:
             raise LimitExceeded("header_size", f"header block over {cap} bytes")
@@ -698,13 +700,16 @@ class ParsedMessage:
                 data = qp_encode(new, self.eol)
                 edits.append(self._cte_edit(p, "quoted-printable"))
         # A body line that reads as an enclosing delimiter would cut the tree (RFC 2046 §5.1.1); the
-        # footer comes from configuration, so refuse rather than pick a new boundary.
+        # footer comes from configuration, so refuse rather than pick a new boundary. The plain substring
+        # test comes first: a regex that may start at any line cannot skip ahead, and cost ~70 µs on a
+        # 10 KB part where bytes.find costs ~1 µs (issue 8 profile).
         a = p.parent
         while a >= 0:
             delim = b"--" + self.parts[a].params.get("boundary", "").encode("ascii", "replace")
-            line = re.compile(rb"(?:^|\n)" + re.escape(delim) + rb"(?:--)?[ \t]*(?:\r?\n|\Z)")
-            if line.search(data):
-                raise NotDecoratable("malformed", "footer would read as a MIME boundary")
+            if delim in data:
+                line = re.compile(rb"(?:^|\n)" + re.escape(delim) + rb"(?:--)?[ \t]*(?:\r?\n|\Z)")
+                if line.search(data):
+                    raise NotDecoratable("malformed", "footer would read as a MIME boundary")
             a = self.parts[a].parent
         edits.append(_Edit(p.body_start, p.end, data))
         return edits

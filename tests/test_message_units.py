@@ -12,12 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from messages.checks import FOOTER, LINK, check_decorated
 
-from mailrelay.charsets import ascii_mode_view, decode_iso2022jp, ends_in_ascii, lookup
+from mailrelay.charsets import JIS_ESCAPE_RE, ascii_mode_view, decode_iso2022jp, ends_in_ascii, lookup
 from mailrelay.message import (
     _B64,
     Footer,
     NotDecoratable,
     _b64_decode,
+    _header_end,
     b64_encode,
     decode_header_value,
     html_insert_position,
@@ -109,6 +110,30 @@ def test_iso2022jp_strictness() -> None:
 def test_ends_in_jis_mode() -> None:
     assert not ends_in_ascii(b'\x1b$B$"')
     assert ends_in_ascii(b'\x1b$B$"\x1b(J')
+
+
+def _ends_in_ascii_as_first_written(data: bytes) -> bool:
+    """ends_in_ascii before issue 8 made it look back from the end: the last escape of a full scan."""
+    last = None
+    for m in JIS_ESCAPE_RE.finditer(data):
+        last = m.group()
+    if last is None:
+        return data.rfind(b"\x0e") <= data.rfind(b"\x0f")
+    return last in (b"\x1b(B", b"\x1b(J") and data.rfind(b"\x0e") <= data.rfind(b"\x0f")
+
+
+# Escapes, their pieces and stray ESC bytes, often many of them: more than the 16 looked back at.
+_JIS_ESCAPES = [b"\x1b$B", b"\x1b$@", b"\x1b(B", b"\x1b(J", b"\x1b(I"]
+_JIS_PIECES = [*_JIS_ESCAPES, b"\x1b", b"\x1b$", b"\x1b(", b"$B", b"(B"]
+_jis_pieces = st.sampled_from([*_JIS_PIECES, b"\x0e", b"\x0f", b"a", b'$"', b"\r\n"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_jis_pieces, max_size=60).map(b"".join))
+def test_ends_in_ascii_matches_a_full_scan(data: bytes) -> None:
+    assert ends_in_ascii(data) == _ends_in_ascii_as_first_written(data)
+    stray = b"\x1b" * 40 + data + b"\x1b" * 20
+    assert ends_in_ascii(stray) == _ends_in_ascii_as_first_written(stray)
 
 
 def test_header_decoding() -> None:
@@ -234,3 +259,18 @@ def test_base64_decoding_is_what_it_was(data: bytes, strict: bool) -> None:
     except Exception as exc:
         got = type(exc)
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"A: 1\r\n\r\nbody\n\nmore", (6, 8)),  # CRLF blank line first; a bare-LF one later is body
+        (b"A: 1\n\nbody\r\n\r\nmore", (5, 6)),  # bare-LF blank line first
+        (b"A: 1\r\nB: 2\n\nbody\r\n\r\n", (11, 12)),
+        (b"A: 1\r\nB: 2\r\n", (12, 12)),  # no body
+    ],
+)
+def test_header_block_ends_at_the_first_blank_line_of_either_kind(
+    raw: bytes, expected: tuple[int, int]
+) -> None:
+    assert _header_end(raw, 0, len(raw), 1000) == expected

@@ -60,6 +60,8 @@ _HISTORY_CUES = (
     "：\n",
     "：\r",
 )
+# One regex pass instead of one `in` per cue: half the time on 3,000 characters (issue 8 profile).
+_HISTORY_CUE = re.compile("|".join(map(re.escape, _HISTORY_CUES)))
 _QUOTED_LINE = re.compile(r"^[ \t]*[>＞].*$\n?", re.MULTILINE)
 
 
@@ -79,7 +81,7 @@ def strip_quoted(text: str) -> str:
     ("On … wrote:", "-----Original Message-----", an Outlook From:/Sent: block) is dropped."""
     cut = len(text)
     # The patterns scan every line start; most messages have no history, so look for a cue first.
-    if not any(cue in text for cue in _HISTORY_CUES):
+    if _HISTORY_CUE.search(text) is None:
         return _QUOTED_LINE.sub("", text) if any(c in text for c in ">＞") else text
     for pattern in _HISTORY:
         found = pattern.search(text)

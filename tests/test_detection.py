@@ -398,3 +398,36 @@ def test_plain_and_html_are_both_read(tmp_path: Path) -> None:
 
 def test_an_empty_rule_set_decides_nothing() -> None:
     assert RuleSet().evaluate(item("選考 見送らせていただきます")).rejection is False
+
+
+# -- phrase lookup (issue 8: a pivot seen at few places is followed to them) ---------------------------------
+
+_LOOKUP_ALPHABET = "採用見送残念選考不合格ごおのにをてはaeiouxyz -"
+_lookup_keys = st.sets(st.text(_LOOKUP_ALPHABET, min_size=1, max_size=5), min_size=1, max_size=25)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    _lookup_keys, st.lists(st.one_of(st.text(_LOOKUP_ALPHABET, max_size=6), st.just("採用見送")), max_size=30)
+)
+def test_phrase_lookup_finds_exactly_the_keys_in_the_text(keys: set[str], pieces: list[str]) -> None:
+    from mailrelay.detection.matcher import _by_pivot, _present
+
+    text = "".join(pieces)
+    assert _present(_by_pivot(keys), text) == {key for key in keys if key in text}
+
+
+def test_phrase_lookup_with_the_shipped_rules_finds_exactly_the_keys_in_the_text() -> None:
+    from mailrelay.detection.matcher import _by_pivot, _present
+
+    keys = {
+        p.key
+        for rule in load_rules(sorted((REPO / "rules").glob("*.toml"))).rules
+        for group in rule.require
+        for p in group
+    }
+    ordered = sorted(keys)
+    # Each key once, twice or three times (a pivot at one, two or more places), in a Japanese sentence.
+    for times in (1, 2, 3):
+        text = "。".join(f"本日は{key}について{key * times}です" for key in ordered[::7])
+        assert _present(_by_pivot(keys), text) == {key for key in keys if key in text}

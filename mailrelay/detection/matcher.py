@@ -108,16 +108,18 @@ class RuleSet:
         )
 
 
-Pivoted = tuple[tuple[str, tuple[str, ...]], ...]
+# Each pivot with its keys, and where in each key the pivot first stands.
+Pivoted = tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
 
 
 def _by_pivot(keys: set[str]) -> Pivoted:
     """Keys grouped by one rare character each (a kanji rather than a kana, a letter rather than a space):
     one single-character search rules out a whole group, so a message costs a few dozen searches, not one
     per phrase."""
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[tuple[str, int]]] = {}
     for key in sorted(keys):
-        groups.setdefault(max(key, key=_rarity), []).append(key)
+        pivot = max(key, key=_rarity)
+        groups.setdefault(pivot, []).append((key, key.index(pivot)))
     return tuple((pivot, tuple(group)) for pivot, group in sorted(groups.items()))
 
 
@@ -133,8 +135,36 @@ def _rarity(char: str) -> int:
     return 0
 
 
+# A pivot seen at most this often is followed to its places: a key is then compared where it would stand
+# (startswith), not searched for along the whole text. Measured on the bench's Japanese mails (issue 8): a
+# 20 KB rejection's body 160 -> 100 µs; more places than two cost more than they save.
+_FEW_PLACES = 2
+
+
 def _present(keys: Pivoted, text: str) -> set[str]:
-    return {key for pivot, group in keys if pivot in text for key in group if key in text}
+    """The keys that occur in `text`."""
+    found: set[str] = set()
+    find = text.find
+    for pivot, group in keys:
+        at = find(pivot)
+        if at < 0:
+            continue
+        places = [at]
+        while len(places) <= _FEW_PLACES:
+            at = find(pivot, at + 1)
+            if at < 0:
+                break
+            places.append(at)
+        if len(places) <= _FEW_PLACES:
+            # Every occurrence of a key puts its pivot at one of these places.
+            for key, offset in group:
+                for at in places:
+                    if at >= offset and text.startswith(key, at - offset):
+                        found.add(key)
+                        break
+        else:
+            found.update(key for key, _offset in group if key in text)
+    return found
 
 
 def _in_scope(rule: Rule, item: DetectionInput) -> bool:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from itertools import pairwise
 from types import SimpleNamespace
 from typing import Any
 
@@ -80,18 +82,25 @@ class Servers:
         self.thread.join(timeout=10)
         self.loop.close()
 
-    def converse(self, name: str, sent: bytes) -> tuple[bytes, list[bytes]]:
-        """Send `sent` in one write after the 354; return every reply byte and what handle_DATA got."""
+    def converse(
+        self, name: str, sent: bytes, fragments: list[bytes] | None = None
+    ) -> tuple[bytes, list[bytes]]:
+        """Send `sent` after the 354, in one write or as `fragments` a few ms apart (so that the server
+        reads them separately); return every reply byte and what handle_DATA got."""
         recorder = self.recorders[name]
         recorder.contents = []
         with socket.create_connection(("127.0.0.1", self.ports[name]), timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             received = bytearray()
             sock.sendall(PROLOGUE)
             while b"\r\n354 " not in b"\r\n" + received:
                 chunk = sock.recv(65536)
                 assert chunk, received
                 received += chunk
-            sock.sendall(sent)
+            for fragment in fragments or [sent]:
+                sock.sendall(fragment)
+                if fragments:
+                    time.sleep(0.002)
             while chunk := sock.recv(65536):
                 received += chunk
         # The greeting names the implementation; everything after it must match.
@@ -123,6 +132,11 @@ PIECES = [
     b"y" * 400,
     b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n",
     b"RSET\r\n",
+    # Longer input: the reader takes whole stretches up to each ".\r\n" or the stream's limit (issue 8).
+    b"Regards.\r\n",
+    b"\r\n..",
+    (b"QUJD" * 19 + b"\r\n") * 12,
+    b"z" * 1200,
 ]
 
 
@@ -131,6 +145,23 @@ PIECES = [
 def test_same_replies_and_content_as_aiosmtpd(servers: Servers, pieces: list[bytes]) -> None:
     sent = b"".join(pieces) + EPILOGUE
     assert servers.converse("mailrelay", sent) == servers.converse("aiosmtpd", sent)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(PIECES), max_size=30), st.lists(st.integers(0, 5000), max_size=6))
+def test_same_replies_and_content_whatever_the_fragments(
+    servers: Servers, pieces: list[bytes], cuts: list[int]
+) -> None:
+    """mailrelay's reader does not depend on where the stream's reads end: a marker or a CRLF split over
+    two reads, a long line arriving in parts. aiosmtpd's does, at its stream limit, so compare with our
+    one-write result (itself compared with aiosmtpd's above)."""
+    sent = b"".join(pieces) + EPILOGUE
+    # Up to the first final dot, then QUIT: what follows it would be commands, and the server may hang up
+    # on them while later fragments are still being sent.
+    end = 0 if sent.startswith(b".\r\n") else sent.index(b"\r\n.\r\n") + 2
+    sent = sent[: end + 3] + b"QUIT\r\n"
+    fragments = [sent[a:b] for a, b in pairwise([0, *sorted(c % len(sent) for c in cuts), len(sent)])]
+    assert servers.converse("mailrelay", sent, fragments) == servers.converse("mailrelay", sent)
 
 
 @pytest.mark.parametrize(

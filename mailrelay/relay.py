@@ -23,7 +23,7 @@ from mailrelay.signing import SigningError
 from mailrelay.stages import Copy, Stage
 from mailrelay.stages.mark import MARKER_HEADER
 from mailrelay.store import CopyRecord, EventStore, ReferralFields, SeenRejection
-from mailrelay.transport import HopConnection, NextHop, NextHopUnavailable, Reply
+from mailrelay.transport import HopConnection, NextHop, NextHopUnavailable, Reply, WireReady
 
 log = logging.getLogger("mailrelay.relay")
 
@@ -99,6 +99,8 @@ def normalize_line_endings(content: bytes) -> bytes:
     """Bare CR and bare LF become CRLF (RFC 5321 §2.3.8), like Postfix's smtpd_forbid_bare_newline =
     normalize. aiosmtplib would do the same on the wire; doing it first means that what we detect on, sign
     and fingerprint is exactly what the next hop receives, and no bare newline ever reaches it."""
+    if type(content) is WireReady:
+        return content  # smtp/data.py saw every line end in CRLF while reading it
     crlf = content.count(b"\r\n")
     if content.count(b"\r") == crlf and content.count(b"\n") == crlf:
         return content

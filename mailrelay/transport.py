@@ -226,7 +226,7 @@ class _SmtpConnection:
         return await self._command(b"RCPT", b"TO:<" + recipient.encode("utf-8") + b">")
 
     async def data(self, content: bytes) -> Reply:
-        if len(content) > WIRE_CHECK_OFF_LOOP_BYTES:
+        if len(content) > WIRE_CHECK_OFF_LOOP_BYTES and type(content) is not WireReady:
             content = await asyncio.to_thread(wire_ready, content)
         try:
             if self.client.protocol is None:

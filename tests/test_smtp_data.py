@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from mailrelay.smtp.data import OneBufferDataSMTP
 from mailrelay.smtp.server import RelaySMTP
+from mailrelay.transport import WireReady, wire_ready
 
 SIZE_LIMIT = 3_000  # small, so that generated input crosses it
 PROLOGUE = b"EHLO client\r\nMAIL FROM:<hr@example.co.jp>\r\nRCPT TO:<applicant@example.net>\r\nDATA\r\n"
@@ -144,7 +145,12 @@ PIECES = [
 @given(st.lists(st.sampled_from(PIECES), max_size=30))
 def test_same_replies_and_content_as_aiosmtpd(servers: Servers, pieces: list[bytes]) -> None:
     sent = b"".join(pieces) + EPILOGUE
-    assert servers.converse("mailrelay", sent) == servers.converse("aiosmtpd", sent)
+    ours = servers.converse("mailrelay", sent)
+    assert ours == servers.converse("aiosmtpd", sent)
+    # Content handed over as WireReady skips the next hop client's own checks: it must pass them.
+    for content in ours[1]:
+        if type(content) is WireReady:
+            assert type(wire_ready(bytes(content))) is WireReady
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -181,6 +187,22 @@ def test_edge_cases_match_aiosmtpd(servers: Servers, body: bytes) -> None:
     sent = b"Subject: edge\r\n\r\n" + body + EPILOGUE
     ours: Any = servers.converse("mailrelay", sent)
     assert ours == servers.converse("aiosmtpd", sent)
+
+
+@pytest.mark.parametrize(
+    ("body", "ready"),
+    [
+        pytest.param(b"plain\r\ntext\r\n", True, id="CRLF lines"),
+        pytest.param(b"..dot\r\n", False, id="a line that starts with a dot"),
+        pytest.param(b"a\nb\r\n", False, id="a bare LF"),
+        pytest.param(b"a\rb\r\n", False, id="a bare CR"),
+    ],
+)
+def test_content_the_wire_needs_as_it_is_is_handed_over_as_wire_ready(
+    servers: Servers, body: bytes, ready: bool
+) -> None:
+    _replies, contents = servers.converse("mailrelay", b"Subject: x\r\n\r\n" + body + b".\r\nQUIT\r\n")
+    assert (type(contents[0]) is WireReady) is ready
 
 
 ADDRESS_PIECES = ["<", ">", "@", "a", "b.c", '"', " ", "\\", ".", "(c)", ",", ":", "SIZE=1", "é", "[1.2.3.4]"]

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from aiosmtpd.smtp import MISSING, SMTP
 
+from mailrelay.transport import WireReady
+
 log = logging.getLogger("mailrelay.smtp")
 
 END_OF_DATA = b".\r\n"
@@ -44,6 +46,9 @@ class _DataReader:
         self.received = 0
         self.state = DataState.COMPLETE
         self.partial = b""
+        # What the next hop's client would otherwise scan the whole message for again (WireReady).
+        self.bare_cr_or_lf = False
+        self.dot_lines = False
 
     def fail(self, state: DataState) -> None:
         if self.state is DataState.COMPLETE:
@@ -78,10 +83,16 @@ class _DataReader:
         fits = not self.size_limit or total <= self.size_limit
         if fits and longest <= self.stream_limit and longest + 2 <= self.line_limit:
             self.received = total
+            count = len(lengths)
+            if lines.count(b"\r") != count or lines.count(b"\n") != count:
+                self.bare_cr_or_lf = True  # a CR or LF that is not part of a line's CRLF
             # RFC 5321 §4.5.2: a line's leading dot is a transparency dot.
+            unstuffed = lines.replace(b"\r\n.", b"\r\n")
             if lines[:1] == b".":
-                lines = lines[1:]
-            self.content += lines.replace(b"\r\n.", b"\r\n")
+                unstuffed = unstuffed[1:]
+            if len(unstuffed) != len(lines):
+                self.dot_lines = True
+            self.content += unstuffed
             return
         # Some line ends the content: find which, line by line, in the order aiosmtpd would.
         start = 0
@@ -135,6 +146,9 @@ async def read_data(
             break
     if state.state is not DataState.COMPLETE:
         return DataRead(state.state, b"")
+    if state.content and not state.bare_cr_or_lf and not state.dot_lines:
+        # Every line ends in CRLF (so does the last) and none starts with a dot: as the wire needs it.
+        return DataRead(state.state, WireReady(state.content))
     return DataRead(state.state, bytes(state.content))
 
 

@@ -14,7 +14,6 @@ from messages.checks import FOOTER, LINK, check_decorated
 
 from mailrelay.charsets import JIS_ESCAPE_RE, ascii_mode_view, decode_iso2022jp, ends_in_ascii, lookup
 from mailrelay.message import (
-    _B64,
     Footer,
     NotDecoratable,
     _b64_decode,
@@ -226,8 +225,11 @@ def test_footer_that_would_read_as_a_boundary_is_refused() -> None:
     check_decorated(raw, m.decorate(FOOTER))
 
 
+_B64 = re.compile(rb"[A-Za-z0-9+/]*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
 def _b64_decode_as_first_written(data: bytes, strict: bool) -> bytes:
-    """The decoder before issue 8 replaced its two regex substitutions with bytes.translate."""
+    """The decoder before issue 8 replaced its regexes with bytes.translate."""
     compact = re.sub(rb"[ \t\r\n]+", b"", data)
     if strict:
         if len(compact) % 4 or not _B64.fullmatch(compact):
@@ -274,3 +276,12 @@ def test_header_block_ends_at_the_first_blank_line_of_either_kind(
     raw: bytes, expected: tuple[int, int]
 ) -> None:
     assert _header_end(raw, 0, len(raw), 1000) == expected
+
+
+def test_text_of_a_padded_base64_part_keeps_its_last_bytes() -> None:
+    # Before issue 8's change the text was decoded leniently, without the padding, and lost "ted".
+    raw = (
+        b"Subject: x\r\nContent-Type: text/plain; charset=us-ascii\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.b64encode(b"we regret to say you were rejected")
+    )
+    assert parse(raw + b"\r\n").text().plain == "we regret to say you were rejected"

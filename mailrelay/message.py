@@ -610,19 +610,20 @@ class ParsedMessage:
         p = self.parts[index]
         try:
             try:
-                data = self._strict_body(p)
+                data, strict = self._strict_body(p), True
             except (MimeError, binascii.Error, ValueError):
                 # Detection is best effort: what does not decode strictly is read as well as it can be.
-                data = _decode_cte(self.raw[p.body_start : p.end], p.cte, strict=False)
-                cs = self._charset(p, data) or UTF8
-                return cs.decode(data, "replace")
+                data, strict = _decode_cte(self.raw[p.body_start : p.end], p.cte, strict=False), False
             cs = self._charset(p, data) or UTF8
-            try:
-                text = cs.decode(data, "strict")
-            except CharsetError:
-                return cs.decode(data, "replace")
-            self._decodes_in[p.body_start] = cs.label
-            return text
+            if strict:
+                try:
+                    text = cs.decode(data, "strict")
+                except CharsetError:
+                    pass
+                else:
+                    self._decodes_in[p.body_start] = cs.label
+                    return text
+            return cs.decode(data, "replace")
         except (binascii.Error, ValueError, LookupError):
             # An undecodable body reads as empty, never as an exception.
             return ""

@@ -86,7 +86,9 @@ def _verdict_for(relay, raw: bytes) -> tuple[Verdict | None, str]:  # type: igno
         return None, f"not parsed ({exc.reason}): would be forwarded unmodified"
     tenant, _from_domain = relay.tenant_for(parsed, "")
     sender = next(iter(parsed.header_values("From")), "")
-    verdict: Verdict = relay.detect(parsed, parsed.text(), sender, tenant.id if tenant else None)
+    verdict: Verdict = relay.detect(
+        parsed, parsed.text(), sender, tenant.id if tenant else None, explain=True
+    )
     note = "" if tenant else "no tenant owns the From domain: would be forwarded unmodified"
     if parsed.protected:
         note = f"{parsed.protected} message: would be forwarded unmodified"

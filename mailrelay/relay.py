@@ -206,7 +206,15 @@ class Relay:
                 from_domain = domain_of(mail_from)
         return tenant, from_domain
 
-    def detect(self, parsed: ParsedMessage, text: MessageText, sender: str, tenant_id: str | None) -> Verdict:
+    def detect(
+        self,
+        parsed: ParsedMessage,
+        text: MessageText,
+        sender: str,
+        tenant_id: str | None,
+        *,
+        explain: bool = False,
+    ) -> Verdict:
         """The rules' verdict on one message; `mailrelay check` asks the same question the same way."""
         return self.rules.evaluate(
             DetectionInput(
@@ -216,7 +224,8 @@ class Relay:
                 header=parsed.header_values,
                 sender=sender,
                 tenant=tenant_id,
-            )
+            ),
+            explain=explain,
         )
 
     def new_session(self, peer: str) -> RelaySession:

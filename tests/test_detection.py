@@ -298,7 +298,9 @@ def test_every_group_must_hit_and_fired_lists_phrases_as_written(tmp_path: Path)
 
 def test_a_veto_anywhere_stops_the_rule_and_is_reported(tmp_path: Path) -> None:
     rules = rules_from(tmp_path, BASIC)
-    verdict = rules.evaluate(item("選考の結果、見送らせていただきます。", subject="内定のご連絡"))
+    verdict = rules.evaluate(
+        item("選考の結果、見送らせていただきます。", subject="内定のご連絡"), explain=True
+    )
     assert not verdict.rejection
     assert verdict.vetoed == (("ja-basic", "内定"),)
     assert any("vetoed by “内定”" in line for line in verdict.details)
@@ -318,7 +320,7 @@ def test_look_in_subject_only(tmp_path: Path) -> None:
 
 def test_shadow_rules_are_counted_never_acted_on(tmp_path: Path) -> None:
     rules = rules_from(tmp_path, BASIC.replace('mode = "decorate"', 'mode = "shadow"'))
-    verdict = rules.evaluate(item("選考の結果、見送らせていただきます。"))
+    verdict = rules.evaluate(item("選考の結果、見送らせていただきます。"), explain=True)
     assert not verdict.rejection and verdict.rule is None and verdict.footer is None
     assert verdict.shadow == ("ja-basic",)
     assert any("shadow: counted, not acted on" in line for line in verdict.details)
@@ -330,7 +332,7 @@ def test_first_decorate_rule_in_file_name_order_wins(tmp_path: Path) -> None:
     (tmp_path / "a.toml").write_text(BASIC, encoding="utf-8")
     rules = load_rules([tmp_path / "b.toml", tmp_path / "a.toml"])
     assert rules.ids == ("ja-basic", "zz")
-    verdict = rules.evaluate(item("選考の結果、見送らせていただきます。"))
+    verdict = rules.evaluate(item("選考の結果、見送らせていただきます。"), explain=True)
     assert (verdict.rule, verdict.footer) == ("ja-basic", "ja")
     assert any("zz [decorate]: matched" in line and "earlier rule" in line for line in verdict.details)
 
@@ -345,7 +347,7 @@ def test_senders_scope_a_rule_to_addresses_and_domains(tmp_path: Path) -> None:
     assert rules.evaluate(item(text, sender="<noreply@hr.acme.example.jp>")).rejection
     assert rules.evaluate(item(text, sender="boss@other.example")).rejection
     assert rules.evaluate(item(text, sender="Acme 採用 <recruit@acme.example.jp>")).rejection
-    outside = rules.evaluate(item(text, sender="x@notacme.example.jp"))
+    outside = rules.evaluate(item(text, sender="x@notacme.example.jp"), explain=True)
     assert not outside.rejection
     assert any("outside its scope" in line for line in outside.details)
     assert not rules.evaluate(item(text, sender="")).rejection
@@ -377,15 +379,18 @@ def test_ats_header_with_another_value_falls_back_to_phrases(tmp_path: Path) -> 
 
 def test_details_explain_the_verdict_and_near_misses(tmp_path: Path) -> None:
     rules = rules_from(tmp_path, BASIC)
-    hit = rules.evaluate(item("選考の結果、見送らせていただきます。"))
+    hit = rules.evaluate(item("選考の結果、見送らせていただきます。"), explain=True)
     assert hit.details[0] == "verdict: rejection, rule ja-basic (basic), footer 'ja'"
     assert hit.details[1] == "rule ja-basic [decorate]: matched “見送らせていただ”, “選考” → footer 'ja'"
-    near = rules.evaluate(item("見送らせていただきます。"))
+    near = rules.evaluate(item("見送らせていただきます。"), explain=True)
     assert near.details == (
         "verdict: not a rejection",
         "rule ja-basic [decorate]: no match, group 2 missing (選考)",
     )
-    assert rules.evaluate(item("こんにちは")).details == ("verdict: not a rejection (no rule matched)",)
+    assert rules.evaluate(item("こんにちは"), explain=True).details == (
+        "verdict: not a rejection (no rule matched)",
+    )
+    assert hit.details and not rules.evaluate(item("選考の結果、見送らせていただきます。")).details
 
 
 def test_plain_and_html_are_both_read(tmp_path: Path) -> None:

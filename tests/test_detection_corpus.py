@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -65,6 +66,15 @@ def rules() -> RuleSet:
 
 def verdicts(rules: RuleSet, files: list[Path]) -> dict[str, Verdict]:
     return {f.name: rules.evaluate(detection_input(f.read_bytes())) for f in files}
+
+
+def test_explaining_a_verdict_does_not_change_it(rules: RuleSet) -> None:
+    """The relay evaluates without `explain` (issue 8); `mailrelay check --explain` with it: same verdicts."""
+    for f in REJECTIONS + OTHERS:
+        plain = rules.evaluate(detection_input(f.read_bytes()))
+        explained = rules.evaluate(detection_input(f.read_bytes()), explain=True)
+        assert plain == replace(explained, details=()), f.name
+        assert explained.details and not plain.details, f.name
 
 
 def test_corpus_is_large_and_varied() -> None:

@@ -231,18 +231,30 @@ class Relay:
     def new_session(self, peer: str) -> RelaySession:
         return RelaySession(self, peer)
 
-    # Runs in a worker thread: pure CPU work on one message, no I/O.
-    def plan(self, txn: Transaction, on_pass: Callable[[str], None]) -> Plan:
-        """What goes to whom. Never raises: whatever fails, the original goes to everyone (issue 2 §6)."""
+    # Pure CPU work on one message, no I/O: on the event loop, or in a worker thread for a large one.
+    def plan(
+        self,
+        txn: Transaction,
+        on_pass: Callable[[str], None],
+        on_decorating: Callable[[], None] | None = None,
+    ) -> Plan:
+        """What goes to whom. Never raises: whatever fails, the original goes to everyone (issue 2 §6).
+        `on_decorating` is called once the message is known to be decorated, before the copies are made."""
         current = ["parse"]  # the step under way, for the fail-open metric
         try:
-            return self._plan(txn, on_pass, current)
+            return self._plan(txn, on_pass, current, on_decorating)
         except Exception:
             log.exception("%s: %s failed; forwarding the original", txn.txn_id, current[0])
             self.metrics.failed_open.labels(stage=current[0]).inc()
             return Plan([Group(list(txn.rcpt_tos), txn.content)], f"failed-open:{current[0]}")
 
-    def _plan(self, txn: Transaction, on_pass: Callable[[str], None], current: list[str]) -> Plan:
+    def _plan(
+        self,
+        txn: Transaction,
+        on_pass: Callable[[str], None],
+        current: list[str],
+        on_decorating: Callable[[], None] | None,
+    ) -> Plan:
         everyone = [Group(list(txn.rcpt_tos), txn.content)]
 
         tenant: TenantSettings | None = None
@@ -286,6 +298,8 @@ class Relay:
             return passthrough("protected", verdict)
 
         current[0] = "decorate"
+        if on_decorating is not None:
+            on_decorating()
         groups: list[Group] = []
         internal = [r for r in txn.rcpt_tos if r not in applicants]
         if internal:
@@ -319,6 +333,23 @@ class Relay:
             self.metrics.failed_open.labels(stage="decorate").inc()
             return Plan(everyone, f"failed-open:{stage_name}:{reason}", verdict)
         return Plan(groups, "decorated", verdict, tenant.id)
+
+
+@dataclass(frozen=True)
+class StoreRead:
+    """The retry check under way: which recipient hashes were asked about, and the store's answer."""
+
+    hashes: frozenset[str]
+    answer: asyncio.Future[set[str]]
+
+    def abandon(self) -> None:
+        """Not waited for after all: its outcome, a failure included, is dropped when it arrives."""
+        self.answer.add_done_callback(_drop_outcome)
+
+
+def _drop_outcome(future: asyncio.Future[set[str]]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log "exception was never retrieved"
 
 
 @dataclass
@@ -424,20 +455,30 @@ class RelaySession:
         metrics.received.inc()
         started = time.perf_counter()
         passed: list[str] = []
+        early: list[StoreRead] = []
 
-        def prepare() -> Plan:
+        def start_retry_check() -> None:
+            # A decorated message is checked against earlier attempts before it goes out. Asked now, the
+            # store's reader thread answers while the copies are signed (OpenSSL releases the GIL), not
+            # after: one thread round trip less in each rejection's time (issue 8, one session).
+            read = self._start_store_read(txn, txn.rcpt_tos)
+            if read is not None:
+                early.append(read)
+
+        def prepare(on_decorating: Callable[[], None] | None) -> Plan:
             # All CPU work on the message bytes: inline for small messages, in a worker thread for large
             # ones, so other sessions keep being served meanwhile (INLINE_PLAN_BYTES; issue 3, "Bounded").
             txn.content = normalize_line_endings(txn.content)
             txn.fingerprint = hashlib.sha256(txn.mail_from.lower().encode() + b"\0" + txn.content).hexdigest()
-            return relay.plan(txn, passed.append)
+            return relay.plan(txn, passed.append, on_decorating)
 
         try:
             if len(txn.content) <= INLINE_PLAN_BYTES:
-                plan = prepare()
+                plan = prepare(start_retry_check)
             else:
+                # Off the event loop the read could not be started (the loop's executor calls are its own).
                 budget = relay.settings.processing.time_budget
-                plan = await asyncio.wait_for(asyncio.to_thread(prepare), budget)
+                plan = await asyncio.wait_for(asyncio.to_thread(prepare, None), budget)
         except TimeoutError:
             metrics.failed_open.labels(stage="timeout").inc()
             plan = Plan([Group(list(txn.rcpt_tos), txn.content)], "failed-open:timeout")
@@ -455,7 +496,7 @@ class RelaySession:
             rule,
         )
 
-        already = await self._read_delivered(txn, plan)
+        already = await self._read_delivered(txn, plan, early[0] if early else None)
         groups = [
             Group([r for r in g.recipients if relay.recipient_hash(r) not in already], g.content, g.copy)
             for g in plan.groups
@@ -480,17 +521,39 @@ class RelaySession:
         await self.reset()
         return await self._conclude(txn, plan, results, skipped=bool(already))
 
-    async def _read_delivered(self, txn: Transaction, plan: Plan) -> set[str]:
-        """Hashes of the recipients an earlier attempt of this message already delivered a copy to."""
+    def _start_store_read(self, txn: Transaction, recipients: list[str]) -> StoreRead | None:
+        """Start asking the store which of `recipients` an earlier attempt of this message delivered a copy
+        to; None while the store is paused (or if it cannot even be asked)."""
+        relay = self.relay
+        if not relay.store_usable():
+            return None
+        hashes = frozenset(relay.recipient_hash(r) for r in recipients)
+        try:
+            return StoreRead(hashes, relay.store.delivered_recipients(txn.fingerprint, hashes))
+        except Exception as exc:
+            relay.store_failed(txn.txn_id, "reading delivered copies", exc)
+            return None
+
+    async def _read_delivered(self, txn: Transaction, plan: Plan, early: StoreRead | None) -> set[str]:
+        """Hashes of the recipients an earlier attempt of this message already delivered a copy to.
+        `early` is the store's answer asked for while the message was planned, if it was."""
         relay = self.relay
         if len(plan.groups) == 1 and plan.groups[0].copy is None:
+            if early is not None:
+                early.abandon()  # the plan failed open after the read began: nothing to check
             return set()
         # What this relay delivered while the database was away is in its journal (issue 5).
         already = relay.journal.delivered(txn.fingerprint)
-        if relay.store_usable():
-            hashes = {relay.recipient_hash(r) for g in plan.groups for r in g.recipients}
+        recipients = [r for g in plan.groups for r in g.recipients]
+        read = early
+        if read is not None and read.hashes != {relay.recipient_hash(r) for r in recipients}:
+            read.abandon()  # asked about other recipients than the plan's (it never has been so far)
+            read = None
+        if read is None:
+            read = self._start_store_read(txn, recipients)
+        if read is not None:
             try:
-                already |= await relay.store.delivered_recipients(txn.fingerprint, hashes)
+                already |= await read.answer
             except Exception as exc:
                 relay.store_failed(txn.txn_id, "reading delivered copies", exc)
         return already

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from conftest import RunningRelay, SettingsFactory
-from mailrelay.relay import RelaySession
+from mailrelay.relay import RelaySession, StoreRead
 from mailrelay.store import ReferralEvent
 from support.sinks import RecordingSink, _SinkHandler, send_raw_smtp
 
@@ -233,3 +233,77 @@ async def test_a_retry_of_an_already_delivered_message_leaves_the_session_usable
         await client.quit()
     assert refused == {} and reply.startswith("2")
     assert sorted(r for m in sink.messages for r in m.rcpt_tos) == [*applicants, "c@gmail.example"]
+
+
+async def test_the_retry_check_is_asked_before_the_copy_is_signed(
+    start_relay, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 8: the store's reader thread answers while the copy is signed, not after; still one check."""
+    import mailrelay.signing as signing
+
+    order: list[str] = []
+    original_signature = signing.dkim_signature
+
+    def signature(*args: Any, **kwargs: Any) -> bytes:
+        order.append("sign")
+        return original_signature(*args, **kwargs)
+
+    monkeypatch.setattr(signing, "dkim_signature", signature)
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port))
+        store = relay.components.relay.store
+        original_read = store.delivered_recipients
+
+        def read(fingerprint: str, hashes: Any) -> Any:
+            order.append("retry check")
+            return original_read(fingerprint, hashes)
+
+        monkeypatch.setattr(store, "delivered_recipients", read)
+        refused, reply = await relay.send(SENDER, ["applicant@gmail.example"], OFFER)
+        assert order == []  # not a rejection: nothing to check
+        refused, reply = await relay.send(SENDER, ["applicant@gmail.example"], REJECTION)
+    assert refused == {} and reply.startswith("2")
+    assert order == ["retry check", "sign"]
+    assert len(sink.messages) == 2 and event_count(relay) == 1
+
+
+async def test_a_retry_check_left_behind_by_a_failed_plan_does_not_hold_up_the_original(
+    start_relay, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check starts before decoration; when decoration then fails open, the original goes at once, its
+    answer not waited for (mail first)."""
+    import mailrelay.stages.footer as footer_stage
+
+    def broken(copy: object) -> object:
+        raise RuntimeError("bug in the footer template")
+
+    monkeypatch.setattr(footer_stage, "render", broken)
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port))
+        store = relay.components.relay.store
+        asked: list[asyncio.Future[set[str]]] = []
+
+        def read(fingerprint: str, hashes: Any) -> asyncio.Future[set[str]]:
+            answer: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
+            asked.append(answer)
+            return answer  # never answered
+
+        monkeypatch.setattr(store, "delivered_recipients", read)
+        refused, reply = await relay.send(SENDER, ["applicant@gmail.example"], REJECTION)
+    assert refused == {} and reply.startswith("2")
+    assert len(asked) == 1 and not asked[0].done()
+    assert [m.content for m in sink.messages] == [REJECTION]
+
+
+async def test_an_abandoned_retry_check_is_not_reported_as_never_retrieved(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import gc
+
+    answer: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
+    StoreRead(frozenset(), answer).abandon()
+    answer.set_exception(RuntimeError("database gone"))
+    await asyncio.sleep(0)
+    del answer
+    gc.collect()
+    assert "never retrieved" not in caplog.text

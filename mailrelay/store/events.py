@@ -237,17 +237,22 @@ class EventStore:
         result: T = await self._run(self.transaction, fn)
         return result
 
-    async def delivered_recipients(self, fingerprint: str, recipient_hashes: Iterable[str]) -> set[str]:
+    def delivered_recipients(
+        self, fingerprint: str, recipient_hashes: Iterable[str]
+    ) -> asyncio.Future[set[str]]:
         """Which of `recipient_hashes` an earlier attempt of this message already delivered a copy to.
 
+        The read starts on the reader thread when this is called, not when it is awaited: the relay asks
+        while it is still signing, which runs in OpenSSL without the GIL (issue 8, one-session latency).
         Only the recipients asked about are looked up: identical bytes sent to many applicants one by one
         share a fingerprint, and reading every earlier copy would grow with each of them."""
         wanted = sorted(set(recipient_hashes))
-        if not wanted:
-            return set()
         loop = asyncio.get_running_loop()
-        found: set[str] = await loop.run_in_executor(self._reader, self._read_delivered, fingerprint, wanted)
-        return found
+        if not wanted:
+            nothing: asyncio.Future[set[str]] = loop.create_future()
+            nothing.set_result(set())
+            return nothing
+        return loop.run_in_executor(self._reader, self._read_delivered, fingerprint, wanted)
 
     def _read_delivered(self, fingerprint: str, wanted: list[str]) -> set[str]:
         # One statement, so one snapshot: run as it is (autocommit on SQLite; on PostgreSQL the pool's reset

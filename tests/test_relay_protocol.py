@@ -125,13 +125,13 @@ async def test_other_sessions_are_served_while_one_message_burns_cpu(
     original = Relay.plan
     burning, other_done = threading.Event(), threading.Event()
 
-    def slow_plan(self: Relay, txn, on_pass):  # type: ignore[no-untyped-def]
+    def slow_plan(self: Relay, txn, *args):  # type: ignore[no-untyped-def]
         if b"pathological" in txn.content:
             burning.set()
             deadline = time.perf_counter() + 30
             while not other_done.is_set() and time.perf_counter() < deadline:
                 sum(range(1000))  # pure-Python CPU work, holding the GIL in slices
-        return original(self, txn, on_pass)
+        return original(self, txn, *args)
 
     monkeypatch.setattr(Relay, "plan", slow_plan)
     async with RecordingSink() as sink:
@@ -140,6 +140,7 @@ async def test_other_sessions_are_served_while_one_message_burns_cpu(
         big = REJECTION.replace(b"Dear", b"pathological") + b"padding line\r\n" * 6000
         heavy = asyncio.ensure_future(relay.send("recruit@acme.co.jp", ["a@gmail.example"], big))
         while not burning.is_set():
+            assert not heavy.done(), heavy.result()  # it failed before burning: fail here, do not hang
             await asyncio.sleep(0.01)
         await relay.send("recruit@acme.co.jp", ["b@gmail.example"], REJECTION)
         finished_first = [m.rcpt_tos for m in sink.messages]

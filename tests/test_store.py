@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import DateTime, create_engine, event, select, text
@@ -19,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from mailrelay.store import CopyRecord, EventStore, ReferralFields, SeenRejection, events
+from mailrelay.store.driver import CursorHolder
 from mailrelay.store.models import ReferralEvent
 
 POSTGRES = os.environ.get("MAILRELAY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -78,6 +80,26 @@ async def test_delivered_marks_and_events_are_both_found_for_a_retry(store: Even
     assert await store.delivered_recipients("0" * 64, asked) == set()
 
 
+async def test_the_sqlite_writer_opens_a_new_connection_after_its_own_failed(tmp_path: Path) -> None:
+    """The writer thread keeps its SQLite connection between batches (issue 8); a batch that fails on it
+    fails as a database error (the relay journals), and the next batch commits on a new connection."""
+    store = EventStore(f"sqlite:///{tmp_path / 'events.db'}")
+    store.create_schema()
+    try:
+        assert await store.record([referral("w1", "1" * 64, "a" * 64)], mark_delivered=False) == 1
+        own = store._own_connection
+        assert own is not None
+        own.pooled.driver_connection.close()  # type: ignore[union-attr]
+        with pytest.raises(DBAPIError):
+            await store.record([referral("w2", "2" * 64, "b" * 64)], mark_delivered=False)
+        assert await store.record([referral("w3", "3" * 64, "c" * 64)], mark_delivered=False) == 1
+        assert store._own_connection is not None and store._own_connection is not own
+        assert store.count_events() == 2
+    finally:
+        store.close()
+    assert store._own_connection is None
+
+
 async def test_the_retry_check_opens_a_new_connection_after_its_own_failed(tmp_path: Path) -> None:
     """On SQLite the check keeps one connection on its thread (issue 8); a failure on it is the
     database error the relay journals for, and the next check works on a new connection."""
@@ -134,7 +156,16 @@ async def test_concurrent_writes_share_one_transaction_and_all_land(store: Event
         nonlocal commits
         commits += 1
 
+    # PostgreSQL's batches commit through SQLAlchemy; SQLite's writer commits on its own connection.
     event.listen(store.engine, "commit", count)
+    execute = store.driver.execute
+
+    def counting_execute(cursor: Any, statement: str, params: Any = None) -> Any:
+        if statement == "COMMIT":
+            count(cursor)
+        return execute(cursor, statement, params)
+
+    store.driver.execute = counting_execute  # type: ignore[method-assign]
     outsider = create_engine(store.url)
 
     def seen_from_outside(_session: Session) -> int:
@@ -168,8 +199,8 @@ async def test_a_failing_job_spoils_only_itself_and_a_failing_database_spoils_th
     assert isinstance(results[0], ValueError) and results[1] != [], results
     assert store.count_events() == 1
 
-    def database_error(session: Session) -> None:
-        session.execute(text("SELECT * FROM no_such_table"))
+    def database_error(session: CursorHolder) -> None:
+        store.driver.execute(store.driver.cursor(session), "SELECT * FROM no_such_table")
 
     doomed = store.record_events([referral("lost", "3" * 64, "4" * 64)], mark_delivered=False)
     results = await held(store, store._batched(database_error), doomed)

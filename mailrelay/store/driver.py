@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import DateTime
 from sqlalchemy.engine import Dialect
@@ -71,6 +71,14 @@ def delivered_query(count: int) -> str:
 _NAMED = re.compile(r"(?<!:):([a-z_][a-z0-9_]*)")
 
 
+class CursorHolder(Protocol):
+    """What the driver statements take from a store Session: its `info`, which carries the Driver and the
+    cursor. The SQLite writer's own connection (store/events.py, OwnConnection) is one without a Session."""
+
+    @property
+    def info(self) -> dict[Any, Any]: ...
+
+
 def _pyformat(statement: str) -> str:
     return _NAMED.sub(r"%(\1)s", statement)
 
@@ -93,18 +101,20 @@ class Driver:
         self._error: type[Exception] = dialect.loaded_dbapi.Error
 
     @staticmethod
-    def of(session: Session) -> Driver:
+    def of(session: CursorHolder) -> Driver:
         """The driver of the store that made `session` (EventStore puts it in each session's info)."""
         driver: Driver | None = session.info.get("mailrelay_driver")
         if driver is None:
+            assert isinstance(session, Session), "a CursorHolder other than a Session carries its driver"
             driver = session.info["mailrelay_driver"] = Driver(session.get_bind().dialect)
         return driver
 
     @staticmethod
-    def cursor(session: Session) -> Any:
+    def cursor(session: CursorHolder) -> Any:
         """The driver cursor of `session`'s connection, in its transaction (one per session)."""
         cursor = session.info.get("mailrelay_cursor")
         if cursor is None:
+            assert isinstance(session, Session), "a CursorHolder other than a Session carries its cursor"
             dbapi_connection = session.connection().connection.driver_connection
             assert dbapi_connection is not None
             cursor = session.info["mailrelay_cursor"] = dbapi_connection.cursor()

@@ -4,6 +4,7 @@ retried message idempotent; the async door to the ledger, clicks, registrations 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import sqlite3
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailrelay.store import driver as driver_sql
 from mailrelay.store import ledger, schema
 from mailrelay.store import tracking as tracking_store
-from mailrelay.store.driver import RELEASE, ROLLBACK_TO, SAVEPOINT, Driver
+from mailrelay.store.driver import RELEASE, ROLLBACK_TO, SAVEPOINT, CursorHolder, Driver
 from mailrelay.store.models import ReferralEvent
 
 T = TypeVar("T")
@@ -98,7 +99,11 @@ def _sqlite_begin(connection: Any) -> None:
     if statement == "BEGIN":
         connection.exec_driver_sql(statement)
         return
-    cursor = connection.connection.driver_connection.cursor()
+    _begin_immediate(connection.connection.driver_connection.cursor(), statement)
+
+
+def _begin_immediate(cursor: Any, statement: str = _WRITE["mailrelay_sqlite_begin"]) -> None:
+    """Take SQLite's write lock, asking every WRITE_LOCK_POLL until WRITE_LOCK_WAIT has passed."""
     cursor.execute("PRAGMA busy_timeout=0")
     deadline = time.monotonic() + WRITE_LOCK_WAIT
     try:
@@ -147,6 +152,7 @@ class EventStore:
         self._pending: list[_Job] = []
         self._pending_lock = threading.Lock()
         self._draining = False
+        self._own_connection: OwnConnection | None = None  # SQLite: the writer thread's own
 
     def create_schema(self) -> None:
         """Bring the schema to the latest migration (what `mailrelay db upgrade` does)."""
@@ -160,7 +166,7 @@ class EventStore:
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def _batched(self, work: Callable[[Session], T]) -> T:
+    async def _batched(self, work: Callable[[CursorHolder], T]) -> T:
         """Run `work` in the next group transaction, inside its own savepoint; its result (or exception)
         comes back once that transaction has committed, so a result always means durably stored."""
         loop = asyncio.get_running_loop()
@@ -202,24 +208,68 @@ class EventStore:
     def _run_jobs(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
         """The jobs in one transaction, each in a savepoint; (True, result) or (False, exception) each.
         Jobs write through the driver cursor (store/driver.py), which the savepoints are set on."""
-        driver = self.driver
-        outcomes: list[tuple[bool, Any]] = []
+        if self.engine.dialect.name == "sqlite":
+            return self._run_jobs_on_own_connection(batch)
         try:
             with self.write_sessions() as session, session.begin():
-                cursor = driver.cursor(session)
-                for job in batch:
-                    driver.execute(cursor, SAVEPOINT)
-                    try:
-                        outcomes.append((True, job.work(session)))
-                    except DBAPIError:
-                        raise  # the database failed (locked, gone): the others would only wait for it too
-                    except Exception as exc:  # a bug in this job: its savepoint is rolled back, others go on
-                        driver.execute(cursor, ROLLBACK_TO)
-                        outcomes.append((False, exc))
-                    driver.execute(cursor, RELEASE)
+                return self._savepointed(session, batch)
         except Exception as exc:  # the database, or the commit, failed: nothing of the batch is stored
             return [(False, exc)] * len(batch)
+
+    def _run_jobs_on_own_connection(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
+        # SQLite: a file, no server to go away, so the writer thread keeps its connection and writes BEGIN
+        # IMMEDIATE and COMMIT itself, like the reader (_read_delivered): a Session, a pool checkout and
+        # their events cost ~0.25 ms a batch, more than the batch's statements (issue 8, one message per
+        # batch at one session). After an error it opens a new one.
+        driver = self.driver
+        try:
+            if self._own_connection is None:
+                pooled = self.engine.raw_connection()
+                assert pooled.driver_connection is not None
+                cursor = pooled.driver_connection.cursor()
+                info = {"mailrelay_driver": driver, "mailrelay_cursor": cursor}
+                self._own_connection = OwnConnection(pooled, info)
+            cursor = self._own_connection.info["mailrelay_cursor"]
+            try:
+                _begin_immediate(cursor)
+            except DBAPIError:
+                raise
+            except sqlite3.Error as exc:
+                raise DBAPIError.instance("BEGIN IMMEDIATE", None, exc, sqlite3.Error) from exc
+            try:
+                outcomes = self._savepointed(self._own_connection, batch)
+                driver.execute(cursor, "COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    cursor.execute("ROLLBACK")
+                raise
+        except Exception as exc:  # the database, or the commit, failed: nothing of the batch is stored
+            self._release_own_connection()
+            return [(False, exc)] * len(batch)
         return outcomes
+
+    def _savepointed(self, holder: CursorHolder, batch: list[_Job]) -> list[tuple[bool, Any]]:
+        """Each job in a savepoint of the transaction under way; a database error is raised."""
+        driver = self.driver
+        cursor = driver.cursor(holder)
+        outcomes: list[tuple[bool, Any]] = []
+        for job in batch:
+            driver.execute(cursor, SAVEPOINT)
+            try:
+                outcomes.append((True, job.work(holder)))
+            except DBAPIError:
+                raise  # the database failed (locked, gone): the others would only wait for it too
+            except Exception as exc:  # a bug in this job: its savepoint is rolled back, others go on
+                driver.execute(cursor, ROLLBACK_TO)
+                outcomes.append((False, exc))
+            driver.execute(cursor, RELEASE)
+        return outcomes
+
+    def _release_own_connection(self) -> None:
+        if self._own_connection is not None:
+            with contextlib.suppress(Exception):
+                self._own_connection.pooled.close()  # back to the pool, which resets it
+        self._own_connection = None
 
     def transaction(self, fn: Callable[[Session], T]) -> T:
         """Run `fn` in one writing transaction (synchronously: for the CLI, tests and the worker thread)."""
@@ -295,7 +345,7 @@ class EventStore:
         batch = list(records)
         now = datetime.now(UTC)
 
-        def write(session: Session) -> list[int]:
+        def write(session: CursorHolder) -> list[int]:
             if seen is not None:
                 self._rejection_seen(session, seen.tenant_id, seen.decorated, seen.fingerprint, now)
             return self._record_in(session, batch, mark_delivered, now)
@@ -313,7 +363,7 @@ class EventStore:
         return added
 
     def _record_in(
-        self, session: Session, records: list[CopyRecord], mark_delivered: bool, now: datetime
+        self, session: CursorHolder, records: list[CopyRecord], mark_delivered: bool, now: datetime
     ) -> list[int]:
         driver = self.driver
         cursor = driver.cursor(session)
@@ -357,7 +407,7 @@ class EventStore:
         return ids
 
     def _rejection_seen(
-        self, session: Session, tenant_id: str, decorated: bool, fingerprint: str | None, now: datetime
+        self, session: CursorHolder, tenant_id: str, decorated: bool, fingerprint: str | None, now: datetime
     ) -> None:
         seen = {
             "created_at": self.driver.bind_datetime(now),
@@ -405,6 +455,7 @@ class EventStore:
         )
 
     def close(self) -> None:
+        self._executor.submit(self._release_own_connection).result()
         self._executor.shutdown(wait=True)
         self._reader.submit(self._release_read_connection).result()
         self._reader.shutdown(wait=True)
@@ -412,8 +463,16 @@ class EventStore:
 
 
 @dataclass(frozen=True)
+class OwnConnection:
+    """The SQLite writer thread's connection, kept between batches; `info` as a store Session's."""
+
+    pooled: PoolProxiedConnection
+    info: dict[Any, Any]
+
+
+@dataclass(frozen=True)
 class _Job:
-    work: Callable[[Session], Any]
+    work: Callable[[CursorHolder], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
 

@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from mailrelay.store import driver as driver_sql
-from mailrelay.store.driver import Driver
+from mailrelay.store.driver import CursorHolder, Driver
 from mailrelay.store.models import LedgerEntry, Tenant
 
 DEFAULT_RATIO = 10
@@ -43,7 +43,7 @@ def lock_tenant(session: Session, tenant_id: str) -> None:
 
 
 def count_referral(
-    session: Session,
+    session: CursorHolder,
     *,
     tenant_id: str,
     recipient_hash: str,

@@ -307,3 +307,19 @@ async def test_an_abandoned_retry_check_is_not_reported_as_never_retrieved(
     del answer
     gc.collect()
     assert "never retrieved" not in caplog.text
+
+
+async def test_a_message_is_fingerprinted_by_its_sender_and_bytes(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    """The fingerprint finds a retried message in the store, across restarts and upgrades, so its formula
+    stays: SHA-256 of the lower-cased envelope sender, a NUL and the content as relayed (issue 2 §5)."""
+    import hashlib
+
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port))
+        refused, reply = await relay.send(SENDER.upper(), ["applicant@gmail.example"], REJECTION)
+        assert refused == {} and reply.startswith("2")
+    with relay.components.store.sessions() as session:
+        fingerprints = list(session.scalars(select(ReferralEvent.fingerprint)))
+    assert fingerprints == [hashlib.sha256(SENDER.lower().encode() + b"\0" + REJECTION).hexdigest()]

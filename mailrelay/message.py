@@ -506,7 +506,8 @@ class ParsedMessage:
         first_nl = raw.find(b"\n")
         # What we generate follows the message's own line ending: CRLF for SMTP mail (RFC 5322 §2.1).
         self.eol = b"\n" if first_nl > 0 and raw[first_nl - 1] != 0x0D else b"\r\n"
-        self._headers: dict[str, list[str]] | None = None
+        self._fields_by_name: dict[str, list[HeaderField]] | None = None
+        self._headers: dict[str, list[str]] = {}  # decoded values, by lower-cased name, as asked for
         self._targets: tuple[int, int] | None = None
         self._text: MessageText | None = None
         self._protected: str | None = None
@@ -518,14 +519,21 @@ class ParsedMessage:
     # -- headers ------------------------------------------------------------------------------------------
 
     def header_values(self, name: str) -> list[str]:
-        """Top-level header values (unfolded, RFC 2047 decoded), in order of appearance."""
-        if self._headers is None:
-            headers: dict[str, list[str]] = {}
-            for f in self.parts[0].fields:
-                key = f.name.decode("ascii", "replace")
-                headers.setdefault(key, []).append(decode_header_value(self.raw[f.value_start : f.end]))
-            self._headers = headers
-        return list(self._headers.get(name.lower(), []))
+        """Top-level header values (unfolded, RFC 2047 decoded), in order of appearance. Only the fields
+        asked for are decoded: the relay reads three or four of a message's dozen (issue 8 profile)."""
+        key = name.lower()
+        values = self._headers.get(key)
+        if values is None:
+            if self._fields_by_name is None:
+                by_name: dict[str, list[HeaderField]] = {}
+                for f in self.parts[0].fields:
+                    by_name.setdefault(f.name.decode("ascii", "replace"), []).append(f)
+                self._fields_by_name = by_name
+            fields = self._fields_by_name.get(key, [])
+            values = self._headers[key] = [
+                decode_header_value(self.raw[f.value_start : f.end]) for f in fields
+            ]
+        return list(values)
 
     # -- structure ----------------------------------------------------------------------------------------
 

@@ -480,7 +480,8 @@ class RelaySession:
             if len(txn.content) <= INLINE_PLAN_BYTES:
                 plan = prepare(start_retry_check)
             else:
-                # Off the event loop the read could not be started (the loop's executor calls are its own).
+                # From a worker thread the retry check cannot be started (only the loop's thread may submit
+                # to its executors): it is asked once the plan is back, as before.
                 budget = relay.settings.processing.time_budget
                 plan = await asyncio.wait_for(asyncio.to_thread(prepare, None), budget)
         except TimeoutError:

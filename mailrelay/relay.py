@@ -337,9 +337,9 @@ class Relay:
 
 @dataclass(frozen=True)
 class StoreRead:
-    """The retry check under way: which recipient hashes were asked about, and the store's answer."""
+    """The retry check under way: which recipients were asked about, and the store's answer (hashes)."""
 
-    hashes: frozenset[str]
+    recipients: frozenset[str]
     answer: asyncio.Future[set[str]]
 
     def abandon(self) -> None:
@@ -532,9 +532,9 @@ class RelaySession:
         relay = self.relay
         if not relay.store_usable():
             return None
-        hashes = frozenset(relay.recipient_hash(r) for r in recipients)
+        hashes = {relay.recipient_hash(r) for r in recipients}
         try:
-            return StoreRead(hashes, relay.store.delivered_recipients(txn.fingerprint, hashes))
+            return StoreRead(frozenset(recipients), relay.store.delivered_recipients(txn.fingerprint, hashes))
         except Exception as exc:
             relay.store_failed(txn.txn_id, "reading delivered copies", exc)
             return None
@@ -551,7 +551,7 @@ class RelaySession:
         already = relay.journal.delivered(txn.fingerprint)
         recipients = [r for g in plan.groups for r in g.recipients]
         read = early
-        if read is not None and read.hashes != {relay.recipient_hash(r) for r in recipients}:
+        if read is not None and read.recipients != set(recipients):
             read.abandon()  # asked about other recipients than the plan's (it never has been so far)
             read = None
         if read is None:

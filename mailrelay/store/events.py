@@ -103,20 +103,24 @@ def _sqlite_begin(connection: Any) -> None:
 
 
 def _begin_immediate(cursor: Any, statement: str = _WRITE["mailrelay_sqlite_begin"]) -> None:
-    """Take SQLite's write lock, asking every WRITE_LOCK_POLL until WRITE_LOCK_WAIT has passed."""
-    cursor.execute("PRAGMA busy_timeout=0")
-    deadline = time.monotonic() + WRITE_LOCK_WAIT
+    """Take SQLite's write lock, asking every WRITE_LOCK_POLL until WRITE_LOCK_WAIT has passed. Any failure
+    is raised as SQLAlchemy's DBAPIError, which the store's callers take for "the database failed"."""
     try:
-        while True:
-            try:
-                cursor.execute(statement)
-                return
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
-                    raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
-            time.sleep(WRITE_LOCK_POLL)
-    finally:
-        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA busy_timeout=0")
+        deadline = time.monotonic() + WRITE_LOCK_WAIT
+        try:
+            while True:
+                try:
+                    cursor.execute(statement)
+                    return
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                        raise
+                time.sleep(WRITE_LOCK_POLL)
+        finally:
+            cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
 
 class EventStore:
@@ -230,12 +234,7 @@ class EventStore:
                 info = {"mailrelay_driver": driver, "mailrelay_cursor": cursor}
                 self._own_connection = OwnConnection(pooled, info)
             cursor = self._own_connection.info["mailrelay_cursor"]
-            try:
-                _begin_immediate(cursor)
-            except DBAPIError:
-                raise
-            except sqlite3.Error as exc:
-                raise DBAPIError.instance("BEGIN IMMEDIATE", None, exc, sqlite3.Error) from exc
+            _begin_immediate(cursor)
             try:
                 outcomes = self._savepointed(self._own_connection, batch)
                 driver.execute(cursor, "COMMIT")

@@ -122,6 +122,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.recording_seconds = Histogram(
+            "mailrelay_recording_duration_seconds",
+            "Recording one message's referral events durably (group commit: the wait for the batch, its"
+            " statements and fsync), after the next hop accepted and before the client's reply.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.journal_backlog = Gauge(
             "mailrelay_journal_backlog",
             "Delivered copies whose records wait in the local journal for the database to come back.",

@@ -69,6 +69,8 @@ async def test_metrics_endpoint_counts_received_decorated_and_events(
     assert 'mailrelay_dkim_signatures_total{algorithm="rsa-sha256",result="signed"} 1.0' in text
     assert 'mailrelay_next_hop_replies_total{class="2xx"} 2.0' in text
     assert "mailrelay_processing_duration_seconds_count 2.0" in text
+    # Only the rejection writes to the store before its reply.
+    assert "mailrelay_recording_duration_seconds_count 1.0" in text
     # Labels come from closed sets: no address, token or message id ever appears.
     assert "@" not in text
 

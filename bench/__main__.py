@@ -34,6 +34,8 @@ class Cell:
     p50_ms: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
     peak_rss: int = 0
+    # mailrelay at the fewest sessions: each of servers.HISTOGRAMS' time per message, ms (its own metrics)
+    stage_ms: dict[str, float] = field(default_factory=dict)
     messages: int = 0
     errors: int = 0
     detail: str = ""
@@ -134,6 +136,10 @@ class Bench:
                         self._drain(server)
                         rate = warm.messages / warm.seconds
                     sampler.peak = 0
+                    # One message at a time, mailrelay's own histograms split its time (report: "One
+                    # session: where a message's time goes").
+                    timed = bool(server.metrics_ports) and sessions == min(self.profile.sessions)
+                    sums = servers.histogram_sums(server.metrics_ports) if timed else {}
                     for run in range(self.profile.runs):
                         count = self.count_for(rate, sessions)
                         # smtp-source sends one file's bytes every time: a Message-ID per run at least keeps
@@ -160,6 +166,9 @@ class Bench:
                         cell.errors += result.errors
                         cell.detail = cell.detail or result.detail
                     cell.peak_rss = sampler.peak
+                    if timed:
+                        after = servers.histogram_sums(server.metrics_ports)
+                        cell.stage_ms = {k: (after[k] - sums[k]) / cell.messages * 1000 for k in after}
                     self.cells.append(cell)
                     self.say(
                         f"{contestant:24} {shape.name:17} {sessions:3} sessions: "

@@ -189,6 +189,7 @@ def render(bench: Bench, command: str, elapsed: float) -> str:
 
     lines += _where_the_time_goes(idx, bench)
     lines += _against_postfix(idx, bench)
+    lines += _one_message_split(idx, bench, min(sessions))
     lines += ["", "## Targets (from this run)", ""]
     lines += _targets(idx, bench, sessions)
     if bench.notes:
@@ -423,6 +424,61 @@ def _against_postfix(idx: _Index, bench: Bench) -> list[str]:
         "| mailrelay rejection ms/msg | cores busy |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
         *many,
+    ]
+
+
+def _one_message_split(idx: _Index, bench: Bench, sessions: int) -> list[str]:
+    """At the fewest sessions, one message's time by mailrelay's own histograms (docs/metrics.md): the
+    profile of what a rejection adds to the same message that is not one."""
+    from bench.messages import SHAPES
+
+    micros = {m.name: m.per_op_ms for m in getattr(bench, "micros", []) if not m.note}
+    rows, notes = [], []
+    for shape in SHAPES:
+        split = {}
+        for contestant in (OTHER, REJECTION):
+            cell, rate = idx.get(contestant, shape.name, sessions), idx.rate(contestant, shape.name, sessions)
+            if cell is None or not cell.stage_ms or not rate:
+                break
+            whole = 1000 / rate
+            split[contestant] = [whole, *cell.stage_ms.values(), whole - sum(cell.stage_ms.values())]
+        if len(split) < 2:
+            continue
+        added = [r - o for r, o in zip(split[REJECTION], split[OTHER], strict=True)]
+        for label, values, sign in (
+            ("other mail", split[OTHER], ""),
+            ("rejection", split[REJECTION], ""),
+            ("rejection − other", added, "+"),
+        ):
+            cells = " | ".join(f"{v:{sign}.2f}" for v in values)
+            rows.append(f"| {shape.name} | {label} | {cells} |")
+        ms = _stages(micros, shape.name)
+        if ms is not None:
+            notes.append(
+                f"{shape.name}: processing {added[1]:+.2f} ms, of which the DKIM signature alone is "
+                f"{ms['sign']:.2f}; recording {added[3]:.2f} ms, of which one fsynced commit alone is "
+                f"{ms['record']:.2f}; the rest {added[4]:+.2f} ms."
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        f"### {sessions} session{'s' if sessions > 1 else ''}: where a message's time goes",
+        "",
+        "mailrelay's own histograms (docs/metrics.md), summed over the counted runs and divided by their "
+        "messages, against the time per message (1000 ÷ msg/s). Processing: parse, detection, decoration "
+        "and signing. Forwarding: end of data to the next hop's reply (DATA, its 354, the copy, its 250). "
+        "Recording: the durable write of the referral events (group commit, fsync). The rest: MAIL and RCPT "
+        "mirrored live to the next hop, reading DATA, the retry check's wait, logging, the replies, and "
+        "smtp-source's own turn. The last line of each message is what a rejection adds to the same "
+        "message that is not one."
+        + ("" if sessions == 1 else " Messages overlap at more than one session: the parts do not add up."),
+        "",
+        "| message | mail | ms per message | processing | forwarding | recording | the rest |",
+        "|---|---|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        *(f"- {note}" for note in notes),
     ]
 
 

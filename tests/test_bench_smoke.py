@@ -27,3 +27,6 @@ def test_bench_smoke_relays_through_every_contestant(tmp_path: Path) -> None:
     assert "| postfix | plain-5k |" in report or "Postfix: not measured" in report
     assert "## Errors" not in report
     assert "### Latency at an offered load of 100 msg/s" in report
+    # mailrelay's own histograms, scraped from every worker, split a message's time.
+    assert "sessions: where a message's time goes" in report
+    assert "| plain-5k | rejection − other |" in report

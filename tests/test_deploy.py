@@ -119,6 +119,7 @@ def test_alert_expressions_use_existing_metrics_and_labels() -> None:
         "mailrelay_next_hop_replies_total",
         "mailrelay_messages_failed_open_total",
         "mailrelay_dkim_signatures_total",
+        "mailrelay_recording_duration_seconds_bucket",
     ):
         assert wanted in alerted
 

@@ -136,7 +136,7 @@ class Bench:
                         self._drain(server)
                         rate = warm.messages / warm.seconds
                     sampler.peak = 0
-                    # One message at a time, mailrelay's own histograms split its time (report: "One
+                    # One message at a time, mailrelay's own histograms split its time (report: "1
                     # session: where a message's time goes").
                     timed = bool(server.metrics_ports) and sessions == min(self.profile.sessions)
                     sums = servers.histogram_sums(server.metrics_ports) if timed else {}

@@ -440,8 +440,8 @@ def _one_message_split(idx: _Index, bench: Bench, sessions: int) -> list[str]:
             cell, rate = idx.get(contestant, shape.name, sessions), idx.rate(contestant, shape.name, sessions)
             if cell is None or not cell.stage_ms or not rate:
                 break
-            whole = 1000 / rate
-            split[contestant] = [whole, *cell.stage_ms.values(), whole - sum(cell.stage_ms.values())]
+            whole, parts = 1000 / rate, [cell.stage_ms[k] for k in ("processing", "forwarding", "recording")]
+            split[contestant] = [whole, *parts, whole - sum(parts)]
         if len(split) < 2:
             continue
         added = [r - o for r, o in zip(split[REJECTION], split[OTHER], strict=True)]

@@ -109,6 +109,28 @@ class Part:
 
 _FIELD_NAME = re.compile(rb"[!-9;-~]+")  # RFC 5322 §3.6.8 ftext: printable ASCII except ":"
 
+# Line-ending checks over whole messages, several per decorated copy (planning, signing, the next hop's
+# DATA preparation). A regex whose pattern starts with a literal byte finds it as bytes.count finds one
+# byte (~0.25 ms/MB here); bytes.count and `in` with a two-byte pattern such as b"\r\n" take three times as
+# long (issue 8 profile: ~0.1 ms of scans per 48 KB copy).
+_CR_NOT_BEFORE_LF = re.compile(rb"\r[^\n]")
+_DOT_AFTER_LF = re.compile(rb"\n\.")
+
+
+def crlf_only(content: bytes) -> bool:
+    """Every CR and every LF of `content` belongs to a CRLF. Exactly when there are as many CRs as LFs and
+    every CR is followed by an LF: the CRLFs are then as many as the LFs, so no LF is bare either."""
+    return (
+        content.count(b"\r") == content.count(b"\n")
+        and not content.endswith(b"\r")
+        and _CR_NOT_BEFORE_LF.search(content) is None
+    )
+
+
+def starts_a_line_with_dot(content: bytes) -> bool:
+    """Some line of `content` (after an LF, or the first) starts with ".": what SMTP dot-stuffs."""
+    return content.startswith(b".") or _DOT_AFTER_LF.search(content) is not None
+
 
 def _header_end(raw: bytes, start: int, end: int, cap: int) -> tuple[int, int]:
     """(header_end, body_start) of the entity at raw[start:end]; at most `cap` header bytes are read."""

@@ -17,7 +17,15 @@ from typing import Literal
 from mailrelay.config import Settings, TenantSettings
 from mailrelay.detection import DetectionInput, RuleSet, Verdict
 from mailrelay.journal import EventJournal
-from mailrelay.message import LimitExceeded, Limits, MessageText, MimeError, ParsedMessage, parse
+from mailrelay.message import (
+    LimitExceeded,
+    Limits,
+    MessageText,
+    MimeError,
+    ParsedMessage,
+    crlf_only,
+    parse,
+)
 from mailrelay.metrics import Metrics
 from mailrelay.signing import SigningError
 from mailrelay.stages import Copy, Stage
@@ -101,8 +109,7 @@ def normalize_line_endings(content: bytes) -> bytes:
     and fingerprint is exactly what the next hop receives, and no bare newline ever reaches it."""
     if type(content) is WireReady:
         return content  # smtp/data.py saw every line end in CRLF while reading it
-    crlf = content.count(b"\r\n")
-    if content.count(b"\r") == crlf and content.count(b"\n") == crlf:
+    if crlf_only(content):
         return content
     return _BARE_NEWLINE.sub(b"\r\n", content)
 

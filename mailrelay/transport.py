@@ -18,6 +18,7 @@ import aiosmtplib
 import aiosmtplib.protocol as aioprotocol
 
 from mailrelay.config import NextHopSettings
+from mailrelay.message import crlf_only, starts_a_line_with_dot
 
 UnavailableKind = Literal["connect", "timeout", "disconnect", "tls", "protocol"]
 
@@ -33,10 +34,7 @@ class WireReady(bytes):
 
 def wire_ready(content: bytes) -> bytes:
     """WireReady(content) when content is already wire-ready, else content unchanged."""
-    crlf = content.count(b"\r\n")
-    if content.count(b"\r") != crlf or content.count(b"\n") != crlf or not content.endswith(b"\r\n"):
-        return content
-    if content.startswith(b".") or b"\n." in content:
+    if not content.endswith(b"\r\n") or not crlf_only(content) or starts_a_line_with_dot(content):
         return content
     return WireReady(content)
 
@@ -55,8 +53,7 @@ def _fast_data_path() -> None:
     def normalize(message: bytes) -> bytes:
         if type(message) is WireReady:
             return message
-        crlf = message.count(b"\r\n")
-        if message.count(b"\r") == crlf and message.count(b"\n") == crlf:
+        if crlf_only(message):
             return message if message.endswith(b"\r\n") else message + b"\r\n"
         return original_normalize(message)
 
@@ -67,7 +64,7 @@ def _fast_data_path() -> None:
         def sub(replacement: bytes, message: bytes) -> bytes:
             if type(message) is WireReady:
                 return message
-            if not message.startswith(b".") and b"\n." not in message:
+            if not starts_a_line_with_dot(message):
                 return message
             return original_period.sub(replacement, message)
 

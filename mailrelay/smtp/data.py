@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import re
 from dataclasses import dataclass
 
 from aiosmtpd.smtp import MISSING, SMTP
@@ -14,6 +15,7 @@ from mailrelay.transport import WireReady
 log = logging.getLogger("mailrelay.smtp")
 
 END_OF_DATA = b".\r\n"
+_STUFFED_LINE = re.compile(rb"\r\n\.")  # a line after the first that starts with a dot
 # readuntil returns without yielding while the stream's buffer holds what it looks for, and one read from the
 # socket can bring 256 KiB: thousands of short pieces. Let other sessions run every so many.
 PIECES_PER_TURN = 1024
@@ -86,8 +88,9 @@ class _DataReader:
             count = len(lengths)
             if lines.count(b"\r") != count or lines.count(b"\n") != count:
                 self.bare_cr_or_lf = True  # a CR or LF that is not part of a line's CRLF
-            # RFC 5321 §4.5.2: a line's leading dot is a transparency dot.
-            unstuffed = lines.replace(b"\r\n.", b"\r\n")
+            # RFC 5321 §4.5.2: a line's leading dot is a transparency dot. Searched for first: most mail
+            # has none, and the search costs half of replace's own search (issue 8 profile).
+            unstuffed = lines.replace(b"\r\n.", b"\r\n") if _STUFFED_LINE.search(lines) else lines
             if lines[:1] == b".":
                 unstuffed = unstuffed[1:]
             if len(unstuffed) != len(lines):

@@ -20,6 +20,12 @@ def build(context: StageContext) -> Stage:
             match = _D_TAG.search(b" ".join(value.split()))
             return match is not None and copy.tenant.owns(match.group(1).decode("ascii", "replace"))
 
-        copy.raw = remove_header_fields(copy.raw, drop)
+        raw = copy.raw
+        blank = raw.find(b"\r\n\r\n")
+        if b"dkim-signature" not in (raw if blank < 0 else raw[:blank]).lower():
+            # No field of that name (this reaches at least as far as the header block): nothing to remove,
+            # and no header parse or copy of the message for it (issue 8 profile, ~10 µs a copy).
+            return
+        copy.raw = remove_header_fields(raw, drop)
 
     return strip_dkim

@@ -131,3 +131,20 @@ def test_signature_verifies_with_mail_dkim(keys: dict[str, tuple[bytes, str]], a
     result = verify_dkim(signed, {"sel._domainkey.acme.example": txt}, require_domain="acme.example")
     assert result.passed, result
     assert [(s["algorithm"], s["result"]) for s in result.signatures] == [(algorithm, "pass")]
+
+
+FIELD_VALUE_PIECES = [b" ", b"\t", b"\r\n", b"\n", b"\r", b"  \t ", b"a", b"\xe3\x81\x82"]
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"From", b"SUBJECT ", b"x-Y\t", b"DKIM-Signature"]),
+            st.lists(st.sampled_from(FIELD_VALUE_PIECES), max_size=12).map(b"".join),
+        ),
+        max_size=6,
+    )
+)
+def test_relaxed_header_canonicalisation_is_dkimpys(fields: list[tuple[bytes, bytes]]) -> None:
+    assert signing.relaxed_headers(fields) == dkim.canonicalization.Relaxed.canonicalize_headers(fields)

@@ -165,10 +165,10 @@ def dkim_signature(
         (b"b", b"0" * 60),
     ]
     unsigned = dkim.RE_BTAG.sub(b"\\1", dkim.fold(b"; ".join(b"=".join(f) for f in fields), _NAME_LENGTH))
-    relaxed = relaxed_headers
     # RFC 6376 §3.7: the selected fields, then the signature field itself with b= empty and no CRLF.
-    hashed = relaxed(selected_fields(headers, include_headers))
-    hashed += [(name, value.rstrip()) for name, value in relaxed([(b"DKIM-Signature", b" " + unsigned)])]
+    hashed = relaxed_headers(selected_fields(headers, include_headers))
+    signature_field = relaxed_headers([(b"DKIM-Signature", b" " + unsigned)])
+    hashed += [(name, value.rstrip()) for name, value in signature_field]
     digest = hashlib.sha256(b"".join(name + b":" + value for name, value in hashed)).digest()
     if isinstance(key, rsa.RSAPrivateKey):
         signature = key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))

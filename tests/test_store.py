@@ -109,7 +109,7 @@ async def test_the_retry_check_opens_a_new_connection_after_its_own_failed(tmp_p
         await store.record([CopyRecord("e" * 64, "c" * 64, "250 ok", None)], mark_delivered=True)
         assert await store.delivered_recipients("e" * 64, {"c" * 64}) == {"c" * 64}
         assert store._read_connection is not None
-        store._read_connection.driver_connection.close()  # type: ignore[union-attr]
+        store._read_connection.pooled.driver_connection.close()  # type: ignore[union-attr]
         with pytest.raises(DBAPIError):
             await store.delivered_recipients("e" * 64, {"c" * 64})
         assert await store.delivered_recipients("e" * 64, {"c" * 64}) == {"c" * 64}

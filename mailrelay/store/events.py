@@ -149,8 +149,7 @@ class EventStore:
         # The retry check before forwarding only reads: on a thread and connection of its own it never waits
         # behind a batch's commit, nor, on SQLite, for another worker's write lock (issue 8 latency).
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailrelay-db-read")
-        self._read_connection: PoolProxiedConnection | None = None  # SQLite: the reader thread's own
-        self._read_cursor: Any = None
+        self._read_connection: OwnConnection | None = None  # SQLite: the reader thread's own
         # Group commit: the relay's writes wait here while a batch is in the database, then share the next
         # transaction (one commit, one fsync for all of them).
         self._pending: list[_Job] = []
@@ -228,12 +227,8 @@ class EventStore:
         driver = self.driver
         try:
             if self._own_connection is None:
-                pooled = self.engine.raw_connection()
-                assert pooled.driver_connection is not None
-                cursor = pooled.driver_connection.cursor()
-                info = {"mailrelay_driver": driver, "mailrelay_cursor": cursor}
-                self._own_connection = OwnConnection(pooled, info)
-            cursor = self._own_connection.info["mailrelay_cursor"]
+                self._own_connection = OwnConnection.open(self.engine, driver)
+            cursor = self._own_connection.cursor
             _begin_immediate(cursor)
             try:
                 outcomes = self._savepointed(self._own_connection, batch)
@@ -266,8 +261,7 @@ class EventStore:
 
     def _release_own_connection(self) -> None:
         if self._own_connection is not None:
-            with contextlib.suppress(Exception):
-                self._own_connection.pooled.close()  # back to the pool, which resets it
+            self._own_connection.close()
         self._own_connection = None
 
     def transaction(self, fn: Callable[[Session], T]) -> T:
@@ -317,20 +311,19 @@ class EventStore:
         # SQLite: a file, no server to go away, so this thread keeps its connection instead of checking one
         # out of the pool, pinging it and resetting it for every message (a third of the check's CPU, issue
         # 8). After an error it opens a new one.
-        if self._read_cursor is None:
-            pooled = self.engine.raw_connection()
-            assert pooled.driver_connection is not None
-            self._read_connection, self._read_cursor = pooled, pooled.driver_connection.cursor()
+        if self._read_connection is None:
+            self._read_connection = OwnConnection.open(self.engine, self.driver)
         try:
-            return {row[0] for row in self.driver.execute(self._read_cursor, statement, params).fetchall()}
+            cursor = self.driver.execute(self._read_connection.cursor, statement, params)
+            return {row[0] for row in cursor.fetchall()}
         except DBAPIError:
             self._release_read_connection()
             raise
 
     def _release_read_connection(self) -> None:
         if self._read_connection is not None:
-            self._read_connection.close()  # back to the pool, which resets it
-        self._read_connection = self._read_cursor = None
+            self._read_connection.close()
+        self._read_connection = None
 
     async def record(self, records: Iterable[CopyRecord], *, mark_delivered: bool) -> int:
         """Store referral events (and, when the message was split, delivered marks); returns events added."""
@@ -463,10 +456,26 @@ class EventStore:
 
 @dataclass(frozen=True)
 class OwnConnection:
-    """The SQLite writer thread's connection, kept between batches; `info` as a store Session's."""
+    """A store thread's SQLite connection, kept between uses (the writer's batches, the reader's retry
+    checks); `info` as a store Session's, so the driver statements take it (CursorHolder)."""
 
     pooled: PoolProxiedConnection
     info: dict[Any, Any]
+
+    @classmethod
+    def open(cls, engine: Engine, driver: Driver) -> OwnConnection:
+        pooled = engine.raw_connection()
+        assert pooled.driver_connection is not None
+        cursor = pooled.driver_connection.cursor()
+        return cls(pooled, {"mailrelay_driver": driver, "mailrelay_cursor": cursor})
+
+    @property
+    def cursor(self) -> Any:
+        return self.info["mailrelay_cursor"]
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # it may be broken already: that is why it is dropped
+            self.pooled.close()  # back to the pool, which resets it
 
 
 @dataclass(frozen=True)

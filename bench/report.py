@@ -243,7 +243,7 @@ def _where_the_time_goes(idx: _Index, bench: Bench) -> list[str]:
     if not rows:
         return []
     wanted = ("whole plan", "event recording", "event store CPU")
-    micros = {m.name: m.per_op_ms for m in getattr(bench, "micros", []) if not m.note}
+    micros = _micros(bench)
     stages = "; ".join(f"{name} {ms:.2f} ms" for name, ms in micros.items() if name.startswith(wanted))
     return [
         "",
@@ -278,6 +278,11 @@ _MICRO = {
     "store": "event store CPU per message, 10 messages at once (retry check + write, group commit)",
     "record": "event recording: EventStore.record, SQLite (WAL, synchronous=FULL)",
 }
+
+
+def _micros(bench: Bench) -> dict[str, float]:
+    """The run's stage micro-benchmarks that succeeded: ms per call, by name."""
+    return {m.name: m.per_op_ms for m in getattr(bench, "micros", []) if not m.note}
 
 
 def _stages(micros: dict[str, float], shape: str) -> dict[str, float] | None:
@@ -344,7 +349,7 @@ def _against_postfix(idx: _Index, bench: Bench) -> list[str]:
     pass-through plus a rejection's serial steps; at 10 and 50 the CPU that matching Postfix leaves."""
     from bench.messages import SHAPES
 
-    micros = {m.name: m.per_op_ms for m in getattr(bench, "micros", []) if not m.note}
+    micros = _micros(bench)
     stages = {shape.name: _stages(micros, shape.name) for shape in SHAPES}
     if not idx.rate(POSTFIX, "plain-5k", 1) or not any(stages.values()):
         return []
@@ -432,7 +437,7 @@ def _one_message_split(idx: _Index, bench: Bench, sessions: int) -> list[str]:
     profile of what a rejection adds to the same message that is not one."""
     from bench.messages import SHAPES
 
-    micros = {m.name: m.per_op_ms for m in getattr(bench, "micros", []) if not m.note}
+    micros = _micros(bench)
     rows, notes = [], []
     for shape in SHAPES:
         split = {}

@@ -130,6 +130,18 @@ def test_html_line_breaks_inside_a_japanese_phrase_still_match() -> None:
     assert "採用を見送らせていただきます" in texts.body
 
 
+def test_alternative_parts_that_say_the_same_are_searched_once() -> None:
+    """Issue 8: the HTML twin of the plain part adds nothing to search; a different HTML part is kept."""
+    same = message_texts(
+        item(plain="採用を見送らせて\nいただきます。", html="<p>採用を見送らせて<br>いただきます。</p>")
+    )
+    assert same.body == "採用を見送らせていただきます。"
+    other = message_texts(
+        item(plain="ご応募ありがとうございました。", html="<p>採用を見送らせていただきます。</p>")
+    )
+    assert other.body == "ご応募ありがとうございました。\x00採用を見送らせていただきます。"
+
+
 def test_html_to_text_keeps_only_what_a_reader_sees() -> None:
     source = (
         "<html><head><title>Template 7</title><style>p {color: red}</style></head><body>"

@@ -24,8 +24,13 @@ def message_texts(item: DetectionInput) -> Texts:
     parts = [strip_quoted(item.plain)] if item.plain else []
     if item.html:
         parts.append(strip_quoted(html_to_text(item.html)))
+    bodies = [normalise(p) for p in parts]
+    # A multipart/alternative's two parts usually say the same words; then every phrase is in both or in
+    # neither, and searching one saves a third of a 20 KB mail's detection (issue 8).
+    if len(bodies) == 2 and bodies[0] == bodies[1]:
+        del bodies[1]
     # NUL never survives normalise(), so no phrase can match across the plain/HTML seam.
-    return Texts(normalise(item.subject), "\x00".join(normalise(p) for p in parts))
+    return Texts(normalise(item.subject), "\x00".join(bodies))
 
 
 class RuleSet:

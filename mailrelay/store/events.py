@@ -124,8 +124,9 @@ def _begin_immediate(cursor: Any, statement: str = _WRITE["mailrelay_sqlite_begi
 
 
 class EventStore:
-    """Database work runs on worker threads, never on the SMTP event loop: one thread writes (group commit)
-    and serves the CLI and HTTP endpoints, one answers the relay's retry check."""
+    """Database work runs on worker threads, not on the SMTP event loop: one thread writes (group commit)
+    and serves the CLI and HTTP endpoints, one answers the relay's retry check. The one exception is that
+    check on SQLite, read first on the loop without ever waiting (see delivered_recipients)."""
 
     def __init__(self, url: str, *, dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW) -> None:
         self.url = url
@@ -150,6 +151,7 @@ class EventStore:
         # behind a batch's commit, nor, on SQLite, for another worker's write lock (issue 8 latency).
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailrelay-db-read")
         self._read_connection: OwnConnection | None = None  # SQLite: the reader thread's own
+        self._loop_read_connection: OwnConnection | None = None  # SQLite: the event loop's, never waits
         # Group commit: the relay's writes wait here while a batch is in the database, then share the next
         # transaction (one commit, one fsync for all of them).
         self._pending: list[_Job] = []
@@ -285,23 +287,49 @@ class EventStore:
     ) -> asyncio.Future[set[str]]:
         """Which of `recipient_hashes` an earlier attempt of this message already delivered a copy to.
 
-        The read starts on the reader thread when this is called, not when it is awaited: the relay asks
-        while it is still signing, which runs in OpenSSL without the GIL (issue 8, one-session latency).
+        On SQLite it is read here, on the caller's thread (the event loop), if it can be without waiting:
+        one indexed lookup in pages the relay keeps hot, tens of µs, where handing it to the reader thread
+        and back cost 0.15 ms of every rejection under load (issue 8: waking the thread, and taking the GIL
+        back from it). The first check, and any that finds SQLite busy (a recovery holding its lock) or
+        fails, goes to the reader thread, which waits, reports errors as before, and (re)opens the loop's
+        connection. Otherwise the read starts on the reader thread when this is called, not when it is
+        awaited: the relay asks while it is still signing, which runs in OpenSSL without the GIL (issue 8,
+        one-session latency).
         Only the recipients asked about are looked up: identical bytes sent to many applicants one by one
         share a fingerprint, and reading every earlier copy would grow with each of them."""
         wanted = sorted(set(recipient_hashes))
         loop = asyncio.get_running_loop()
-        if not wanted:
-            nothing: asyncio.Future[set[str]] = loop.create_future()
-            nothing.set_result(set())
-            return nothing
+        answer = set() if not wanted else self._read_delivered_without_waiting(fingerprint, wanted)
+        if answer is not None:
+            done: asyncio.Future[set[str]] = loop.create_future()
+            done.set_result(answer)
+            return done
         return loop.run_in_executor(self._reader, self._read_delivered, fingerprint, wanted)
+
+    def _read_delivered_without_waiting(self, fingerprint: str, wanted: list[str]) -> set[str] | None:
+        """SQLite: the retry check's answer on this thread, or None if it cannot be had at once. The
+        connection is opened by the reader thread (opening one may wait for a lock), never here."""
+        connection = self._loop_read_connection
+        if connection is None:
+            return None
+        try:
+            cursor = self.driver.execute(connection.cursor, *_delivered_query(fingerprint, wanted))
+            return {row[0] for row in cursor.fetchall()}
+        except Exception:
+            self._release_loop_read_connection()
+            return None
+
+    def _release_loop_read_connection(self) -> None:
+        if self._loop_read_connection is not None:
+            # Not back to the pool: its busy_timeout is 0, which a writer must never get.
+            with contextlib.suppress(Exception):
+                self._loop_read_connection.pooled.invalidate()
+        self._loop_read_connection = None
 
     def _read_delivered(self, fingerprint: str, wanted: list[str]) -> set[str]:
         # One statement, so one snapshot: run as it is (autocommit on SQLite; on PostgreSQL the pool's reset
         # ends the transaction psycopg began), without SQLAlchemy's BEGIN and COMMIT around it.
-        params = {"fingerprint": fingerprint, **{f"r{i}": h for i, h in enumerate(wanted)}}
-        statement = driver_sql.delivered_query(len(wanted))
+        statement, params = _delivered_query(fingerprint, wanted)
         if self.engine.dialect.name != "sqlite":
             with self.engine.connect() as connection:
                 dbapi_connection = connection.connection.driver_connection
@@ -315,10 +343,21 @@ class EventStore:
             self._read_connection = OwnConnection.open(self.engine, self.driver)
         try:
             cursor = self.driver.execute(self._read_connection.cursor, statement, params)
-            return {row[0] for row in cursor.fetchall()}
+            answer = {row[0] for row in cursor.fetchall()}
         except DBAPIError:
             self._release_read_connection()
             raise
+        if self._loop_read_connection is None:
+            self._open_loop_read_connection()
+        return answer
+
+    def _open_loop_read_connection(self) -> None:
+        """The connection the next checks read on, on the event loop (delivered_recipients)."""
+        with contextlib.suppress(Exception):  # without it, the checks keep coming to this thread
+            connection = OwnConnection.open(self.engine, self.driver)
+            # SQLite's busy handler would sleep on the event loop: busy there means "ask the reader thread".
+            connection.cursor.execute("PRAGMA busy_timeout=0")
+            self._loop_read_connection = connection
 
     def _release_read_connection(self) -> None:
         if self._read_connection is not None:
@@ -451,7 +490,14 @@ class EventStore:
         self._executor.shutdown(wait=True)
         self._reader.submit(self._release_read_connection).result()
         self._reader.shutdown(wait=True)
+        self._release_loop_read_connection()  # after the reader thread, which opens it
         self.engine.dispose()
+
+
+def _delivered_query(fingerprint: str, wanted: list[str]) -> tuple[str, dict[str, str]]:
+    """The retry check's statement and its parameters."""
+    params = {"fingerprint": fingerprint, **{f"r{i}": h for i, h in enumerate(wanted)}}
+    return driver_sql.delivered_query(len(wanted)), params
 
 
 @dataclass(frozen=True)

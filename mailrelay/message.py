@@ -546,16 +546,26 @@ class ParsedMessage:
         key = name.lower()
         values = self._headers.get(key)
         if values is None:
-            if self._fields_by_name is None:
-                by_name: dict[str, list[HeaderField]] = {}
-                for f in self.parts[0].fields:
-                    by_name.setdefault(f.name.decode("ascii", "replace"), []).append(f)
-                self._fields_by_name = by_name
-            fields = self._fields_by_name.get(key, [])
             values = self._headers[key] = [
-                decode_header_value(self.raw[f.value_start : f.end]) for f in fields
+                decode_header_value(self.raw[f.value_start : f.end]) for f in self._top_fields(key)
             ]
         return list(values)
+
+    def address_header_values(self, name: str) -> list[str]:
+        """Top-level values of an address field (From, To, …) unfolded but not RFC 2047-decoded, for an
+        address parser: an encoded word may stand only in a display name, and decoded first it could read
+        as an address (RFC 2047 §5). 8-bit text (RFC 6532) is decoded as header values are."""
+        return [
+            _decode_bytes(_unfold(self.raw[f.value_start : f.end])) for f in self._top_fields(name.lower())
+        ]
+
+    def _top_fields(self, key: str) -> list[HeaderField]:
+        if self._fields_by_name is None:
+            by_name: dict[str, list[HeaderField]] = {}
+            for f in self.parts[0].fields:
+                by_name.setdefault(f.name.decode("ascii", "replace"), []).append(f)
+            self._fields_by_name = by_name
+        return self._fields_by_name.get(key, [])
 
     # -- structure ----------------------------------------------------------------------------------------
 

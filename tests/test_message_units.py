@@ -161,6 +161,20 @@ def test_header_values_top_level_only() -> None:
     assert m.header_values("missing") == []
 
 
+def test_address_header_values_are_unfolded_and_not_rfc2047_decoded() -> None:
+    raw = (
+        b"From: =?UTF-8?B?44Ko44Kw?=\r\n <recruit@example.co.jp>\r\n"
+        + "From: 採用 <saiyo@例え.jp>\r\n".encode()
+        + b"Subject: x\r\n\r\nbody\r\n"
+    )
+    m = parse(raw)
+    assert m.address_header_values("From") == [
+        "=?UTF-8?B?44Ko44Kw?= <recruit@example.co.jp>",
+        "採用 <saiyo@例え.jp>",  # RFC 6532 UTF-8, decoded as header values are
+    ]
+    assert m.header_values("From")[0] == "エグ <recruit@example.co.jp>"
+
+
 def test_remove_header_fields_keeps_every_other_byte() -> None:
     raw = (
         b"Received: from x\r\n\tby y\r\n"

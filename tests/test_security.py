@@ -6,11 +6,15 @@ from __future__ import annotations
 import dataclasses
 import html
 import logging
+from email.utils import getaddresses
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import SettingsFactory
+from mailrelay.relay import _SIMPLE_MAILBOX, first_address
 from mailrelay.signing import LoadedKey
 from support.sinks import RecordingSink, send_raw_smtp
 
@@ -120,3 +124,60 @@ async def test_applicant_addresses_never_reach_the_logs_in_clear(
     assert "y***@gmail.example" in ours  # masked, still useful to a mail admin
     metrics_text = "\n".join(str(m) for m in relay.components.metrics.registry.collect())
     assert "@" not in metrics_text.replace("@acme", "")
+
+
+async def test_an_address_in_an_encoded_display_name_never_picks_the_tenant(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    """RFC 2047 §5: an encoded word may stand only in a display name. Decoded before the address is parsed,
+    "=?utf-8?q?recruit=40acme.co.jp?=" read as a mailbox of acme's, and a stranger's message was decorated
+    and DKIM-signed with acme's key. The address is parsed first: not acme's mail, passed through."""
+    forged = REJECTION.replace(
+        b"From: Acme Recruiting <recruit@acme.co.jp>",
+        b"From: =?utf-8?q?recruit=40acme.co.jp?= <someone@other.example>",
+    )
+    assert forged != REJECTION
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port))
+        refused, reply = await relay.send("bounce@other.example", ["applicant@gmail.example"], forged)
+    assert refused == {} and reply.startswith("2")
+    assert [m.content for m in sink.messages] == [forged]
+    registry = relay.components.metrics.registry
+    assert registry.get_sample_value("mailrelay_messages_passed_through_total", {"reason": "no_tenant"}) == 1
+
+
+def _pieces(*alphabet: str, min_size: int = 0, max_size: int = 8) -> st.SearchStrategy[str]:
+    return st.lists(st.sampled_from(alphabet), min_size=min_size, max_size=max_size).map("".join)
+
+
+# Mailboxes ("name <local@domain>", "local@domain") of clean pieces, which the simple path reads, and of
+# pieces with the odd special, space or encoded word, which mostly go to getaddresses.
+_CLEAN_NAME = _pieces("a", "Z", " ", ".", "=?", "?=", "_", "採", "\t")
+_CLEAN_ATOM = _pieces("a", "0", ".", "-", "採", min_size=1, max_size=6)
+_NAME = st.one_of(_CLEAN_NAME, _pieces("a", " ", ".", "=?", '"', ",", "(", ")", "<", "@"))
+_ATOM = st.one_of(_CLEAN_ATOM, _pieces("a", ".", " ", "<", ">", "@", "[", "]", ",", '"', max_size=6))
+_TAIL = st.one_of(_pieces(" ", "\t"), _pieces(" ", ",", "(", ")", ">", "<", "a"))
+_MAILBOXES = st.one_of(
+    st.tuples(_NAME, _ATOM, _ATOM, _TAIL).map(lambda t: f"{t[0]}<{t[1]}@{t[2]}>{t[3]}"),
+    st.tuples(_TAIL, _ATOM, _ATOM, _TAIL).map(lambda t: f"{t[0]}{t[1]}@{t[2]}{t[3]}"),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_MAILBOXES)
+def test_the_simple_mailbox_path_finds_what_getaddresses_finds(value: str) -> None:
+    """Issue 8: the usual From is read without email.utils; wherever that path answers, it answers as
+    getaddresses would, and everything else still goes to getaddresses."""
+    expected = next((address for _name, address in getaddresses([value]) if "@" in address), "")
+    assert first_address([value]) == expected
+
+
+def test_the_usual_from_values_take_the_simple_mailbox_path() -> None:
+    for value in (
+        "=?UTF-8?B?44Ko?= <recruit@example.co.jp>",
+        "John Q. Public <jqp@example.org>",
+        "a@b.example",
+    ):
+        assert _SIMPLE_MAILBOX.fullmatch(value), value
+    for value in ('"Doe, J" <j@example.org>', "a@b.example, c@d.example", "x <a@[192.0.2.1]>", "y <a@b> (c)"):
+        assert not _SIMPLE_MAILBOX.fullmatch(value), value

@@ -144,10 +144,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
     sender = args.sender
     if sender is None:
         try:
-            from email.utils import getaddresses
+            from mailrelay.relay import first_address
 
-            addresses = getaddresses(parse(raw, relay.limits).header_values("From"))
-            sender = addresses[0][1] if addresses else ""
+            # As the relay reads it: the address parsed before any RFC 2047 decoding.
+            sender = first_address(parse(raw, relay.limits).address_header_values("From"))
         except MimeError:
             sender = ""
     txn = Transaction("PREVIEW", sender, [], [args.rcpt], raw)

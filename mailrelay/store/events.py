@@ -353,11 +353,18 @@ class EventStore:
 
     def _open_loop_read_connection(self) -> None:
         """The connection the next checks read on, on the event loop (delivered_recipients)."""
-        with contextlib.suppress(Exception):  # without it, the checks keep coming to this thread
+        try:
             connection = OwnConnection.open(self.engine, self.driver)
+        except Exception:
+            return  # the checks keep coming to this thread, which reports what fails
+        try:
             # SQLite's busy handler would sleep on the event loop: busy there means "ask the reader thread".
             connection.cursor.execute("PRAGMA busy_timeout=0")
-            self._loop_read_connection = connection
+        except Exception:
+            with contextlib.suppress(Exception):
+                connection.pooled.invalidate()
+            return
+        self._loop_read_connection = connection
 
     def _release_read_connection(self) -> None:
         if self._read_connection is not None:

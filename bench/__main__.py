@@ -13,6 +13,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench import load, micro, procs, report, servers
 from bench.load import PACED_RATE
@@ -371,6 +372,37 @@ class Bench:
         }
 
 
+class Recorded(Bench):
+    """A finished run read back from its RESULTS.json (`--render`): the report's wording can change without
+    measuring again, and the figures stay those of the run."""
+
+    def __init__(self, data: dict[str, Any]) -> None:  # no Bench.__init__: nothing is run or written
+        self.args = argparse.Namespace(**data["args"])
+        profile = dict(data["profile"])
+        self.profile = Profile(**{**profile, "sessions": tuple(profile["sessions"])})
+        self.cells = [Cell(**cell) for cell in data["cells"]]
+        self.memory = [Memory(**m) for m in data["memory"]]
+        self.micros = [micro.Micro(**{**m, "spread_ms": tuple(m["spread_ms"])}) for m in data["micro"]]
+        soak = data["soak"]
+        self.soak = None if soak is None else Soak(**{**soak, "samples": [tuple(x) for x in soak["samples"]]})
+        self.notes = list(data["notes"])
+        self._machine: dict[str, str] = data["machine"]
+
+    def machine(self) -> dict[str, str]:
+        return self._machine
+
+
+def render_recorded(path: Path, out: Path) -> int:
+    data = json.loads(path.read_text())
+    missing = {"args", "profile", "soak", "notes", "generated", "elapsed"} - set(data)
+    if missing:
+        print(f"{path}: written before --render existed (no {', '.join(sorted(missing))})", file=sys.stderr)
+        return 2
+    text = report.render(Recorded(data), data["command"], data["elapsed"], generated=data["generated"])
+    out.write_text(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     mode = parser.add_mutually_exclusive_group()
@@ -391,7 +423,15 @@ def main(argv: list[str] | None = None) -> int:
         "--log-level", default="INFO", help="mailrelay's log level (default INFO, as shipped)"
     )
     parser.add_argument("--out", type=Path, default=None, help="report file (default bench/RESULTS.md)")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS.json",
+        help="measure nothing: write the report again from a run's RESULTS.json (to --out, or beside it)",
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        return render_recorded(args.render, args.out or args.render.with_suffix(".md"))
     profile = PROFILES["smoke" if args.smoke else "quick" if args.quick else "default"]
     if args.runs is not None:
         profile.runs = args.runs
@@ -402,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.run()
         elapsed = time.monotonic() - started
         command = "python -m bench" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
-        text = report.render(bench, command, elapsed)
+        generated = time.strftime("%Y-%m-%d %H:%M %Z")
+        text = report.render(bench, command, elapsed, generated=generated)
         errors = sum(c.errors for c in bench.cells)
         if out is not None:
             out.write_text(text)
@@ -411,9 +452,15 @@ def main(argv: list[str] | None = None) -> int:
                     {
                         "machine": bench.machine(),
                         "command": command,
+                        "generated": generated,
+                        "elapsed": elapsed,
+                        "args": {"workers": args.workers, "log_level": args.log_level},
+                        "profile": asdict(bench.profile),
                         "cells": [asdict(c) for c in bench.cells],
                         "memory": [asdict(m) for m in bench.memory],
                         "micro": [asdict(m) for m in bench.micros],
+                        "soak": None if bench.soak is None else asdict(bench.soak),
+                        "notes": bench.notes,
                     },
                     indent=1,
                     ensure_ascii=False,

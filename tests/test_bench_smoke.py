@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_bench_smoke_relays_through_every_contestant(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+        [sys.executable, "-m", "bench", "--smoke", "--soak", "1", "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -30,3 +30,17 @@ def test_bench_smoke_relays_through_every_contestant(tmp_path: Path) -> None:
     # mailrelay's own histograms, scraped from every worker, split a message's time.
     assert "sessions: where a message's time goes" in report
     assert "| plain-5k | rejection − other |" in report
+    assert "Soak: mailrelay, 20 KB rejections" in report
+
+    # The report is written again from the run's RESULTS.json, measuring nothing, word for word.
+    again = tmp_path / "again.md"
+    rendered = subprocess.run(
+        [sys.executable, "-m", "bench", "--render", str(out.with_suffix(".json")), "--out", str(again)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    assert again.read_text() == report

@@ -321,9 +321,7 @@ class EventStore:
 
     def _release_loop_read_connection(self) -> None:
         if self._loop_read_connection is not None:
-            # Not back to the pool: its busy_timeout is 0, which a writer must never get.
-            with contextlib.suppress(Exception):
-                self._loop_read_connection.pooled.invalidate()
+            self._loop_read_connection.discard()  # its busy_timeout is 0, which a writer must never get
         self._loop_read_connection = None
 
     def _read_delivered(self, fingerprint: str, wanted: list[str]) -> set[str]:
@@ -361,8 +359,7 @@ class EventStore:
             # SQLite's busy handler would sleep on the event loop: busy there means "ask the reader thread".
             connection.cursor.execute("PRAGMA busy_timeout=0")
         except Exception:
-            with contextlib.suppress(Exception):
-                connection.pooled.invalidate()
+            connection.discard()
             return
         self._loop_read_connection = connection
 
@@ -529,6 +526,11 @@ class OwnConnection:
     def close(self) -> None:
         with contextlib.suppress(Exception):  # it may be broken already: that is why it is dropped
             self.pooled.close()  # back to the pool, which resets it
+
+    def discard(self) -> None:
+        """Closed for good, not back to the pool (a connection whose settings no other user may get)."""
+        with contextlib.suppress(Exception):
+            self.pooled.invalidate()
 
 
 @dataclass(frozen=True)

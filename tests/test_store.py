@@ -151,6 +151,26 @@ async def test_the_retry_check_opens_new_connections_after_its_own_failed(tmp_pa
         store.close()
 
 
+async def test_the_store_threads_carry_their_names_in_the_kernel(tmp_path: Path) -> None:
+    """Issue 8: `top -H`, `ps -L` and the benchmark tell the store's CPU from the event loop's by the
+    kernel's thread names (Python's own stay inside Python)."""
+
+    def kernel_names() -> set[str]:
+        return {p.read_text().strip() for p in Path("/proc/self/task").glob("*/comm")}
+
+    store = EventStore(f"sqlite:///{tmp_path / 'events.db'}")
+    store.create_schema()
+    try:
+        await store.record([CopyRecord("e" * 64, "c" * 64, "250 ok", None)], mark_delivered=True)
+        await store.delivered_recipients("e" * 64, {"c" * 64})
+        assert {events.WRITER, events.READER} <= kernel_names()
+        loop_thread = Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+        assert loop_thread not in (events.WRITER, events.READER)
+    finally:
+        store.close()
+    assert not {events.WRITER, events.READER} & kernel_names()
+
+
 async def test_rows_written_on_the_driver_cursor_read_back_as_the_orm_writes_them(store: EventStore) -> None:
     """The per-message statements bypass SQLAlchemy (issue 8) but keep its datetime storage: on SQLite the
     same text as the ORM's DateTime writes, so reports and the dedupe window compare like with like."""

@@ -18,6 +18,10 @@ from typing import Any
 from bench import load, micro, procs, report, servers
 from bench.load import PACED_RATE
 from bench.messages import RECIPIENT, SENDER, SHAPES, wire_bytes, write_all
+from mailrelay.store.events import READER, WRITER
+
+# mailrelay's store threads by their kernel names: their CPU is the store's, the rest its event loops'.
+STORE_THREADS = (WRITER, READER)
 
 
 @dataclass
@@ -32,6 +36,8 @@ class Cell:
     cpu_ms: list[float] = field(default_factory=list)  # server CPU per message per run
     # smtp-source's and smtp-sink's CPU per message per run: what the 2 cores give the load, not the server
     load_cpu_ms: list[float] = field(default_factory=list)
+    # mailrelay: CPU per message of its store threads (writer and retry-check reader), all workers
+    store_cpu_ms: list[float] = field(default_factory=list)
     p50_ms: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
     peak_rss: int = 0
@@ -150,6 +156,7 @@ class Bench:
                             message.read_bytes().replace(b"<bench-", f"<bench-{sessions}-{run}-".encode(), 1)
                         )
                         cpu0 = procs.cpu_seconds(server.root_pid)
+                        store0 = procs.thread_cpu_seconds(server.root_pid, STORE_THREADS)
                         load0 = procs.cpu_seconds(self.sink_pid) + procs.children_cpu_seconds()
                         started = time.perf_counter()
                         result = load.smtp_source(server.port, unique, SENDER, RECIPIENT, sessions, count)
@@ -158,7 +165,10 @@ class Bench:
                             result.detail = "postfix did not deliver everything within 120 s"
                         seconds = time.perf_counter() - started
                         cpu = procs.cpu_seconds(server.root_pid) - cpu0
+                        store = procs.thread_cpu_seconds(server.root_pid, STORE_THREADS) - store0
                         load_cpu = procs.cpu_seconds(self.sink_pid) + procs.children_cpu_seconds() - load0
+                        if server.name == "mailrelay":
+                            cell.store_cpu_ms.append(store / count * 1000)
                         cell.load_cpu_ms.append(load_cpu / count * 1000)
                         rate = count / seconds
                         cell.rates.append(rate)

@@ -15,10 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import load, micro, procs, report, servers
+from bench import load, micro, procs, report, sampling, servers
 from bench.load import PACED_RATE
 from bench.messages import RECIPIENT, SENDER, SHAPES, wire_bytes, write_all
 from mailrelay.store.events import READER, WRITER
+
+# How many counted runs' worth of messages the py-spy run of each message sends.
+SAMPLED_RUNS = 4
 
 # mailrelay's store threads by their kernel names: their CPU is the store's, the rest its event loops'.
 STORE_THREADS = (WRITER, READER)
@@ -109,6 +112,7 @@ class Bench:
         self.memory: list[Memory] = []
         self.soak: Soak | None = None
         self.notes: list[str] = []
+        self.samples: list[sampling.Sampled] = []
         self.sink_pid = 0  # the next hop's process, whose CPU counts as load (set by run)
 
     def say(self, text: str) -> None:
@@ -188,6 +192,46 @@ class Bench:
                     )
         finally:
             sampler.stop()
+
+    def sample(self, server: servers.Server, contestant: str, rejection: bool) -> None:
+        """One more run of each message at 10 sessions (the targets' concurrency), not counted, with py-spy
+        sampling every worker: the report's split of the event loops' time by stage."""
+        why = sampling.unavailable()
+        if why is not None:
+            if not any(note.startswith("Profile:") for note in self.notes):
+                self.notes.append(f"Profile: not taken, {why}.")
+            return
+        sessions = 10 if 10 in self.profile.sessions else max(self.profile.sessions)
+        workers = [pid for pid in procs.tree(server.root_pid) if pid != server.root_pid]
+        for shape in SHAPES:
+            counted = next(
+                (
+                    c
+                    for c in self.cells
+                    if (c.contestant, c.shape, c.sessions) == (contestant, shape.name, sessions)
+                ),
+                None,
+            )
+            # Four times a counted run's length: a stage of 0.05 ms per message is then about a hundred
+            # samples, not a couple of dozen.
+            count = SAMPLED_RUNS * self.count_for(counted.median(counted.rates) if counted else 0.0, sessions)
+            sampler = sampling.Sampler(workers, self.workdir)
+            try:
+                time.sleep(0.3)  # py-spy attaches before the first message
+                result = load.smtp_source(
+                    server.port, self.messages[shape.name, rejection], SENDER, RECIPIENT, sessions, count
+                )
+            finally:
+                counts = sampler.stop()
+            sampled = sampling.Sampled(
+                contestant, shape.name, sessions, count, sampling.per_message(counts, count)
+            )
+            self.samples.append(sampled)
+            self.say(
+                f"{contestant:24} {shape.name:17} {sessions:3} sessions, sampled: "
+                f"{sampled.total_ms:6.2f} ms/msg holding the GIL"
+                + (f"  ERRORS: {result.detail}" if result.errors else "")
+            )
 
     def _latency_run(
         self, server: servers.Server, cell: Cell, payload: bytes, count: int, rate: float | None = None
@@ -338,6 +382,8 @@ class Bench:
         try:
             self.throughput(relay, "mailrelay (other mail)", rejection=False)
             self.throughput(relay, "mailrelay (rejection)", rejection=True)
+            self.sample(relay, "mailrelay (other mail)", rejection=False)
+            self.sample(relay, "mailrelay (rejection)", rejection=True)
             self.latency(relay, "mailrelay (other mail)", rejection=False)
             self.latency(relay, "mailrelay (rejection)", rejection=True)
             self.paced_latency(relay, "mailrelay (other mail)", rejection=False)
@@ -396,6 +442,7 @@ class Recorded(Bench):
         soak = data["soak"]
         self.soak = None if soak is None else Soak(**{**soak, "samples": [tuple(x) for x in soak["samples"]]})
         self.notes = list(data["notes"])
+        self.samples = [sampling.Sampled(**sampled) for sampled in data.get("samples", [])]
         self._machine: dict[str, str] = data["machine"]
 
     def machine(self) -> dict[str, str]:
@@ -471,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
                         "micro": [asdict(m) for m in bench.micros],
                         "soak": None if bench.soak is None else asdict(bench.soak),
                         "notes": bench.notes,
+                        "samples": [asdict(sampled) for sampled in bench.samples],
                     },
                     indent=1,
                     ensure_ascii=False,

@@ -187,6 +187,7 @@ def render(bench: Bench, command: str, elapsed: float, *, generated: str) -> str
         lines.append(f"| {m.name} | {value} |")
 
     lines += _where_the_time_goes(idx, bench)
+    lines += _sampled(idx, bench)
     lines += _against_postfix(idx, bench)
     lines += _one_message_split(idx, bench, min(sessions))
     lines += ["", "## Targets (from this run)", ""]
@@ -392,6 +393,58 @@ def _unavoidable(micros: dict[str, float], idx: _Index) -> list[str]:
             *rejection_rows,
         ]
     return [*lines, ""]
+
+
+def _sampled(idx: _Index, bench: Bench) -> list[str]:
+    """py-spy's split of mailrelay's time by stage, other mail against rejections (bench/sampling.py)."""
+    from bench.messages import SHAPES
+    from bench.sampling import ORDER
+
+    samples = {(s.contestant, s.shape): s for s in getattr(bench, "samples", [])}
+    shapes = [sh.name for sh in SHAPES if (OTHER, sh.name) in samples and (REJECTION, sh.name) in samples]
+    if not shapes:
+        return []
+    sessions = samples[REJECTION, shapes[0]].sessions
+    pairs = [(samples[OTHER, shape], samples[REJECTION, shape]) for shape in shapes]
+
+    def row(label: str, values: list[tuple[float, float]]) -> str:
+        cells = " | ".join(f"{o:.2f} | {r:.2f} | {r - o:+.2f}" for o, r in values)
+        return f"| {label} | {cells} |"
+
+    rows = [
+        row(stage, [(o.ms_by_stage.get(stage, 0.0), r.ms_by_stage.get(stage, 0.0)) for o, r in pairs])
+        for stage in ORDER
+    ]
+    rows.append(row("**holding the GIL, in all**", [(o.total_ms, r.total_ms) for o, r in pairs]))
+    counted = []
+    for shape in shapes:
+        other, rejection = idx.get(OTHER, shape, sessions), idx.get(REJECTION, shape, sessions)
+        if not (other and rejection and other.cpu_ms and rejection.cpu_ms):
+            break
+        counted.append((_med(other.cpu_ms), _med(rejection.cpu_ms)))
+    else:
+        rows.append(row("for scale: CPU per message in the counted runs", counted))
+    header = " | ".join(f"{shape}: other | rejection | difference" for shape in shapes)
+    return [
+        "",
+        f"### Where mailrelay's time goes at {sessions} sessions, by stage (py-spy)",
+        "",
+        f"One more run of each message at {sessions} sessions, not counted, with py-spy sampling every "
+        "worker from outside the process whenever one of its threads holds the GIL: where mailrelay runs "
+        "Python, or C that Python called without releasing the GIL, in ms per message. A sample counts "
+        "for the first of the stages (store to metrics) that its stack shows, so a DKIM signature is "
+        "signing wherever it is called from; otherwise for the deepest layer it shows (message bytes to "
+        "the relay session), so each layer is charged only its own work (bench/sampling.py). The clock is "
+        "the wall's: a worker preempted while it holds the GIL still counts (the 2 cores are shared with "
+        "the load, the sink and py-spy), and work outside the GIL (OpenSSL's RSA, SQLite's C code, the "
+        "kernel's side of sockets and fsync) is not sampled, so the total is not the CPU per message, "
+        "which is given for scale. The difference column is what a rejection spends beyond the same "
+        "message that is not one, stage by stage: the bound's stages above, and what lies beyond them.",
+        "",
+        f"| stage | {header} |",
+        "|---|" + "---:|" * (3 * len(shapes)),
+        *rows,
+    ]
 
 
 def _read_and_decided(floor_ms: float, other_ms: float | None, ms: dict[str, float]) -> float:

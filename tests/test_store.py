@@ -171,6 +171,25 @@ async def test_the_store_threads_carry_their_names_in_the_kernel(tmp_path: Path)
     assert not {events.WRITER, events.READER} & kernel_names()
 
 
+async def test_a_thread_name_the_kernel_refuses_does_not_break_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The naming is cosmetic: an executor whose initializer raises is broken for good (issue 8)."""
+
+    def refuse(*_args: object, **_kwargs: object) -> int:
+        raise RuntimeError("not what naming a thread should ever raise")
+
+    monkeypatch.setattr(Path, "write_text", refuse)
+    store = EventStore(f"sqlite:///{tmp_path / 'events.db'}")
+    store.create_schema()
+    try:
+        # A broken writer would leave the write waiting for ever: a bounded wait fails instead.
+        assert await asyncio.wait_for(store.record([referral("n1", "1" * 64)], mark_delivered=False), 10) == 1
+        assert await asyncio.wait_for(store.delivered_recipients("f" * 64, {"1" * 64}), 10) == {"1" * 64}
+    finally:
+        store.close()
+
+
 async def test_rows_written_on_the_driver_cursor_read_back_as_the_orm_writes_them(store: EventStore) -> None:
     """The per-message statements bypass SQLAlchemy (issue 8) but keep its datetime storage: on SQLite the
     same text as the ORM's DateTime writes, so reports and the dedupe window compare like with like."""

@@ -132,8 +132,9 @@ READER = "mailrelay-db-rd"
 
 def name_os_thread(name: str) -> None:
     """Give the calling thread `name` in the kernel too (Python's thread names stay inside Python). Linux
-    only; elsewhere, or if /proc is not mounted, the thread keeps its name."""
-    with contextlib.suppress(OSError):
+    only; elsewhere, or if /proc is not mounted, the thread keeps its name. Never raises: it is the store's
+    executors' initializer, and an initializer that raises breaks its executor, and with it the store."""
+    with contextlib.suppress(Exception):
         Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text(name[:15])
 
 

@@ -190,6 +190,30 @@ async def test_a_thread_name_the_kernel_refuses_does_not_break_the_store(
         store.close()
 
 
+async def test_a_bug_in_the_group_commit_fails_its_writes_instead_of_leaving_them_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each reply waits for its write: a drain that stopped on a bug must fail the writes it held (the
+    relay journals them), and the next write must start a new one."""
+    store = EventStore(f"sqlite:///{tmp_path / 'events.db'}")
+    store.create_schema()
+    commit = store._commit
+
+    def broken(batch: Any) -> None:
+        monkeypatch.setattr(store, "_commit", commit)  # once
+        raise RuntimeError("a bug in the group commit")
+
+    monkeypatch.setattr(store, "_commit", broken)
+    try:
+        with pytest.raises(RuntimeError, match="a bug in the group commit"):
+            await asyncio.wait_for(store.record([referral("b1", "1" * 64)], mark_delivered=False), 10)
+        assert await asyncio.wait_for(store.record([referral("b2", "2" * 64)], mark_delivered=False), 10) == 1
+        assert store.count_events() == 1
+        assert "store: the group commit stopped; failing 1 waiting write(s)" in caplog.text
+    finally:
+        store.close()
+
+
 async def test_rows_written_on_the_driver_cursor_read_back_as_the_orm_writes_them(store: EventStore) -> None:
     """The per-message statements bypass SQLAlchemy (issue 8) but keep its datetime storage: on SQLite the
     same text as the ORM's DateTime writes, so reports and the dedupe window compare like with like."""

@@ -207,18 +207,30 @@ class EventStore:
         return result
 
     def _drain(self) -> None:
-        while True:
+        batch: list[_Job] = []
+        try:
+            while True:
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                    if not batch:
+                        self._draining = False
+                        return
+                self._commit(batch)
+                if self._pending and self.yield_after_commit:
+                    # More work is waiting, and other processes may be waiting for SQLite's one write lock:
+                    # leave it free for a moment before taking it again (they poll every WRITE_LOCK_POLL);
+                    # the next batch meanwhile grows, like PostgreSQL's commit_delay.
+                    time.sleep(2 * WRITE_LOCK_POLL)
+        except BaseException as exc:
+            # A bug here must not leave this batch's writes, and every later one, waiting for a drain that
+            # has stopped (each reply waits for its write): they fail, the relay journals their records,
+            # and the next write starts a new drain. Nobody reads the executor's future: log it here.
             with self._pending_lock:
-                batch, self._pending = self._pending, []
-                if not batch:
-                    self._draining = False
-                    return
-            self._commit(batch)
-            if self._pending and self.yield_after_commit:
-                # More work is waiting, and other processes may be waiting for SQLite's one write lock:
-                # leave it free for a moment before taking it again (they poll every WRITE_LOCK_POLL); the
-                # next batch meanwhile grows, like PostgreSQL's commit_delay.
-                time.sleep(2 * WRITE_LOCK_POLL)
+                waiting, self._pending, self._draining = batch + self._pending, [], False
+            log.exception("store: the group commit stopped; failing %d waiting write(s)", len(waiting))
+            for job in waiting:
+                with contextlib.suppress(RuntimeError):  # that job's loop has closed
+                    job.loop.call_soon_threadsafe(_settle, job.future, False, exc)
 
     def _commit(self, batch: list[_Job]) -> None:
         outcomes = self._run_jobs(batch)

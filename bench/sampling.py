@@ -38,7 +38,8 @@ LAYERS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("message bytes: parse, text, wire checks", r"\((mailrelay/message\.py|mailrelay/charsets\.py)"),
         ("forwarding to the next hop", r"\((mailrelay/transport\.py|aiosmtplib/)"),
         ("receiving (SMTP server)", r"\((mailrelay/smtp/|aiosmtpd/)"),
-        ("relay session (envelope, plan, replies)", r"\(mailrelay/"),
+        # not app.py: its frame is under every callback the event loop runs
+        ("relay session (envelope, plan, replies)", r"\(mailrelay/(relay|config)\.py"),
     )
 )
 REST = "event loop and the rest"

@@ -64,7 +64,7 @@ def test_otherwise_the_deepest_layer_is_charged_its_own_work() -> None:
             stack(LOOP, HANDLER, SESSION, forward, "SMTPProtocol.write (aiosmtplib/protocol.py:318)"),
             stack(LOOP, HANDLER, SESSION),
             stack(LOOP, HANDLER, "SMTP.smtp_RCPT (aiosmtpd/smtp.py:1386)"),
-            stack(LOOP, "Runner.run (asyncio/runners.py:118)"),
+            stack(LOOP, "run_on_loop (mailrelay/app.py:277)", "Runner.run (asyncio/runners.py:118)"),
             stack(LOOP),
             "not a sample line",
         ]

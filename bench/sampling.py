@@ -15,32 +15,33 @@ from pathlib import Path
 # stops them), and the run it samples is not one of the counted runs.
 RATE_HZ = 500
 
+Named = tuple[tuple[str, re.Pattern[str]], ...]
+
+
+def _named(*patterns: tuple[str, str]) -> Named:
+    return tuple((name, re.compile(pattern)) for name, pattern in patterns)
+
+
 # A sample is the first of these stages that any frame of its stack shows: a DKIM signature is signing
 # wherever it is called from, the store's writer thread is the store whatever it runs.
-STAGES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (name, re.compile(pattern))
-    for name, pattern in (
-        ("store, writer thread", r"^thread \(\d+\): mailrelay-db_"),
-        ("store, retry-check thread", r"^thread \(\d+\): mailrelay-db-read_"),
-        ("DKIM signing", r"\((mailrelay/signing\.py|mailrelay/stages/dkim_sign\.py|dkim/)"),
-        ("decoration", r"\(mailrelay/stages/|ParsedMessage\.decorate |ParsedMessage\._decorate_part "),
-        ("detection", r"\(mailrelay/detection/|Relay\.detect "),
-        ("store, on the event loop", r"\(mailrelay/store/|concurrent/futures/"),
-        ("logging", r"\(logging/"),
-        ("metrics", r"\(prometheus_client/|\(mailrelay/metrics\.py"),
-    )
+STAGES = _named(
+    ("store, writer thread", r"^thread \(\d+\): mailrelay-db_"),
+    ("store, retry-check thread", r"^thread \(\d+\): mailrelay-db-read_"),
+    ("DKIM signing", r"\((mailrelay/signing\.py|mailrelay/stages/dkim_sign\.py|dkim/)"),
+    ("decoration", r"\(mailrelay/stages/|ParsedMessage\.decorate |ParsedMessage\._decorate_part "),
+    ("detection", r"\(mailrelay/detection/|Relay\.detect "),
+    ("store, on the event loop", r"\(mailrelay/store/|concurrent/futures/"),
+    ("logging", r"\(logging/"),
+    ("metrics", r"\(prometheus_client/|\(mailrelay/metrics\.py"),
 )
 # Otherwise it is the layer of its deepest frame that shows one: the relay session calls the next hop,
 # which calls the message's wire checks, and each is charged only what it does itself.
-LAYERS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (name, re.compile(pattern))
-    for name, pattern in (
-        ("message bytes: parse, text, wire checks", r"\((mailrelay/message\.py|mailrelay/charsets\.py)"),
-        ("forwarding to the next hop", r"\((mailrelay/transport\.py|aiosmtplib/)"),
-        ("receiving (SMTP server)", r"\((mailrelay/smtp/|aiosmtpd/)"),
-        # not app.py: its frame is under every callback the event loop runs
-        ("relay session (envelope, plan, replies)", r"\(mailrelay/(relay|config)\.py"),
-    )
+LAYERS = _named(
+    ("message bytes: parse, text, wire checks", r"\((mailrelay/message\.py|mailrelay/charsets\.py)"),
+    ("forwarding to the next hop", r"\((mailrelay/transport\.py|aiosmtplib/)"),
+    ("receiving (SMTP server)", r"\((mailrelay/smtp/|aiosmtpd/)"),
+    # not app.py: its frame is under every callback the event loop runs
+    ("relay session (envelope, plan, replies)", r"\(mailrelay/(relay|config)\.py"),
 )
 REST = "event loop and the rest"
 ORDER = (*(name for name, _ in STAGES), *(name for name, _ in LAYERS), REST)

@@ -215,14 +215,18 @@ class Bench:
             # Four times a counted run's length: a stage of 0.05 ms per message is then about a hundred
             # samples, not a couple of dozen.
             count = SAMPLED_RUNS * self.count_for(counted.median(counted.rates) if counted else 0.0, sessions)
-            sampler = sampling.Sampler(workers, self.workdir)
             try:
-                time.sleep(0.3)  # py-spy attaches before the first message
-                result = load.smtp_source(
-                    server.port, self.messages[shape.name, rejection], SENDER, RECIPIENT, sessions, count
-                )
-            finally:
-                counts = sampler.stop()
+                sampler = sampling.Sampler(workers, self.workdir)
+                try:
+                    time.sleep(0.3)  # py-spy attaches before the first message
+                    result = load.smtp_source(
+                        server.port, self.messages[shape.name, rejection], SENDER, RECIPIENT, sessions, count
+                    )
+                finally:
+                    counts = sampler.stop()
+            except (OSError, RuntimeError) as exc:  # not allowed to read the workers (ptrace), say
+                self.notes.append(f"Profile: {contestant}, {shape.name}: not taken, {exc}")
+                continue
             sampled = sampling.Sampled(
                 contestant, shape.name, sessions, count, sampling.per_message(counts, count)
             )

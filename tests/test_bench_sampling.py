@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
+
+from bench import sampling
 from bench.sampling import ORDER, RATE_HZ, REST, by_stage, per_message
 
 LOOP = "thread (101): MainThread"
@@ -83,3 +89,18 @@ def test_samples_become_ms_per_message_and_every_stage_is_in_the_report_order() 
     # a sample stands for 1/RATE_HZ s of holding the GIL: over 100 messages, ms per message
     assert per_message(counts, 100) == {"DKIM signing": 500 * 1000 / RATE_HZ / 100}
     assert set(counts) <= set(ORDER) and ORDER[-1] == REST
+
+
+def test_a_py_spy_that_takes_no_samples_is_an_error_the_bench_can_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As when the kernel does not let py-spy read the workers: it exits at once with an error.
+    refused = tmp_path / "py-spy"
+    refused.write_text("#!/bin/sh\necho 'Permission Denied' >&2\nexit 1\n")
+    refused.chmod(0o755)
+    monkeypatch.setattr(sampling, "_py_spy", lambda: str(refused))
+    sampler = sampling.Sampler([os.getpid()], tmp_path)
+    for proc in sampler.procs:
+        proc.wait()
+    with pytest.raises(RuntimeError, match="py-spy took no samples: Permission Denied"):
+        sampler.stop()

@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailrelay.store.events import READER, WRITER
+
 # Samples per second per worker. py-spy reads the workers' memory from outside (--nonblocking: it never
 # stops them), and the run it samples is not one of the counted runs.
 RATE_HZ = 500
@@ -25,8 +27,9 @@ def _named(*patterns: tuple[str, str]) -> Named:
 # A sample is the first of these stages that any frame of its stack shows: a DKIM signature is signing
 # wherever it is called from, the store's writer thread is the store whatever it runs.
 STAGES = _named(
-    ("store, writer thread", r"^thread \(\d+\): mailrelay-db_"),
-    ("store, retry-check thread", r"^thread \(\d+\): mailrelay-db-read_"),
+    # py-spy shows a thread by its Python name: the store's pool names them WRITER_0 and READER_0
+    ("store, writer thread", rf"^thread \(\d+\): {re.escape(WRITER)}_"),
+    ("store, retry-check thread", rf"^thread \(\d+\): {re.escape(READER)}_"),
     ("DKIM signing", r"\((mailrelay/signing\.py|mailrelay/stages/dkim_sign\.py|dkim/)"),
     ("decoration", r"\(mailrelay/stages/|ParsedMessage\.decorate |ParsedMessage\._decorate_part "),
     ("detection", r"\(mailrelay/detection/|Relay\.detect "),

@@ -9,6 +9,7 @@ import pytest
 
 from bench import sampling
 from bench.sampling import ORDER, RATE_HZ, REST, by_stage, per_message
+from mailrelay.store.events import READER, WRITER
 
 LOOP = "thread (101): MainThread"
 SESSION = "RelaySession._data (mailrelay/relay.py:508)"
@@ -38,12 +39,12 @@ def test_a_stage_counts_wherever_it_is_called_from() -> None:
                 "normalise (mailrelay/detection/normalise.py:80)",
             ),
             stack(
-                "thread (102): mailrelay-db_0",
+                f"thread (102): {WRITER}_0",
                 "_worker (concurrent/futures/thread.py:81)",
                 "Driver.execute (mailrelay/store/driver.py:137)",
                 count=2,
             ),
-            stack("thread (103): mailrelay-db-read_0", "_worker (concurrent/futures/thread.py:81)"),
+            stack(f"thread (103): {READER}_0", "_worker (concurrent/futures/thread.py:81)"),
             stack(
                 LOOP,
                 HANDLER,

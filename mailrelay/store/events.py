@@ -125,7 +125,8 @@ def _begin_immediate(cursor: Any, statement: str = _WRITE["mailrelay_sqlite_begi
 
 
 # The store's threads as `top -H`, `ps -L` and /proc/<pid>/task/<tid>/comm show them (15 bytes at most), so
-# that ops, and the benchmark, can tell their CPU from the event loop's (issue 8).
+# that ops, and the benchmark, can tell their CPU from the event loop's (issue 8); Python's own names for
+# them are these with the pool's "_0".
 WRITER = "mailrelay-db"
 READER = "mailrelay-db-rd"
 
@@ -162,13 +163,13 @@ class EventStore:
         write_engine = self.engine.execution_options(**_WRITE)
         self.write_sessions = sessionmaker(write_engine, expire_on_commit=False, info=info)
         self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="mailrelay-db", initializer=name_os_thread, initargs=(WRITER,)
+            max_workers=1, thread_name_prefix=WRITER, initializer=name_os_thread, initargs=(WRITER,)
         )
         # The retry check before forwarding only reads: on a thread and connection of its own it never waits
         # behind a batch's commit, nor, on SQLite, for another worker's write lock (issue 8 latency).
         self._reader = ThreadPoolExecutor(
             max_workers=1,
-            thread_name_prefix="mailrelay-db-read",
+            thread_name_prefix=READER,
             initializer=name_os_thread,
             initargs=(READER,),
         )

@@ -321,8 +321,11 @@ def serve_workers(settings: Settings, workers: int, log_level: str | None, loop:
         child.start()
     log.info("started %d workers: %s", workers, ", ".join(str(c.pid) for c in children))
     status = 0
-    while any(c.exitcode is None for c in children):
-        multiprocessing.connection.wait([c.sentinel for c in children if c.exitcode is None])
+    # One look at which workers run, then wait for those: each look at `exitcode` may reap a worker, so a
+    # second look could find none running and wait on an empty list for ever, the workers gone and the
+    # parent never exiting (seen as `stop` hanging until the service manager's kill; issue 8 bench).
+    while running := [c for c in children if c.exitcode is None]:
+        multiprocessing.connection.wait([c.sentinel for c in running])
         for child in children:
             if child.exitcode is not None and child.exitcode != 0:
                 status = 1

@@ -37,7 +37,7 @@ class ExitingWorker:
 
 
 class SpawnContext:
-    def Process(self, **kwargs: Any) -> ExitingWorker:  # noqa: N802 (multiprocessing's name)
+    def Process(self, **kwargs: Any) -> ExitingWorker:  # multiprocessing's name
         return ExitingWorker(**kwargs)
 
 

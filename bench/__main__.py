@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import load, micro, procs, report, sampling, servers
+from bench import ablation, load, micro, procs, report, sampling, servers
 from bench.load import PACED_RATE
 from bench.messages import RECIPIENT, SENDER, SHAPES, wire_bytes, write_all
 from mailrelay.store.events import READER, WRITER
@@ -46,6 +46,24 @@ class Cell:
     peak_rss: int = 0
     # mailrelay at the fewest sessions: each of servers.HISTOGRAMS' time per message, ms (its own metrics)
     stage_ms: dict[str, float] = field(default_factory=dict)
+    messages: int = 0
+    errors: int = 0
+    detail: str = ""
+
+    def median(self, values: list[float]) -> float:
+        return statistics.median(values) if values else 0.0
+
+
+@dataclass
+class Ablated:
+    """Runs of one message at 10 sessions through a relay of the ablation phase: `variant` is "rejection"
+    or "other mail" (an unchanged relay), or an ablation.VARIANTS key (rejections, that stage taken out)."""
+
+    shape: str
+    variant: str
+    sessions: int
+    cpu_ms: list[float] = field(default_factory=list)  # server CPU per message, run by run (rounds align)
+    rates: list[float] = field(default_factory=list)
     messages: int = 0
     errors: int = 0
     detail: str = ""
@@ -113,6 +131,7 @@ class Bench:
         self.soak: Soak | None = None
         self.notes: list[str] = []
         self.samples: list[sampling.Sampled] = []
+        self.ablated: list[Ablated] = []
         self.sink_pid = 0  # the next hop's process, whose CPU counts as load (set by run)
 
     def say(self, text: str) -> None:
@@ -236,6 +255,68 @@ class Bench:
                 f"{sampled.total_ms:6.2f} ms/msg holding the GIL"
                 + (f"  ERRORS: {result.detail}" if result.errors else "")
             )
+
+    def ablate(self, sink_port: int) -> None:
+        """A rejection's stages taken out one at a time (bench/ablation.py), at 10 sessions: a relay started
+        afresh unchanged and one without each stage, all running at once, their runs interleaved round by
+        round, so the machine's drift and the store's growth reach each alike. A stage's cost in place is
+        what the relay without it saves per message against the unchanged one, in the same round."""
+        sessions = 10 if 10 in self.profile.sessions else max(self.profile.sessions)
+        relays: dict[str, servers.Server] = {}
+        try:
+            for variant in ("", *ablation.VARIANTS):
+                relays[variant] = servers.start_mailrelay(
+                    self.workdir / f"ablation-{variant or 'none'}",
+                    sink_port,
+                    self.args.workers,
+                    self.args.log_level,
+                    without=(variant,) if variant else (),
+                )
+            plan = [("rejection", "", True), ("other mail", "", False)]
+            plan += [(variant, variant, True) for variant in ablation.VARIANTS]
+            for shape in SHAPES:
+                counted = next(
+                    (
+                        c
+                        for c in self.cells
+                        if (c.contestant, c.shape, c.sessions) == (report.REJECTION, shape.name, sessions)
+                    ),
+                    None,
+                )
+                count = self.count_for(counted.median(counted.rates) if counted else 0.0, sessions)
+                runs = {name: Ablated(shape.name, name, sessions) for name, _v, _r in plan}
+                # A stage's cost is a difference of two noisy figures: two rounds more than the counted runs.
+                for round_ in range(self.profile.runs + 3):  # round 0 warms every relay up, uncounted
+                    for name, variant, rejection in plan if round_ % 2 else plan[::-1]:
+                        server, cell = relays[variant], runs[name]
+                        unique = self.workdir / "messages" / f"ablation-{name}-{shape.name}"
+                        unique.write_bytes(
+                            self.messages[shape.name, rejection]
+                            .read_bytes()
+                            .replace(b"<bench-", f"<bench-ablation-{round_}-".encode(), 1)
+                        )
+                        total = count if round_ else 3 * sessions
+                        cpu0 = procs.cpu_seconds(server.root_pid)
+                        started = time.perf_counter()
+                        result = load.smtp_source(server.port, unique, SENDER, RECIPIENT, sessions, total)
+                        seconds = time.perf_counter() - started
+                        cpu = procs.cpu_seconds(server.root_pid) - cpu0
+                        cell.errors += result.errors
+                        cell.detail = cell.detail or result.detail
+                        if round_:
+                            cell.cpu_ms.append(cpu / total * 1000)
+                            cell.rates.append(total / seconds)
+                            cell.messages += total
+                for cell in runs.values():
+                    self.ablated.append(cell)
+                    self.say(
+                        f"ablation {shape.name:17} {cell.variant:12}: "
+                        f"{cell.median(cell.cpu_ms):6.2f} ms CPU/msg"
+                        + (f"  ERRORS {cell.errors}: {cell.detail}" if cell.errors else "")
+                    )
+        finally:
+            for server in relays.values():
+                server.stop()
 
     def _latency_run(
         self, server: servers.Server, cell: Cell, payload: bytes, count: int, rate: float | None = None
@@ -396,6 +477,8 @@ class Bench:
             self.run_soak(relay)
         finally:
             relay.stop()
+        self.say("mailrelay without each of a rejection's stages in turn")
+        self.ablate(sink_port)
 
         why = servers.postfix_unavailable() if not self.args.no_postfix else "left out with --no-postfix"
         if why is not None:
@@ -447,6 +530,7 @@ class Recorded(Bench):
         self.soak = None if soak is None else Soak(**{**soak, "samples": [tuple(x) for x in soak["samples"]]})
         self.notes = list(data["notes"])
         self.samples = [sampling.Sampled(**sampled) for sampled in data.get("samples", [])]
+        self.ablated = [Ablated(**cell) for cell in data.get("ablated", [])]
         self._machine: dict[str, str] = data["machine"]
 
     def machine(self) -> dict[str, str]:
@@ -505,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         command = "python -m bench" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
         generated = time.strftime("%Y-%m-%d %H:%M %Z")
         text = report.render(bench, command, elapsed, generated=generated)
-        errors = sum(c.errors for c in bench.cells)
+        errors = sum(c.errors for c in bench.cells) + sum(c.errors for c in bench.ablated)
         if out is not None:
             out.write_text(text)
             out.with_suffix(".json").write_text(
@@ -523,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
                         "soak": None if bench.soak is None else asdict(bench.soak),
                         "notes": bench.notes,
                         "samples": [asdict(sampled) for sampled in bench.samples],
+                        "ablated": [asdict(cell) for cell in bench.ablated],
                     },
                     indent=1,
                     ensure_ascii=False,

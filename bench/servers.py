@@ -13,6 +13,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.ablation import ABLATE
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -80,18 +82,18 @@ def start_sink(workdir: Path) -> Server:
     if os.geteuid() == 0:
         command += ["-u", "nobody"]  # smtp-sink refuses to run as root
     command += [f"127.0.0.1:{port}", "1024"]
-    log = (workdir / "sink.log").open("wb")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    with (workdir / "sink.log").open("wb") as log:  # the child has its own copy of the descriptor
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     wait_for_banner(port, proc=proc)
     return Server("smtp-sink", port, proc, proc.pid)
 
 
 def start_floor(workdir: Path, sink_port: int, workers: int) -> Server:
     port = free_port()
-    log = (workdir / "floor.log").open("wb")
     command = [sys.executable, "-m", "bench.floor", "--port", str(port), "--next-hop-port", str(sink_port)]
     command += ["--workers", str(workers)]
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    with (workdir / "floor.log").open("wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     wait_for_banner(port, proc=proc)
     return Server("floor", port, proc, proc.pid)
 
@@ -199,15 +201,20 @@ def histogram_sums(ports: list[int]) -> dict[str, float]:
     return sums
 
 
-def start_mailrelay(workdir: Path, sink_port: int, workers: int, log_level: str) -> Server:
+def start_mailrelay(
+    workdir: Path, sink_port: int, workers: int, log_level: str, without: tuple[str, ...] = ()
+) -> Server:
+    """mailrelay serve on a generated config; `without` names stages taken out (bench/ablation.py)."""
     port = free_port()
     metrics_port = free_ports(workers)
     config = mailrelay_config(workdir, port, sink_port, metrics_port)
-    log = (workdir / "mailrelay.log").open("wb")
-    command = [sys.executable, "-m", "mailrelay", "serve", "--config", str(config), "--log-level", log_level]
+    module = "bench.ablation" if without else "mailrelay"
+    command = [sys.executable, "-m", module, "serve", "--config", str(config), "--log-level", log_level]
     if workers > 1:
         command += ["--workers", str(workers)]
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    env = {**os.environ, ABLATE: ",".join(without)}
+    with (workdir / "mailrelay.log").open("wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     wait_for_banner(port, proc=proc)
     if workers > 1:
         # Every worker must be listening before load starts, or the first seconds go to one core only.

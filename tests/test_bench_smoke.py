@@ -34,6 +34,9 @@ def test_bench_smoke_relays_through_every_contestant(tmp_path: Path) -> None:
     # py-spy (a dev dependency) split mailrelay's time by stage, other mail against rejections.
     assert "sessions, by stage (py-spy)" in report
     assert "| DKIM signing |" in report
+    # Each of a rejection's stages is taken out in turn (bench/ablation.py) and its cost in place reported.
+    assert "costs in place (2 sessions, ablation)" in report
+    assert "| plain-5k |" in report.split("costs in place")[1].split("###")[0]
     # mailrelay's store threads are measured apart from its event loops, run by run (their kernel names).
     cells = json.loads(out.with_suffix(".json").read_text())["cells"]
     throughput = [c for c in cells if c["tool"] == "smtp-source"]

@@ -551,7 +551,7 @@ def render_recorded(path: Path, out: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="shorter runs, no soak (about 2 minutes)")
+    mode.add_argument("--quick", action="store_true", help="shorter runs, no soak (about 3 minutes)")
     mode.add_argument("--smoke", action="store_true", help="a few messages through each contestant (CI)")
     parser.add_argument("--runs", type=int, default=None, help="counted runs per cell (default 3)")
     parser.add_argument(

@@ -1,7 +1,7 @@
 """mailrelay with one of a rejection's stages taken out: what each stage costs in place, under load (issue 8).
 
 `python -m bench.ablation serve ...` is `mailrelay serve ...` without the stages named in the environment
-variable ABLATE (comma-separated VARIANTS keys). Only the benchmark starts it, each variant beside an
+variable MAILRELAY_BENCH_ABLATE (comma-separated VARIANTS keys). Only the benchmark starts it, each variant beside an
 unchanged relay, to read a stage's cost as the CPU per message it saves: the micro-benchmarks time a stage
 alone in one process, and miss what it costs around it (the GIL and thread hand-offs, the caches it
 evicts, the copies and checks it causes downstream). A relay so changed must never carry real mail: it
@@ -40,7 +40,7 @@ def ablate(names: set[str]) -> None:
     from mailrelay.stages import Copy, Stage, StageContext, dkim_sign, footer
     from mailrelay.store.events import EventStore
 
-    def unchanged(context: StageContext) -> Stage:  # the name stage builders take
+    def unchanged(context: StageContext) -> Stage:  # `context`: mypy compares it with the builders' name
         def stage(_copy: Copy) -> None:
             return None
 

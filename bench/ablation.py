@@ -1,11 +1,11 @@
 """mailrelay with one of a rejection's stages taken out: what each stage costs in place, under load (issue 8).
 
 `python -m bench.ablation serve ...` is `mailrelay serve ...` without the stages named in the environment
-variable MAILRELAY_BENCH_ABLATE (comma-separated VARIANTS keys). Only the benchmark starts it, each variant beside an
-unchanged relay, to read a stage's cost as the CPU per message it saves: the micro-benchmarks time a stage
-alone in one process, and miss what it costs around it (the GIL and thread hand-offs, the caches it
-evicts, the copies and checks it causes downstream). A relay so changed must never carry real mail: it
-would forward rejections unsigned, undecorated or unrecorded.
+variable MAILRELAY_BENCH_ABLATE (comma-separated VARIANTS keys). Only the benchmark starts it, each variant
+beside an unchanged relay, to read a stage's cost as the CPU per message it saves: the micro-benchmarks time a
+stage alone in one process, and miss what it costs around it (the GIL and thread hand-offs, the caches it
+evicts, the copies and checks it causes downstream). A relay so changed must never carry real mail: it would
+forward rejections unsigned, undecorated or unrecorded.
 
 `serve --workers N` starts its workers with multiprocessing's "spawn", which imports this module again in
 each of them (as `__mp_main__`) before they build anything: the patches below are applied at import, so

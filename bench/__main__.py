@@ -68,9 +68,6 @@ class Ablated:
     errors: int = 0
     detail: str = ""
 
-    def median(self, values: list[float]) -> float:
-        return statistics.median(values) if values else 0.0
-
 
 @dataclass
 class Memory:
@@ -142,6 +139,26 @@ class Bench:
             return 2 * sessions
         return max(3 * sessions, round(rate * self.profile.duration))
 
+    @property
+    def target_sessions(self) -> int:
+        """The targets' concurrency, where the extra runs (py-spy, ablation) are made: 10, or the most run."""
+        return 10 if 10 in self.profile.sessions else max(self.profile.sessions)
+
+    def count_like(self, contestant: str, shape: str, sessions: int) -> int:
+        """Messages for a run as long as a counted run of that contestant, message and sessions."""
+        counted = next(
+            (c for c in self.cells if (c.contestant, c.shape, c.sessions) == (contestant, shape, sessions)),
+            None,
+        )
+        return self.count_for(counted.median(counted.rates) if counted else 0.0, sessions)
+
+    def unique(self, message: Path, tag: str) -> Path:
+        """A copy of `message` whose Message-ID carries `tag`: smtp-source sends one file's bytes every
+        time, and a Message-ID per run keeps the relay's dedupe lookups (by sender + bytes) to its run."""
+        path = self.workdir / "messages" / f"run-{message.name}"
+        path.write_bytes(message.read_bytes().replace(b"<bench-", f"<bench-{tag}-".encode(), 1))
+        return path
+
     def _drain(self, server: servers.Server, timeout: float = 120) -> bool:
         """Postfix answers 250 when the mail is queued; it has relayed it once its queue is empty again."""
         deadline = time.monotonic() + timeout
@@ -172,12 +189,7 @@ class Bench:
                     sums = servers.histogram_sums(server.metrics_ports) if timed else {}
                     for run in range(self.profile.runs):
                         count = self.count_for(rate, sessions)
-                        # smtp-source sends one file's bytes every time: a Message-ID per run at least keeps
-                        # the relay's dedupe lookups (by sender + bytes) to this run's messages.
-                        unique = self.workdir / "messages" / f"run-{message.name}"
-                        unique.write_bytes(
-                            message.read_bytes().replace(b"<bench-", f"<bench-{sessions}-{run}-".encode(), 1)
-                        )
+                        unique = self.unique(message, f"{sessions}-{run}")
                         cpu0 = procs.cpu_seconds(server.root_pid)
                         store0 = procs.thread_cpu_seconds(server.root_pid, STORE_THREADS)
                         load0 = procs.cpu_seconds(self.sink_pid) + procs.children_cpu_seconds()
@@ -220,20 +232,12 @@ class Bench:
             if not any(note.startswith("Profile:") for note in self.notes):
                 self.notes.append(f"Profile: not taken, {why}.")
             return
-        sessions = 10 if 10 in self.profile.sessions else max(self.profile.sessions)
+        sessions = self.target_sessions
         workers = [pid for pid in procs.tree(server.root_pid) if pid != server.root_pid]
         for shape in SHAPES:
-            counted = next(
-                (
-                    c
-                    for c in self.cells
-                    if (c.contestant, c.shape, c.sessions) == (contestant, shape.name, sessions)
-                ),
-                None,
-            )
             # Four times a counted run's length: a stage of 0.05 ms per message is then about a hundred
             # samples, not a couple of dozen.
-            count = SAMPLED_RUNS * self.count_for(counted.median(counted.rates) if counted else 0.0, sessions)
+            count = SAMPLED_RUNS * self.count_like(contestant, shape.name, sessions)
             try:
                 sampler = sampling.Sampler(workers, self.workdir)
                 try:
@@ -261,7 +265,7 @@ class Bench:
         afresh unchanged and one without each stage, all running at once, their runs interleaved round by
         round, so the machine's drift and the store's growth reach each alike. A stage's cost in place is
         what the relay without it saves per message against the unchanged one, in the same round."""
-        sessions = 10 if 10 in self.profile.sessions else max(self.profile.sessions)
+        sessions = self.target_sessions
         relays: dict[str, servers.Server] = {}
         try:
             for variant in ("", *ablation.VARIANTS):
@@ -275,26 +279,13 @@ class Bench:
             plan = [("rejection", "", True), ("other mail", "", False)]
             plan += [(variant, variant, True) for variant in ablation.VARIANTS]
             for shape in SHAPES:
-                counted = next(
-                    (
-                        c
-                        for c in self.cells
-                        if (c.contestant, c.shape, c.sessions) == (report.REJECTION, shape.name, sessions)
-                    ),
-                    None,
-                )
-                count = self.count_for(counted.median(counted.rates) if counted else 0.0, sessions)
+                count = self.count_like(report.REJECTION, shape.name, sessions)
                 runs = {name: Ablated(shape.name, name, sessions) for name, _v, _r in plan}
                 # A stage's cost is a difference of two noisy figures: two rounds more than the counted runs.
                 for round_ in range(self.profile.runs + 3):  # round 0 warms every relay up, uncounted
                     for name, variant, rejection in plan if round_ % 2 else plan[::-1]:
                         server, cell = relays[variant], runs[name]
-                        unique = self.workdir / "messages" / f"ablation-{name}-{shape.name}"
-                        unique.write_bytes(
-                            self.messages[shape.name, rejection]
-                            .read_bytes()
-                            .replace(b"<bench-", f"<bench-ablation-{round_}-".encode(), 1)
-                        )
+                        unique = self.unique(self.messages[shape.name, rejection], f"ablation-{round_}")
                         total = count if round_ else 3 * sessions
                         cpu0 = procs.cpu_seconds(server.root_pid)
                         started = time.perf_counter()
@@ -311,7 +302,7 @@ class Bench:
                     self.ablated.append(cell)
                     self.say(
                         f"ablation {shape.name:17} {cell.variant:12}: "
-                        f"{cell.median(cell.cpu_ms):6.2f} ms CPU/msg"
+                        f"{statistics.median(cell.cpu_ms):6.2f} ms CPU/msg"
                         + (f"  ERRORS {cell.errors}: {cell.detail}" if cell.errors else "")
                     )
         finally:

@@ -217,6 +217,7 @@ class EventStore:
                         self._draining = False
                         return
                 self._commit(batch)
+                batch = []  # settled by _commit: a later failure fails only the writes still waiting
                 if self._pending and self.yield_after_commit:
                     # More work is waiting, and other processes may be waiting for SQLite's one write lock:
                     # leave it free for a moment before taking it again (they poll every WRITE_LOCK_POLL);

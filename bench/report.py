@@ -297,6 +297,7 @@ def _in_place(idx: _Index, bench: Bench, micros: dict[str, float]) -> list[str]:
         if not (whole and other and whole.cpu_ms and other.cpu_ms and all(v in cells for v in VARIANTS)):
             continue
         saved = {v: [w - x for w, x in zip(whole.cpu_ms, cells[v].cpu_ms, strict=False)] for v in VARIANTS}
+        used = _med(whole.cpu_ms)
         accounted = _med(other.cpu_ms) + sum(_med(values) for values in saved.values())
         floor = idx.get(FLOOR, shape.name, whole.sessions)
         budget = (
@@ -305,12 +306,11 @@ def _in_place(idx: _Index, bench: Bench, micros: dict[str, float]) -> list[str]:
         rows.append(
             f"| {shape.name} | {_spread(whole.cpu_ms, '{:.2f}')} | {_spread(other.cpu_ms, '{:.2f}')} | "
             + " | ".join(_spread(saved[v], "{:.2f}") for v in VARIANTS)
-            + f" | **{accounted:.2f}** | {_med(whole.cpu_ms) - accounted:+.2f} | "
+            + f" | **{accounted:.2f}** | {used - accounted:+.2f} | "
             + ("–" if budget is None else f"{budget:.2f}")
             + " |"
         )
         if budget is not None:
-            used = _med(whole.cpu_ms)
             if accounted > budget:
                 verdict = (
                     f"over the {budget:.2f} ms that 50 % of the floor leaves: reaching it takes one of these "

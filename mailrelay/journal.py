@@ -9,26 +9,52 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mailrelay.store import CopyRecord, EventStore, ReferralFields
+from mailrelay.store import CopyRecord, EventStore, ReferralFields, SeenRejection
 
 log = logging.getLogger("mailrelay.journal")
 
 
-def _encode(records: list[CopyRecord], mark_delivered: bool) -> bytes:
-    entry = {"mark_delivered": mark_delivered, "records": [dataclasses.asdict(r) for r in records]}
-    return json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+@dataclasses.dataclass(frozen=True)
+class JournalEntry:
+    """One message's records that wait for the database: its delivered copies, whether the rejection is
+    counted (the follow-up rate's denominator, issue 6) and when the copies were delivered."""
+
+    records: list[CopyRecord]
+    mark_delivered: bool
+    seen: SeenRejection | None = None
+    at: datetime | None = None  # None in lines written before it was kept: replayed as "now"
 
 
-def _decode(line: bytes) -> tuple[list[CopyRecord], bool]:
+def _encode(entry: JournalEntry) -> bytes:
+    line: dict[str, Any] = {
+        "mark_delivered": entry.mark_delivered,
+        "records": [dataclasses.asdict(r) for r in entry.records],
+    }
+    if entry.seen is not None:
+        line["seen"] = dataclasses.asdict(entry.seen)
+    if entry.at is not None:
+        line["at"] = entry.at.isoformat()
+    return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _decode(line: bytes) -> JournalEntry:
     entry: dict[str, Any] = json.loads(line)
     records = []
     for item in entry["records"]:
         referral = item.pop("referral")
         records.append(CopyRecord(**item, referral=ReferralFields(**referral) if referral else None))
-    return records, bool(entry["mark_delivered"])
+    seen = entry.get("seen")
+    at = entry.get("at")
+    return JournalEntry(
+        records,
+        bool(entry["mark_delivered"]),
+        SeenRejection(**seen) if seen else None,
+        datetime.fromisoformat(at) if at else None,
+    )
 
 
 class EventJournal:
@@ -40,16 +66,23 @@ class EventJournal:
         self.path = path
         self._lock = threading.Lock()
         self._delivered: dict[str, set[str]] = {}  # fingerprint → recipient hashes, for retries meanwhile
-        self.backlog = 0
-        for records, _mark in self._entries():
-            self._remember(records)
+        self.backlog = 0  # delivered copies waiting (the metric mailrelay_journal_backlog)
+        self.rejections_waiting = 0  # rejections whose count waits, with or without copies
+        for entry in self._entries():
+            self._remember(entry)
 
-    def _remember(self, records: list[CopyRecord]) -> None:
-        for record in records:
+    @property
+    def waiting(self) -> bool:
+        return bool(self.backlog or self.rejections_waiting)
+
+    def _remember(self, entry: JournalEntry) -> None:
+        for record in entry.records:
             self._delivered.setdefault(record.fingerprint, set()).add(record.recipient_hash)
             self.backlog += 1
+        if entry.seen is not None:
+            self.rejections_waiting += 1
 
-    def _entries(self) -> list[tuple[list[CopyRecord], bool]]:
+    def _entries(self) -> list[JournalEntry]:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -66,8 +99,15 @@ class EventJournal:
     def delivered(self, fingerprint: str) -> set[str]:
         return set(self._delivered.get(fingerprint, ()))
 
-    def append(self, records: list[CopyRecord], mark_delivered: bool) -> None:
-        line = _encode(records, mark_delivered)
+    def append(
+        self,
+        records: list[CopyRecord],
+        mark_delivered: bool,
+        seen: SeenRejection | None = None,
+        at: datetime | None = None,
+    ) -> None:
+        entry = JournalEntry(records, mark_delivered, seen, at)
+        line = _encode(entry)
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -76,7 +116,7 @@ class EventJournal:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._remember(records)
+            self._remember(entry)
 
     def replay(self, store: EventStore) -> int:
         """Write every journalled entry to the database; on success the journal is emptied. Returns the
@@ -85,16 +125,16 @@ class EventJournal:
             entries = self._entries()
             if not entries:
                 return 0
-            for records, mark_delivered in entries:
-                store.write(records, mark_delivered=mark_delivered)
+            for entry in entries:
+                store.write(entry.records, mark_delivered=entry.mark_delivered, seen=entry.seen, at=entry.at)
             # Everything is in the database now: start an empty journal (rename is atomic, RFC-style
             # queue managers do the same), so a crash here leaves either the old or the empty one.
             empty = self.path.with_suffix(".tmp")
             empty.write_bytes(b"")
             os.replace(empty, self.path)
-            written = sum(len(records) for records, _ in entries)
+            written = sum(len(entry.records) for entry in entries)
             self._delivered.clear()
-            self.backlog = 0
+            self.backlog = self.rejections_waiting = 0
             return written
 
 
@@ -107,7 +147,7 @@ async def replay_forever(
     """Retry the journal every `interval` seconds while it is not empty; `on_success` after a replay."""
     while True:
         await asyncio.sleep(interval)
-        if not journal.backlog:
+        if not journal.waiting:
             continue
         try:
             written = await asyncio.to_thread(journal.replay, store)

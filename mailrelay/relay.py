@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.utils import getaddresses
 from typing import Literal
 
@@ -732,17 +733,29 @@ class RelaySession:
                     relay.store_failed(txn.txn_id, "recording delivered copies", exc)
                 # The client's reply waits for this: a slow database shows here first (issue 8 profile).
                 metrics.recording_seconds.observe(time.perf_counter() - started)
-            if event_ids is None and write_records:
-                # The copies are delivered: keep their records in the fsynced journal until the database
-                # is back (0 events lost), and answer as the next hop did.
-                log.info("%s: journalling %d record(s) until the database is back", txn.txn_id, len(records))
+            if event_ids is None:
+                # The copies are delivered: keep their records, and the rejection's count, in the fsynced
+                # journal until the database is back (0 events lost), with the time they were delivered
+                # (a referral counts when it is made), and answer as the next hop did.
+                journalled = records if write_records else []
+                log.info(
+                    "%s: journalling %d record(s)%s until the database is back",
+                    txn.txn_id,
+                    len(journalled),
+                    " and the rejection's count" if seen is not None else "",
+                )
                 try:
-                    await asyncio.to_thread(relay.journal.append, records, not complete)
+                    await asyncio.to_thread(
+                        relay.journal.append, journalled, not complete, seen, datetime.now(UTC)
+                    )
                 except OSError:
                     log.critical(
-                        "%s: journal write failed: %d delivered copies unrecorded", txn.txn_id, len(records)
+                        "%s: journal write failed: %d delivered copies unrecorded%s",
+                        txn.txn_id,
+                        len(journalled),
+                        ", the rejection uncounted" if seen is not None else "",
                     )
-            elif event_ids is not None:
+            else:
                 for rec in records:  # a referral among them means they were written
                     if rec.referral is not None:
                         metrics.referral_events.labels(tenant=rec.referral.tenant_id).inc()

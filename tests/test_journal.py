@@ -3,6 +3,7 @@ the fsynced journal, and once the database is back events equal copies delivered
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -14,6 +15,7 @@ from support.sinks import RecordingSink
 
 E2E = Path(__file__).resolve().parent / "e2e"
 REJECTION = (E2E / "rejection_ja_bcc_batch.eml").read_bytes()
+REJECTION_EN = (E2E / "rejection_en.eml").read_bytes()
 UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=1"
 
 
@@ -108,3 +110,54 @@ async def test_after_a_store_failure_messages_go_straight_to_the_journal(
         assert relay.components.relay.store_usable()
         down.close()
     assert len(sink.messages) == 4
+
+
+async def test_an_outage_keeps_every_rejection_count_and_when_each_referral_was_made(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    """The follow-up rate's denominator counts every rejection mail, also one relayed while the database
+    was away, and a referral journalled then counts at the time it was made, not at the replay."""
+    from mailrelay.store.models import LedgerEntry, RejectionSeen
+
+    async with RecordingSink() as sink:
+        relay: RunningRelay = await start_relay(make_settings(sink.port))
+        good_store = relay.components.relay.store
+        relay.components.relay.store = EventStore(UNREACHABLE)
+        await relay.send("recruit@acme.co.jp", ["applicant@gmail.example"], REJECTION_EN)  # decorated
+        other = REJECTION_EN.replace(b"Message-ID: <", b"Message-ID: <other-")  # another mail, not a retry
+        await relay.send("recruit@acme.co.jp", ["archive@acme.co.jp"], other)  # no applicant: no link
+        journal = relay.components.relay.journal
+        assert journal.backlog == 1 and journal.rejections_waiting == 2 and journal.waiting
+        relay.components.relay.store.close()
+        relayed_by = datetime.now(UTC).replace(tzinfo=None)
+
+        relay.components.relay.store = good_store
+        assert journal.replay(good_store) == 1
+        assert not journal.waiting
+        assert journal.replay(good_store) == 0  # again: nothing, and nothing doubled
+    assert len(sink.messages) == 2
+    with good_store.sessions() as session:
+        seen = sorted((r.tenant_id, r.decorated) for r in session.scalars(select(RejectionSeen)))
+        events = list(session.scalars(select(ReferralEvent)))
+        lines = list(session.scalars(select(LedgerEntry)))
+    assert seen == [("acme", False), ("acme", True)]
+    assert len(events) == 1 and len(lines) == 1
+    assert events[0].created_at.replace(tzinfo=None) < relayed_by
+    assert lines[0].created_at.replace(tzinfo=None) < relayed_by
+
+
+def test_a_journal_line_from_before_the_rejection_count_is_replayed_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "events.journal"
+    line = (
+        b'{"mark_delivered":false,"records":[{"fingerprint":"ff","recipient_hash":"rr",'
+        b'"next_hop_reply":"250 ok","referral":{"tenant_id":"acme","token":"tok","rule_id":"ja",'
+        b'"message_id":null,"recipient":null}}]}\n'
+    )
+    path.write_bytes(line)
+    journal = EventJournal(path)
+    assert journal.backlog == 1 and journal.rejections_waiting == 0
+    store = EventStore(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.create_schema()
+    assert journal.replay(store) == 1
+    assert events_in(store) == 1
+    store.close()

@@ -423,14 +423,25 @@ class EventStore:
 
         return await self._batched(write)
 
-    def write(self, records: Iterable[CopyRecord], *, mark_delivered: bool) -> int:
-        """`record` for callers already off the event loop (the journal replay): a transaction per record,
-        so a replay that meets other relays' writes never holds more than one applicant's lock."""
-        now = datetime.now(UTC)
+    def write(
+        self,
+        records: Iterable[CopyRecord],
+        *,
+        mark_delivered: bool,
+        seen: SeenRejection | None = None,
+        at: datetime | None = None,
+    ) -> int:
+        """`record_events` for callers already off the event loop (the journal replay): a transaction per
+        record, so a replay that meets other relays' writes never holds more than one applicant's lock. `at`
+        is when the copies were delivered (a referral counts when it is made, not when the database came
+        back); without it, now."""
+        now = at or datetime.now(UTC)
         added = 0
         for record in records:
             one = functools.partial(self._record_in, records=[record], mark_delivered=mark_delivered, now=now)
             added += len(self.transaction(one))
+        if seen is not None:
+            self.rejection_seen(seen.tenant_id, seen.decorated, seen.fingerprint, now)
         return added
 
     def _record_in(

@@ -71,6 +71,24 @@ async def test_a_retried_copy_is_counted_once(store: EventStore) -> None:
     assert store.count_events() == 2
 
 
+def test_a_journal_replay_writes_at_the_delivery_time_and_counts_once(store: EventStore) -> None:
+    """What the journal replays after an outage: the events and the ledger line carry the time the copy was
+    delivered, the rejection is counted, and replaying the same entry again changes nothing."""
+    from mailrelay.store.models import LedgerEntry, RejectionSeen
+
+    delivered_at = datetime(2026, 10, 31, 23, 59, tzinfo=UTC)  # the database came back in November
+    seen = SeenRejection("acme", True, "f" * 64)
+    for _ in range(2):
+        store.write([referral("t1", "a" * 64)], mark_delivered=False, seen=seen, at=delivered_at)
+    with store.sessions() as session:
+        times = [
+            *session.scalars(select(ReferralEvent.created_at)),
+            *session.scalars(select(LedgerEntry.created_at)),
+            *session.scalars(select(RejectionSeen.created_at)),
+        ]
+    assert [t.replace(tzinfo=None) for t in times] == [delivered_at.replace(tzinfo=None)] * 3
+
+
 async def test_delivered_marks_and_events_are_both_found_for_a_retry(store: EventStore) -> None:
     plain = CopyRecord("e" * 64, "c" * 64, "250 ok", None)
     await store.record([plain, referral("t4", "d" * 64, "e" * 64)], mark_delivered=True)

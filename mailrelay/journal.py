@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,47 +59,91 @@ def _decode(line: bytes) -> JournalEntry:
     )
 
 
+@dataclasses.dataclass
+class _View:
+    """What this process has read of the journal file with inode `inode`: its whole lines up to `offset`."""
+
+    inode: int = -1
+    offset: int = 0
+    delivered: dict[str, set[str]] = dataclasses.field(default_factory=dict)  # fingerprint → hashes
+    backlog: int = 0  # delivered copies waiting (the metric mailrelay_journal_backlog)
+    rejections: int = 0  # rejections whose count waits, with or without copies
+
+
 class EventJournal:
     """When the database is down, locked or failing over, a delivered copy's record is appended here and
     fsynced before the sender hears 250 (issue 5: 0 events lost); a background task writes the entries to the
-    database when it is back. Writing twice is harmless: the store counts a copy once (unique keys)."""
+    database when it is back. Writing twice is harmless: the store counts a copy once (unique keys).
+
+    The workers of `serve --workers N` share the one file: appends and the replay hold an flock on a lock
+    file beside it (the journal itself is replaced by a replay), so a replay never empties the journal over
+    another worker's entry, and each worker reads what the others appended before it answers a retry."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
-        self._delivered: dict[str, set[str]] = {}  # fingerprint → recipient hashes, for retries meanwhile
-        self.backlog = 0  # delivered copies waiting (the metric mailrelay_journal_backlog)
-        self.rejections_waiting = 0  # rejections whose count waits, with or without copies
-        for entry in self._entries():
-            self._remember(entry)
+        self._lock = threading.Lock()  # this process's threads; the flock orders the processes
+        self._lock_path = path.with_name(path.name + ".lock")
+        self._view_lock = threading.Lock()
+        self._view = _View()
+        self._catch_up(warn=True)
+
+    @property
+    def backlog(self) -> int:
+        return self._catch_up().backlog
+
+    @property
+    def rejections_waiting(self) -> int:
+        return self._catch_up().rejections
 
     @property
     def waiting(self) -> bool:
-        return bool(self.backlog or self.rejections_waiting)
-
-    def _remember(self, entry: JournalEntry) -> None:
-        for record in entry.records:
-            self._delivered.setdefault(record.fingerprint, set()).add(record.recipient_hash)
-            self.backlog += 1
-        if entry.seen is not None:
-            self.rejections_waiting += 1
-
-    def _entries(self) -> list[JournalEntry]:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
-        entries = []
-        for line in data.splitlines():
-            try:
-                entries.append(_decode(line))
-            except (ValueError, KeyError, TypeError):
-                # A line cut by a crash mid-write was never fsynced, so its sender never heard 250.
-                log.warning("skipping a torn journal line in %s", self.path)
-        return entries
+        view = self._catch_up()
+        return bool(view.backlog or view.rejections)
 
     def delivered(self, fingerprint: str) -> set[str]:
-        return set(self._delivered.get(fingerprint, ()))
+        return set(self._catch_up().delivered.get(fingerprint, ()))
+
+    def _catch_up(self, *, warn: bool = False) -> _View:
+        """Read the whole lines appended since the last look, by any worker; a replay's new (empty) file
+        starts the view again. One stat when nothing changed: a decorated message asks every time."""
+        with self._view_lock:
+            view = self._view
+            try:
+                status = os.stat(self.path)
+            except FileNotFoundError:
+                if view.inode != -1:
+                    self._view = view = _View()
+                return view
+            if status.st_ino == view.inode and status.st_size == view.offset:
+                return view
+            with open(self.path, "rb") as fh:
+                status = os.fstat(fh.fileno())  # a replay may have replaced the file since the stat
+                if status.st_ino != view.inode or status.st_size < view.offset:
+                    view = _View(inode=status.st_ino)
+                fh.seek(view.offset)
+                data = fh.read()
+            # A line still being written has no line end yet: it is read the next time.
+            whole = data[: data.rfind(b"\n") + 1]
+            for entry in _entries(whole, self.path, warn):
+                for record in entry.records:
+                    view.delivered.setdefault(record.fingerprint, set()).add(record.recipient_hash)
+                    view.backlog += 1
+                if entry.seen is not None:
+                    view.rejections += 1
+            view.offset += len(whole)
+            self._view = view
+            return view
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # and with it the flock
 
     def append(
         self,
@@ -106,36 +152,55 @@ class EventJournal:
         seen: SeenRejection | None = None,
         at: datetime | None = None,
     ) -> None:
-        entry = JournalEntry(records, mark_delivered, seen, at)
-        line = _encode(entry)
-        with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        line = _encode(JournalEntry(records, mark_delivered, seen, at))
+        with self._exclusive():
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
             try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    # A line cut by a crash (never fsynced, so never answered 250) must not run into
+                    # this one: both would be one unreadable line.
+                    line = b"\n" + line
                 os.write(fd, line)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._remember(entry)
+        self._catch_up()
 
     def replay(self, store: EventStore) -> int:
         """Write every journalled entry to the database; on success the journal is emptied. Returns the
         number of records written (0 when there was nothing to do); raises when the database still fails."""
-        with self._lock:
-            entries = self._entries()
-            if not entries:
+        with self._exclusive():
+            try:
+                data = self.path.read_bytes()
+            except FileNotFoundError:
                 return 0
-            for entry in entries:
-                store.write(entry.records, mark_delivered=entry.mark_delivered, seen=entry.seen, at=entry.at)
-            # Everything is in the database now: start an empty journal (rename is atomic, RFC-style
-            # queue managers do the same), so a crash here leaves either the old or the empty one.
-            empty = self.path.with_suffix(".tmp")
-            empty.write_bytes(b"")
-            os.replace(empty, self.path)
-            written = sum(len(entry.records) for entry in entries)
-            self._delivered.clear()
-            self.backlog = self.rejections_waiting = 0
-            return written
+            entries = _entries(data, self.path, warn=True)
+            if entries:
+                for entry in entries:
+                    store.write(
+                        entry.records, mark_delivered=entry.mark_delivered, seen=entry.seen, at=entry.at
+                    )
+            if data:
+                # Everything is in the database now: start an empty journal (rename is atomic, RFC-style
+                # queue managers do the same), so a crash here leaves either the old or the empty one.
+                empty = self.path.with_suffix(".tmp")
+                empty.write_bytes(b"")
+                os.replace(empty, self.path)
+        self._catch_up()
+        return sum(len(entry.records) for entry in entries)
+
+
+def _entries(data: bytes, path: Path, warn: bool) -> list[JournalEntry]:
+    entries = []
+    for line in data.splitlines():
+        try:
+            entries.append(_decode(line))
+        except (ValueError, KeyError, TypeError):
+            # A line cut by a crash mid-write was never fsynced, so its sender never heard 250.
+            if warn:
+                log.warning("skipping a torn journal line in %s", path)
+    return entries
 
 
 async def replay_forever(
@@ -158,6 +223,7 @@ async def replay_forever(
                 type(exc).__name__,
             )
         else:
-            log.info("wrote %d journalled record(s) to the database", written)
+            if written:  # 0: another worker replayed the shared journal first
+                log.info("wrote %d journalled record(s) to the database", written)
             if on_success is not None:
                 on_success()

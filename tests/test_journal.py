@@ -3,14 +3,18 @@ the fsynced journal, and once the database is back events equal copies delivered
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
 from conftest import RunningRelay, SettingsFactory
 from mailrelay.journal import EventJournal
-from mailrelay.store import EventStore, ReferralEvent
+from mailrelay.store import CopyRecord, EventStore, ReferralEvent, ReferralFields
 from support.sinks import RecordingSink
 
 E2E = Path(__file__).resolve().parent / "e2e"
@@ -67,8 +71,6 @@ async def test_a_retry_while_the_database_is_down_uses_the_journal_and_sends_no_
 
 
 def test_journal_survives_a_restart_and_skips_a_torn_last_line(tmp_path: Path) -> None:
-    from mailrelay.store import CopyRecord, ReferralFields
-
     path = tmp_path / "events.journal"
     journal = EventJournal(path)
     referral = ReferralFields(tenant_id="acme", token="tok", rule_id="ja", message_id=None, recipient=None)
@@ -160,4 +162,102 @@ def test_a_journal_line_from_before_the_rejection_count_is_replayed_as_it_was(tm
     store.create_schema()
     assert journal.replay(store) == 1
     assert events_in(store) == 1
+    store.close()
+
+
+# -- one journal shared by the workers of `serve --workers N` ----------------------------------------------
+
+
+def copy_record(n: int) -> CopyRecord:
+    referral = ReferralFields("acme", token=f"tok{n}", rule_id="ja", message_id=None, recipient=None)
+    return CopyRecord(f"{n:064x}", "r" * 64, "250 ok", referral)
+
+
+def sqlite_store(tmp_path: Path) -> EventStore:
+    store = EventStore(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.create_schema()
+    return store
+
+
+def test_a_replay_in_one_worker_keeps_what_another_appends_meanwhile(tmp_path: Path) -> None:
+    """Worker A replays while worker B journals a copy it just delivered: B's entry must outlive A's
+    emptying of the journal (it waits for A's replay, then lands in the new file)."""
+    path = tmp_path / "events.journal"
+    worker_a, worker_b = EventJournal(path), EventJournal(path)
+    worker_a.append([copy_record(1)], mark_delivered=False)
+    store = sqlite_store(tmp_path)
+    write = store.write
+    appending: list[threading.Thread] = []
+    appended = threading.Event()
+
+    def write_while_b_appends(*args: Any, **kwargs: Any) -> int:
+        written = write(*args, **kwargs)
+        thread = threading.Thread(target=lambda: (worker_b.append([copy_record(2)], False), appended.set()))
+        thread.start()
+        appending.append(thread)
+        appended.wait(0.3)  # B appends now if nothing stops it; A then empties the journal
+        return written
+
+    store.write = write_while_b_appends  # type: ignore[method-assign]
+    assert worker_a.replay(store) == 1
+    appending[0].join(10)
+    assert appended.is_set()
+    store.write = write  # type: ignore[method-assign]
+    assert worker_a.backlog == 1 and worker_a.delivered(f"{2:064x}") == {"r" * 64}
+    assert worker_b.replay(store) == 1
+    assert events_in(store) == 2
+    store.close()
+
+
+def test_a_retry_on_another_worker_sees_what_the_first_journalled(tmp_path: Path) -> None:
+    path = tmp_path / "events.journal"
+    worker_a, worker_b = EventJournal(path), EventJournal(path)
+    worker_a.append([copy_record(1)], mark_delivered=False)
+    assert worker_b.delivered(f"{1:064x}") == {"r" * 64}
+    assert worker_b.backlog == 1 and worker_b.waiting
+    store = sqlite_store(tmp_path)
+    assert worker_b.replay(store) == 1
+    store.close()
+    assert not worker_a.waiting and worker_a.delivered(f"{1:064x}") == set()
+
+
+def test_a_line_torn_by_a_crash_does_not_swallow_the_next_entry(tmp_path: Path) -> None:
+    path = tmp_path / "events.journal"
+    path.write_bytes(b'{"mark_delivered":false,"reco')  # the crash: no line end, never fsynced, never 250
+    EventJournal(path).append([copy_record(1)], mark_delivered=False)
+    reopened = EventJournal(path)
+    assert reopened.backlog == 1
+    store = sqlite_store(tmp_path)
+    assert reopened.replay(store) == 1 and events_in(store) == 1
+    store.close()
+
+
+_APPENDER = """
+import sys
+from pathlib import Path
+from mailrelay.journal import EventJournal
+from mailrelay.store import CopyRecord, ReferralFields
+
+journal = EventJournal(Path(sys.argv[1]))
+for n in range(int(sys.argv[2]), int(sys.argv[3])):
+    referral = ReferralFields("acme", token=f"tok{n}", rule_id="ja", message_id=None, recipient=None)
+    journal.append([CopyRecord(f"{n:064x}", "r" * 64, "250 ok", referral)], mark_delivered=False)
+"""
+
+
+def test_two_processes_journal_and_replay_at_once_and_lose_nothing(tmp_path: Path) -> None:
+    """Real processes, as `serve --workers 2` runs them: two append while this one replays in a loop."""
+    path = tmp_path / "events.journal"
+    store = sqlite_store(tmp_path)
+    appenders = [
+        subprocess.Popen([sys.executable, "-c", _APPENDER, str(path), str(first), str(first + 150)])
+        for first in (0, 1000)
+    ]
+    replayer = EventJournal(path)
+    replayed = 0
+    while any(p.poll() is None for p in appenders):
+        replayed += replayer.replay(store)
+    assert [p.returncode for p in appenders] == [0, 0]
+    replayed += replayer.replay(store)
+    assert replayed == 300 and events_in(store) == 300
     store.close()

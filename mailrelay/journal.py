@@ -176,11 +176,8 @@ class EventJournal:
             except FileNotFoundError:
                 return 0
             entries = _entries(data, self.path, warn=True)
-            if entries:
-                for entry in entries:
-                    store.write(
-                        entry.records, mark_delivered=entry.mark_delivered, seen=entry.seen, at=entry.at
-                    )
+            for entry in entries:
+                store.write(entry.records, mark_delivered=entry.mark_delivered, seen=entry.seen, at=entry.at)
             if data:
                 # Everything is in the database now: start an empty journal (rename is atomic, RFC-style
                 # queue managers do the same), so a crash here leaves either the old or the empty one.

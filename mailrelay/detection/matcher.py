@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mailrelay.detection.html_text import html_to_text
-from mailrelay.detection.model import DetectionInput, Phrase, Rule, Verdict
+from mailrelay.detection.model import DetectionInput, Place, Rule, Verdict
 from mailrelay.detection.normalise import normalise, strip_quoted
 
 
@@ -51,6 +51,13 @@ class RuleSet:
             body |= {p.key for p in rule.exclude}
         self._subject_keys = _by_pivot(subject)
         self._body_keys = _by_pivot(body)
+        # Each rule's require groups and excludes as key sets: a group is ruled out by one intersection with
+        # the few keys a message holds, not by a test per phrase (5 rules of 361 phrases cost 30 µs of a
+        # 5 KB mail's 134 µs that way; issue 8).
+        self._group_keys = tuple(
+            tuple(frozenset(p.key for p in group) for group in rule.require) for rule in self.rules
+        )
+        self._exclude_keys = tuple(frozenset(p.key for p in rule.exclude) for rule in self.rules)
 
     @property
     def ids(self) -> tuple[str, ...]:
@@ -67,7 +74,12 @@ class RuleSet:
         vetoed: list[tuple[str, str]] = []
         shadow: list[str] = []
         lines: list[str] = []
-        for rule in self.rules:
+        # The keys each rule may see: by where it looks; a veto is looked for in subject and body alike.
+        everywhere = in_subject | in_body
+        pools: dict[tuple[Place, ...], set[str]] = {("subject", "body"): everywhere}
+        for rule, group_keys, exclude_keys in zip(
+            self.rules, self._group_keys, self._exclude_keys, strict=True
+        ):
             tag = f"rule {rule.id} [{rule.mode}]" if explain else ""
             if not _in_scope(rule, item):
                 if explain:
@@ -77,19 +89,21 @@ class RuleSet:
             if header_hit is not None:
                 hits: tuple[str, ...] = (header_hit,)
             else:
-                found = [_group_hits(rule, group, in_subject, in_body) for group in rule.require]
-                if not found or not all(found):
-                    if explain and any(found):
-                        missing = next(n for n, g in enumerate(found) if not g)
+                pool = pools.get(rule.look_in)
+                if pool is None:
+                    pool = pools[rule.look_in] = _pool(rule.look_in, in_subject, in_body)
+                if not group_keys or not all(keys & pool for keys in group_keys):
+                    if explain and any(keys & pool for keys in group_keys):
+                        missing = next(n for n, keys in enumerate(group_keys) if not keys & pool)
                         group = [p.written for p in rule.require[missing]]
                         more = f" | … {len(group) - 6} more" if len(group) > 6 else ""
                         wanted = " | ".join(group[:6]) + more
                         lines.append(f"{tag}: no match, group {missing + 1} missing ({wanted})")
                     continue
-                hits = tuple(p for group in found for p in group)
+                hits = tuple(p.written for group in rule.require for p in group if p.key in pool)
                 # An ATS header is authoritative; phrases are not, so they can be vetoed.
-                vetoes = [p.written for p in rule.exclude if p.key in in_subject or p.key in in_body]
-                if vetoes:
+                if exclude_keys & everywhere:
+                    vetoes = [p.written for p in rule.exclude if p.key in everywhere]
                     vetoed.append((rule.id, vetoes[0]))
                     if explain:
                         lines.append(f"{tag}: vetoed by {_quote(vetoes)} (had matched {_quote(hits)})")
@@ -120,8 +134,16 @@ class RuleSet:
         )
 
 
-# Each pivot with its keys, and where in each key the pivot first stands.
-Pivoted = tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
+# Keys that share a pivot, each with where in it the pivot first stands.
+PivotGroup = tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class Pivoted:
+    """Each pivot with its keys, in pivot order and by pivot."""
+
+    groups: tuple[tuple[str, PivotGroup], ...]
+    by_pivot: dict[str, PivotGroup]
 
 
 def _by_pivot(keys: set[str]) -> Pivoted:
@@ -132,7 +154,8 @@ def _by_pivot(keys: set[str]) -> Pivoted:
     for key in sorted(keys):
         pivot = max(key, key=_rarity)
         groups.setdefault(pivot, []).append((key, key.index(pivot)))
-    return tuple((pivot, tuple(group)) for pivot, group in sorted(groups.items()))
+    ordered = tuple((pivot, tuple(group)) for pivot, group in sorted(groups.items()))
+    return Pivoted(ordered, dict(ordered))
 
 
 def _rarity(char: str) -> int:
@@ -157,7 +180,13 @@ def _present(keys: Pivoted, text: str) -> set[str]:
     """The keys that occur in `text`."""
     found: set[str] = set()
     find = text.find
-    for pivot, group in keys:
+    candidates: Iterable[tuple[str, PivotGroup]] = keys.groups
+    if len(text) < len(keys.groups):
+        # A subject is shorter than the list of pivots: look its characters up, not every pivot in it
+        # (9 -> 3 µs a message; issue 8).
+        by_pivot = keys.by_pivot
+        candidates = [(char, by_pivot[char]) for char in set(text) if char in by_pivot]
+    for pivot, group in candidates:
         at = find(pivot)
         if at < 0:
             continue
@@ -212,12 +241,13 @@ def _header_hit(rule: Rule, item: DetectionInput) -> str | None:
     return None
 
 
-def _group_hits(rule: Rule, group: tuple[Phrase, ...], in_subject: set[str], in_body: set[str]) -> list[str]:
-    look_subject = "subject" in rule.look_in
-    look_body = "body" in rule.look_in
-    return [
-        p.written for p in group if (look_subject and p.key in in_subject) or (look_body and p.key in in_body)
-    ]
+def _pool(look_in: tuple[Place, ...], in_subject: set[str], in_body: set[str]) -> set[str]:
+    pool: set[str] = set()
+    if "subject" in look_in:
+        pool |= in_subject
+    if "body" in look_in:
+        pool |= in_body
+    return pool
 
 
 def _quote(phrases: Sequence[str]) -> str:

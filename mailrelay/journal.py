@@ -75,14 +75,19 @@ class EventJournal:
     fsynced before the sender hears 250 (issue 5: 0 events lost); a background task writes the entries to the
     database when it is back. Writing twice is harmless: the store counts a copy once (unique keys).
 
-    The workers of `serve --workers N` share the one file: appends and the replay hold an flock on a lock
-    file beside it (the journal itself is replaced by a replay), so a replay never empties the journal over
-    another worker's entry, and each worker reads what the others appended before it answers a retry."""
+    The workers of `serve --workers N` share the one file: appends hold an flock on a lock file beside it
+    (the journal itself is replaced by a replay), and so does a replay while it reads the journal and while it
+    drops what it wrote, so a replay never drops another worker's entry, and each worker reads what the
+    others appended before it answers a retry. The replay's database writes hold only a second lock, which
+    keeps replays one at a time: an append never waits for a long backlog to be written."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()  # this process's threads; the flock orders the processes
+        # This process's threads take the threading locks; the flocks on the lock files order the processes.
+        self._lock = threading.Lock()
         self._lock_path = path.with_name(path.name + ".lock")
+        self._replay_lock = threading.Lock()
+        self._replay_lock_path = path.with_name(path.name + ".replay.lock")
         self._view_lock = threading.Lock()
         self._view = _View()
         self._catch_up(warn=True)
@@ -134,16 +139,9 @@ class EventJournal:
             self._view = view
             return view
 
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)  # and with it the flock
+    def _exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """The journal file's lock: appends, and a replay's read and drop."""
+        return _flocked(self._lock, self._lock_path)
 
     def append(
         self,
@@ -168,29 +166,59 @@ class EventJournal:
         self._catch_up()
 
     def replay(self, store: EventStore) -> int:
-        """Write every journalled entry to the database; on success the journal is emptied. Returns the
-        number of records written (0 when there was nothing to do); raises when the database still fails."""
-        with self._exclusive():
-            try:
-                data = self.path.read_bytes()
-            except FileNotFoundError:
-                return 0
+        """Write every journalled entry to the database; on success what was written is dropped from the
+        journal. Returns the number of records written (0 when there was nothing to do); raises when the
+        database still fails."""
+        with _flocked(self._replay_lock, self._replay_lock_path):
+            with self._exclusive():
+                try:
+                    data = self.path.read_bytes()
+                except FileNotFoundError:
+                    return 0
+            # Appends go on while the entries are written: they land after `data`, and are kept below.
             entries = _entries(data, self.path, warn=True)
             for entry in entries:
                 store.write(entry.records, mark_delivered=entry.mark_delivered, seen=entry.seen, at=entry.at)
             if data:
-                # Everything is in the database now: start an empty journal (rename is atomic, RFC-style
-                # queue managers do the same), so a crash here leaves either the old or the empty one.
-                empty = self.path.with_suffix(".tmp")
-                empty.write_bytes(b"")
-                os.replace(empty, self.path)
+                with self._exclusive():
+                    self._drop_written(len(data))
         self._catch_up()
         return sum(len(entry.records) for entry in entries)
+
+    def _drop_written(self, written: int) -> None:
+        """Replace the journal by what was appended after its first `written` bytes (all in the database
+        now). The rest is fsynced before the rename (atomic, as queue managers do), so a crash leaves either
+        the old journal, whose entries are then written twice (harmless: the store counts a copy once), or
+        the new one, never a journal without an entry whose sender heard 250."""
+        with open(self.path, "rb") as fh:
+            fh.seek(written)
+            rest = fh.read()
+        rest_path = self.path.with_suffix(".tmp")
+        with open(rest_path, "wb") as fh:
+            fh.write(rest)
+            if rest:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(rest_path, self.path)
+
+
+@contextlib.contextmanager
+def _flocked(lock: threading.Lock, lock_path: Path) -> Iterator[None]:
+    with lock:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # and with it the flock
 
 
 def _entries(data: bytes, path: Path, warn: bool) -> list[JournalEntry]:
     entries = []
     for line in data.splitlines():
+        if not line:
+            continue  # the line end an append put after a torn line (see append)
         try:
             entries.append(_decode(line))
         except (ValueError, KeyError, TypeError):

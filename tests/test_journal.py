@@ -181,7 +181,7 @@ def sqlite_store(tmp_path: Path) -> EventStore:
 
 def test_a_replay_in_one_worker_keeps_what_another_appends_meanwhile(tmp_path: Path) -> None:
     """Worker A replays while worker B journals a copy it just delivered: B's entry must outlive A's
-    emptying of the journal (it waits for A's replay, then lands in the new file)."""
+    dropping of what it wrote (it lands after what A read, and A keeps it)."""
     path = tmp_path / "events.journal"
     worker_a, worker_b = EventJournal(path), EventJournal(path)
     worker_a.append([copy_record(1)], mark_delivered=False)
@@ -206,6 +206,45 @@ def test_a_replay_in_one_worker_keeps_what_another_appends_meanwhile(tmp_path: P
     assert worker_a.backlog == 1 and worker_a.delivered(f"{2:064x}") == {"r" * 64}
     assert worker_b.replay(store) == 1
     assert events_in(store) == 2
+    store.close()
+
+
+def test_an_append_does_not_wait_for_a_replays_database_writes(tmp_path: Path) -> None:
+    """A long backlog takes a while to write; meanwhile another worker's delivered copy is journalled at once
+    (its sender waits for that fsync), not after the whole backlog."""
+    path = tmp_path / "events.journal"
+    worker_a, worker_b = EventJournal(path), EventJournal(path)
+    worker_a.append([copy_record(1)], mark_delivered=False)
+    store = sqlite_store(tmp_path)
+    write = store.write
+    writing, release = threading.Event(), threading.Event()
+
+    def held_write(*args: Any, **kwargs: Any) -> int:
+        writing.set()
+        release.wait(30)
+        return write(*args, **kwargs)
+
+    store.write = held_write  # type: ignore[method-assign]
+    replayed: list[int] = []
+    replay = threading.Thread(target=lambda: replayed.append(worker_a.replay(store)))
+    replay.start()
+    assert writing.wait(10)
+    appended = threading.Event()
+    append = threading.Thread(target=lambda: (worker_b.append([copy_record(2)], False), appended.set()))
+    append.start()
+    try:
+        assert appended.wait(10), "the append waited for the replay's database writes"
+    finally:
+        release.set()
+        replay.join(10)
+        append.join(10)
+    store.write = write  # type: ignore[method-assign]
+    assert replayed == [1]
+    # What the replay wrote is gone from the journal; what was appended meanwhile waits for the next one.
+    assert worker_a.backlog == 1 and worker_a.delivered(f"{1:064x}") == set()
+    assert worker_b.delivered(f"{2:064x}") == {"r" * 64}
+    assert worker_b.replay(store) == 1 and events_in(store) == 2
+    assert path.read_bytes() == b""
     store.close()
 
 

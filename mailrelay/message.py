@@ -117,6 +117,12 @@ _CR_NOT_BEFORE_LF = re.compile(rb"\r[^\n]")
 _DOT_AFTER_LF = re.compile(rb"\n\.")
 
 
+class WireReady(bytes):
+    """Content already as the wire needs it: CRLF line endings only, a final CRLF, no line starting with
+    ".". The next hop's client (transport) sends it without normalising or dot-stuffing it, and signing
+    splits it without scanning it again: each of those scans reads the whole message."""
+
+
 def crlf_only(content: bytes) -> bool:
     """Every CR and every LF of `content` belongs to a CRLF. Exactly when there are as many CRs as LFs and
     every CR is followed by an LF: the CRLFs are then as many as the LFs, so no LF is bare either."""
@@ -714,14 +720,7 @@ class ParsedMessage:
         except (ValueError, LookupError, binascii.Error) as exc:
             raise NotDecoratable("malformed", type(exc).__name__) from exc
         edits.sort(key=lambda e: (e.start, e.end))
-        out: list[bytes] = []
-        pos = 0
-        for e in edits:
-            out.append(self.raw[pos : e.start])
-            out.append(e.data)
-            pos = e.end
-        out.append(self.raw[pos:])
-        return b"".join(out)
+        return splice(self.raw, [(e.start, e.end, e.data) for e in edits])
 
     def _decorate_part(self, p: Part, footer: Footer, html: bool) -> list[_Edit]:
         body = self.raw[p.body_start : p.end]
@@ -858,9 +857,47 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMessage:
     return ParsedMessage(raw, parts, malformed)
 
 
+def splice(raw: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
+    """`raw` with the data of each (start, end, data) in `edits` (in order, not overlapping) in place of
+    raw[start:end].
+
+    WireReady content stays WireReady when the result still is, which is decided from the new data and the
+    junctions alone: every slice of wire-ready content is clean inside, so only a new piece, or a CR, LF or
+    dot where two pieces meet, can break it. Each of the scans this saves reads the whole copy (issue 8
+    profile: three per decorated 20 KB copy, ~60 µs)."""
+    pieces: list[bytes] = []
+    pos = 0
+    for start, end, data in edits:
+        pieces += (raw[pos:start], data)
+        pos = end
+    pieces.append(raw[pos:])
+    joined = b"".join(pieces)
+    if type(raw) is WireReady and _joins_clean(pieces):
+        return WireReady(joined)
+    return joined
+
+
+def _joins_clean(pieces: list[bytes]) -> bool:
+    """Whether `pieces` (wire-ready slices at even indexes, new data at odd ones) join into wire-ready
+    content."""
+    last = b""  # the last byte so far
+    for index, piece in enumerate(pieces):
+        if not piece:
+            continue
+        if index % 2 and not (crlf_only(piece) and not starts_a_line_with_dot(piece)):
+            return False
+        first = piece[:1]
+        # A CR must be followed by an LF and an LF must follow a CR (RFC 5321 §2.3.8); a line must not
+        # start with a dot (§4.5.2).
+        if (last == b"\r") != (first == b"\n") or (first == b"." and last in (b"", b"\n")):
+            return False
+        last = piece[-1:]
+    return last == b"\n"
+
+
 def prepend_headers(raw: bytes, lines: list[bytes]) -> bytes:
     """`lines` (each a complete header line ending in CRLF) before the first original header line."""
-    return b"".join(lines) + raw
+    return splice(raw, [(0, 0, b"".join(lines))])
 
 
 def remove_header_fields(raw: bytes, drop: Callable[[bytes, bytes], bool]) -> bytes:
@@ -868,12 +905,7 @@ def remove_header_fields(raw: bytes, drop: Callable[[bytes, bytes], bool]) -> by
     drop(lowercased_name, raw_value_bytes) is true; every other byte unchanged."""
     hend, _body = _header_end(raw, 0, len(raw), len(raw) + 1)
     fields, _broken = _parse_fields(raw, 0, hend)
-    out: list[bytes] = []
-    pos = 0
-    for f in fields:
-        value = raw[f.value_start : f.end].rstrip(b"\r\n")
-        if drop(f.name, value):
-            out.append(raw[pos : f.start])
-            pos = f.end
-    out.append(raw[pos:])
-    return b"".join(out)
+    return splice(
+        raw,
+        [(f.start, f.end, b"") for f in fields if drop(f.name, raw[f.value_start : f.end].rstrip(b"\r\n"))],
+    )

@@ -24,6 +24,7 @@ from mailrelay.message import (
     MessageText,
     MimeError,
     ParsedMessage,
+    WireReady,
     crlf_only,
     parse,
 )
@@ -32,7 +33,7 @@ from mailrelay.signing import SigningError
 from mailrelay.stages import Copy, Stage
 from mailrelay.stages.mark import MARKER_HEADER
 from mailrelay.store import CopyRecord, EventStore, ReferralFields, SeenRejection
-from mailrelay.transport import HopConnection, NextHop, NextHopUnavailable, Reply, WireReady
+from mailrelay.transport import HopConnection, NextHop, NextHopUnavailable, Reply
 
 log = logging.getLogger("mailrelay.relay")
 

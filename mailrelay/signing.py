@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, uti
 
 from mailrelay.config import DkimKeySettings, TenantSettings
 from mailrelay.errors import ConfigError
-from mailrelay.message import crlf_only
+from mailrelay.message import WireReady, crlf_only
 
 # RFC 6376 §5.4.1 recommends these; each is signed once more than it occurs (§5.4.2, §8.15 over-signing),
 # so a header added after signing (a second Subject, a Reply-To) breaks the signature.
@@ -93,9 +93,10 @@ def relaxed_headers(fields: Sequence[Sequence[bytes]]) -> list[tuple[bytes, byte
 def split_message(message: bytes) -> tuple[list[list[bytes]], bytes]:
     """dkimpy's rfc822_parse, splitting only the header block into lines when the message has CRLF line
     endings only (as every message we sign has: relay.normalize_line_endings); the same result, without
-    a list of every body line (a GIL-holding call of 300 ms on 27 MB, issue 5)."""
+    a list of every body line (a GIL-holding call of 300 ms on 27 MB, issue 5). WireReady content is known
+    to have them, and is not scanned again (message.splice)."""
     blank = 0 if message.startswith(b"\r\n") else message.find(b"\r\n\r\n") + 2
-    if blank == 1 or not crlf_only(message):
+    if blank == 1 or (type(message) is not WireReady and not crlf_only(message)):
         return _dkimpy_rfc822_parse(message)  # no empty line, or a bare CR or LF: dkimpy's own path
     headers, _ = _dkimpy_rfc822_parse(message[: blank + 2])
     return headers, message[blank + 2 :]

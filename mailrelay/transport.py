@@ -18,18 +18,13 @@ import aiosmtplib
 import aiosmtplib.protocol as aioprotocol
 
 from mailrelay.config import NextHopSettings
-from mailrelay.message import crlf_only, starts_a_line_with_dot
+from mailrelay.message import WireReady, crlf_only, starts_a_line_with_dot
 
 UnavailableKind = Literal["connect", "timeout", "disconnect", "tls", "protocol"]
 
 
 # Content larger than this is checked for wire-readiness in a thread (see WireReady).
 WIRE_CHECK_OFF_LOOP_BYTES = 64 * 1024
-
-
-class WireReady(bytes):
-    """Content already as the wire needs it: CRLF line endings only, a final CRLF, no line starting with
-    ".". aiosmtplib's normalisation and dot-stuffing return it unchanged without looking at it."""
 
 
 def wire_ready(content: bytes) -> bytes:

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from messages.checks import FOOTER, check_decorated, shape
 
-from mailrelay.message import MimeError, NotDecoratable, parse
+from mailrelay.message import MimeError, NotDecoratable, WireReady, parse
+from mailrelay.transport import wire_ready
 
 MESSAGES = Path(__file__).resolve().parent / "messages"
 
@@ -108,6 +109,13 @@ def test_random_trees_decorate_and_keep_everything_else(tree: bytes) -> None:
     out = m.decorate(FOOTER)
     after = check_decorated(raw, out)
     assert shape(after) == shape(m)
+    # Received as the wire needs it (smtp/data.py), the copy is the same bytes, and says whether it still
+    # is without the transport scanning it again (message.splice).
+    received = wire_ready(raw)
+    if type(received) is WireReady:
+        copy = parse(received).decorate(FOOTER)
+        assert copy == out
+        assert (type(copy) is WireReady) == (type(wire_ready(out)) is WireReady)
 
 
 FIXTURES = sorted(p.read_bytes() for p in MESSAGES.glob("*.eml"))

@@ -22,9 +22,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mailrelay.message import WireReady
 from mailrelay.smtp.data import OneBufferDataSMTP
 from mailrelay.smtp.server import RelaySMTP
-from mailrelay.transport import WireReady, wire_ready
+from mailrelay.transport import wire_ready
 
 SIZE_LIMIT = 3_000  # small, so that generated input crosses it
 PROLOGUE = b"EHLO client\r\nMAIL FROM:<hr@example.co.jp>\r\nRCPT TO:<applicant@example.net>\r\nDATA\r\n"

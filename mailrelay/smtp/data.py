@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from aiosmtpd.smtp import MISSING, SMTP
 
-from mailrelay.transport import WireReady
+from mailrelay.message import WireReady
 
 log = logging.getLogger("mailrelay.smtp")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import multiprocessing
@@ -55,6 +56,15 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level)
     # aiosmtpd logs every envelope address at INFO on "mail.log"; applicant addresses stay out of logs.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+def settle_heap() -> None:
+    """Collect once, then freeze what survives (gc.freeze): configuration, rules, keys, pools and modules
+    live as long as the process, and full collections stop walking them. A worker starts with ~110,000
+    objects; a full collection of them took 20-36 ms under load, a pause of every session of that worker
+    (issue 8, closed-loop p99). Frozen, a full collection walks only what messages allocated."""
+    gc.collect()
+    gc.freeze()
 
 
 def load_ruleset(settings: Settings) -> RuleSet:
@@ -173,6 +183,9 @@ def reload_rules(components: Components) -> bool:
     components.settings, components.signer = settings, signer
     components.metrics.prime(rules.ids, tuple(t.id for t in settings.tenants))
     components.metrics.rule_reloads.labels(result="success").inc()
+    # The old rules, keys and pipeline were frozen with the rest at start: let a collection see them.
+    gc.unfreeze()
+    settle_heap()
     log.info("reloaded: %d rules, %d tenants", len(rules.ids), len(settings.tenants))
     return True
 
@@ -233,6 +246,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
         f" event loop {event_loop}"
     )
     log.info("%s", status)
+    settle_heap()
     # Only now: both listeners accept connections, so `systemctl start` returns when mail can flow.
     sdnotify.notify(f"READY=1\nSTATUS={status}")
     watchdog = sdnotify.start_watchdog()

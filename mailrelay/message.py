@@ -341,10 +341,12 @@ def _b64_decode(data: bytes, strict: bool) -> bytes:
 
 
 def b64_encode(data: bytes, eol: bytes, final_eol: bool) -> bytes:
-    """RFC 2045 §6.8: 76-character lines."""
+    """RFC 2045 §6.8: 76-character lines. With CRLF after every line, WireReady by construction (the
+    base64 alphabet has no CR, LF or "."), so splice need not scan it."""
     text = base64.b64encode(data)
     lines = [text[i : i + 76] for i in range(0, len(text), 76)]
-    return eol.join(lines) + (eol if final_eol and lines else b"")
+    encoded = eol.join(lines) + (eol if final_eol and lines else b"")
+    return WireReady(encoded) if eol == b"\r\n" and final_eol and lines else encoded
 
 
 # An "=" that is neither "=XX" nor a soft line break (RFC 2045 §6.7 rules 1 and 5).
@@ -884,7 +886,8 @@ def _joins_clean(pieces: list[bytes]) -> bool:
     for index, piece in enumerate(pieces):
         if not piece:
             continue
-        if index % 2 and not (crlf_only(piece) and not starts_a_line_with_dot(piece)):
+        new_and_unchecked = index % 2 and type(piece) is not WireReady
+        if new_and_unchecked and (starts_a_line_with_dot(piece) or not crlf_only(piece)):
             return False
         first = piece[:1]
         # A CR must be followed by an LF and an LF must follow a CR (RFC 5321 §2.3.8); a line must not

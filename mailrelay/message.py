@@ -123,6 +123,11 @@ class WireReady(bytes):
     splits it without scanning it again: each of those scans reads the whole message."""
 
 
+class CleanLines(bytes):
+    """New content made so that every CR and LF is in a CRLF and no line starts with "." (WireReady, but
+    it may end within a line): splice need not scan it. Base64 with CRLF line breaks is, by construction."""
+
+
 def crlf_only(content: bytes) -> bool:
     """Every CR and every LF of `content` belongs to a CRLF. Exactly when there are as many CRs as LFs and
     every CR is followed by an LF: the CRLFs are then as many as the LFs, so no LF is bare either."""
@@ -341,12 +346,11 @@ def _b64_decode(data: bytes, strict: bool) -> bytes:
 
 
 def b64_encode(data: bytes, eol: bytes, final_eol: bool) -> bytes:
-    """RFC 2045 §6.8: 76-character lines. With CRLF after every line, WireReady by construction (the
-    base64 alphabet has no CR, LF or "."), so splice need not scan it."""
+    """RFC 2045 §6.8: 76-character lines; CleanLines with CRLF (the base64 alphabet has no CR, LF or ".")."""
     text = base64.b64encode(data)
     lines = [text[i : i + 76] for i in range(0, len(text), 76)]
     encoded = eol.join(lines) + (eol if final_eol and lines else b"")
-    return WireReady(encoded) if eol == b"\r\n" and final_eol and lines else encoded
+    return CleanLines(encoded) if eol == b"\r\n" else encoded
 
 
 # An "=" that is neither "=XX" nor a soft line break (RFC 2045 §6.7 rules 1 and 5).
@@ -778,7 +782,12 @@ class ParsedMessage:
                 if line.search(data):
                     raise NotDecoratable("malformed", "footer would read as a MIME boundary")
             a = self.parts[a].parent
-        edits.append(_Edit(p.body_start, p.end, data))
+        if data.startswith(body):
+            # The footer was only appended (a text part kept in its encoding): insert just that, so that the
+            # copy is not scanned again for the body's own bytes (splice).
+            edits.append(_Edit(p.end, p.end, data[len(body) :]))
+        else:
+            edits.append(_Edit(p.body_start, p.end, data))
         return edits
 
     def _with_text_footer(self, decoded: bytes, cs: Charset, footer: Footer, eol: bytes, p: Part) -> bytes:
@@ -886,7 +895,7 @@ def _joins_clean(pieces: list[bytes]) -> bool:
     for index, piece in enumerate(pieces):
         if not piece:
             continue
-        new_and_unchecked = index % 2 and type(piece) is not WireReady
+        new_and_unchecked = index % 2 and type(piece) is not CleanLines
         if new_and_unchecked and (starts_a_line_with_dot(piece) or not crlf_only(piece)):
             return False
         first = piece[:1]

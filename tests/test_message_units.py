@@ -14,11 +14,13 @@ from messages.checks import FOOTER, LINK, check_decorated
 
 from mailrelay.charsets import JIS_ESCAPE_RE, ascii_mode_view, decode_iso2022jp, ends_in_ascii, lookup
 from mailrelay.message import (
+    CleanLines,
     Footer,
     NotDecoratable,
     _b64_decode,
     _header_end,
     b64_encode,
+    crlf_only,
     decode_header_value,
     html_insert_position,
     parse,
@@ -26,6 +28,7 @@ from mailrelay.message import (
     qp_decode,
     qp_encode,
     remove_header_fields,
+    starts_a_line_with_dot,
 )
 
 lines = st.lists(st.binary(max_size=300).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")), max_size=6)
@@ -58,6 +61,15 @@ def test_qp_soft_break_in_utf8_sequence_decodes() -> None:
 def test_b64_lines() -> None:
     out = b64_encode(bytes(500), b"\r\n", True)
     assert out.endswith(b"\r\n") and all(len(x) <= 76 for x in out.split(b"\r\n"))
+
+
+@given(st.binary(max_size=400), st.booleans())
+def test_b64_with_crlf_is_clean_lines_as_it_claims(data: bytes, final: bool) -> None:
+    """splice does not scan CleanLines: base64 with CRLF breaks has no bare CR or LF and no dot-led line."""
+    out = b64_encode(data, b"\r\n", final)
+    assert type(out) is CleanLines
+    assert crlf_only(out) and not starts_a_line_with_dot(out)
+    assert type(b64_encode(data, b"\n", final)) is bytes
 
 
 def sjis_to_jis(data: bytes) -> bytes:

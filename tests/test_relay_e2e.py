@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from conftest import KeyPairs, RunningRelay, SettingsFactory
+from mailrelay.config import load_settings
 from mailrelay.store import ReferralEvent
 from support.dkim import verify_dkim
 from support.sinks import RecordingSink
@@ -117,6 +118,28 @@ async def test_rejection_is_delivered_with_link_footer_and_valid_dkim(
     assert event.recipient is None and len(event.recipient_hash) == 64
     assert event.message_id and event.message_id.startswith("<e2e-")
     assert event.next_hop_reply.startswith("2")
+
+
+async def test_a_footer_line_that_starts_with_a_dot_arrives_as_written(
+    start_relay, make_settings: SettingsFactory, keys: KeyPairs
+) -> None:
+    """The message arrives with no line to dot-stuff, so its copy is spliced as wire-ready (message.splice)
+    and the next hop's client skips dot-stuffing it; footer lines that start with "." must still be stuffed
+    (RFC 5321 §4.5.2), or the next hop drops the dot, and a lone "." ends the data early."""
+    async with RecordingSink() as sink:
+        settings = make_settings(sink.port)
+        text = settings.source.read_text(encoding="utf-8")
+        footer = 'text = "--\\n{company} would like'
+        assert footer in text
+        settings.source.write_text(text.replace(footer, 'text = ".\\n.careers\\n{company} would like'))
+        relay = await start_relay(load_settings(settings.source))
+        await relay.send("recruit@acme.co.jp", ["applicant@gmail.example"], fixture("rejection_en.eml"))
+
+    [delivered] = sink.messages
+    assert b"\r\n.\r\n.careers\r\nAcme" in delivered.content
+    assert delivered.content.endswith(b"\r\n")
+    assert verify_dkim(delivered.content, keys.dns(), require_domain="acme.co.jp").passed
+    assert len(events(relay)) == 1
 
 
 async def test_large_rejection_is_signed_in_chunks_and_verifies(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics
+from prometheus_client import Counter as _PrometheusCounter
 
 from mailrelay import __version__
 
@@ -26,6 +29,24 @@ REFUSE_REASONS = (
     "too_many_from_client",
     "shutting_down",
 )
+
+
+class Counter(_PrometheusCounter):
+    """prometheus_client's Counter, whose `labels` keeps each child it hands out by the arguments asked with.
+    prometheus_client checks the label names and takes a lock on every call, ~4.5 µs, and a message asks
+    four to ten times (issue 8 profile); a dict lookup costs a tenth of it. Label values come from closed
+    sets and no child is ever removed, so the children kept are the ones prometheus_client keeps too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._children: dict[tuple[Any, ...], Counter] = {}
+        super().__init__(*args, **kwargs)
+
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Counter:
+        key = labelvalues or tuple(labelkwargs.items())
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = super().labels(*labelvalues, **labelkwargs)
+        return child
 
 
 class Metrics:

@@ -79,13 +79,15 @@ class _DataReader:
 
     def _lines(self, lines: bytes) -> None:
         """Whole lines, each ending in CRLF, the first at a line start."""
-        lengths = [len(line) for line in lines.split(b"\r\n")[:-1]]
-        longest = max(lengths)
+        # The split's last piece is the empty one after the final CRLF. max(map(len)) builds no list of
+        # lengths: ~12 µs of a 20 KB message's ~50 (issue 8 profile).
+        pieces = lines.split(b"\r\n")
+        longest = max(map(len, pieces))
         total = self.received + len(lines)
         fits = not self.size_limit or total <= self.size_limit
         if fits and longest <= self.stream_limit and longest + 2 <= self.line_limit:
             self.received = total
-            count = len(lengths)
+            count = len(pieces) - 1
             if lines.count(b"\r") != count or lines.count(b"\n") != count:
                 self.bare_cr_or_lf = True  # a CR or LF that is not part of a line's CRLF
             # RFC 5321 §4.5.2: a line's leading dot is a transparency dot. Searched for first: most mail
@@ -99,7 +101,7 @@ class _DataReader:
             return
         # Some line ends the content: find which, line by line, in the order aiosmtpd would.
         start = 0
-        for length in lengths:
+        for length in map(len, pieces[:-1]):
             line = lines[start : start + length + 2]
             start += length + 2
             if length > self.stream_limit:

@@ -215,7 +215,8 @@ class Relay:
         self.store_paused_until = 0.0
 
     def recipient_hash(self, address: str) -> str:
-        return hmac.new(self.hash_key, address.lower().encode("utf-8"), hashlib.sha256).hexdigest()
+        # hmac.digest is the one-shot C path (OpenSSL's HMAC), the same bytes as hmac.new(...).digest().
+        return hmac.digest(self.hash_key, address.lower().encode("utf-8"), "sha256").hex()
 
     def is_internal(self, address: str, tenant: TenantSettings) -> bool:
         domain = domain_of(address)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import hashlib
+import hmac
 import subprocess
 from pathlib import Path
 
@@ -116,6 +118,9 @@ async def test_rejection_is_delivered_with_link_footer_and_valid_dkim(
     assert event.tenant_id == "acme"
     assert link.endswith(event.token)
     assert event.recipient is None and len(event.recipient_hash) == 64
+    # The hash every earlier version stored (dedupe of a retry across an upgrade compares them).
+    key = bytes.fromhex(relay.components.settings.referral.hash_key_file.read_text().strip())
+    assert event.recipient_hash == hmac.new(key, b"applicant@gmail.example", hashlib.sha256).hexdigest()
     assert event.message_id and event.message_id.startswith("<e2e-")
     assert event.next_hop_reply.startswith("2")
 

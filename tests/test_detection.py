@@ -8,7 +8,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mailrelay.detection import (
@@ -104,6 +104,55 @@ def test_normalise_collapses_whitespace_as_the_regular_expressions_did(pieces: l
     text = "".join(pieces)
     folded = module._INVISIBLE.sub("", unicodedata.normalize("NFKC", text)).translate(module._FOLD).casefold()
     assert normalise(text) == SPACES.sub(" ", CJK_GAP.sub("", folded)).strip()
+
+
+# Characters that test what normalise() does around whitespace: CJK, combining marks (NFKC composes),
+# characters NFKC maps to a space plus a mark, invisible ones, and the whitespace it drops (VT, FS-US).
+AROUND_SPACES = [
+    "山",
+    "あ",
+    "ｶ",
+    "ﾞ",
+    "a",
+    "e",
+    "\u0301",
+    "\u0308",
+    "\u00a8",
+    "\u200b",
+    "\x00",
+    "\x1c",
+    "\x0b",
+    "’",
+]
+WORDS = st.lists(st.one_of(st.sampled_from(AROUND_SPACES), st.characters()), max_size=6).map("".join)
+GAPS = st.lists(st.sampled_from(EVERY_SPACE), min_size=1, max_size=3).map("".join)
+
+
+@settings(max_examples=1000)
+@example([("a", "\x1c", " "), ("b", " ", "\n")], "", "")
+@example([("採用", "\u3000", "\r\n"), ("\u0301見送り", "\n", " "), ("\u00a8", "\t", "\x85")], " ", "")
+@given(st.lists(st.tuples(WORDS, GAPS, GAPS), max_size=8), GAPS, GAPS)
+def test_texts_judged_alike_before_normalising_normalise_alike(
+    pieces: list[tuple[str, str, str]], lead: str, trail: str
+) -> None:
+    """Issue 8: the HTML twin of a plain part is recognised before it is normalised. Two texts of the same
+    words with different whitespace between them: whenever they are judged alike, they normalise alike."""
+    module = importlib.import_module("mailrelay.detection.normalise")
+    first = "".join(word + gap for word, gap, _other in pieces)
+    second = lead + "".join(word + other for word, _gap, other in pieces) + trail
+    if module.same_normalised(first, second):
+        assert normalise(first) == normalise(second)
+    dropped = set(module._DROPPED_WHITESPACE)
+    if not any(dropped & set(word) for word, _gap, _other in pieces):
+        assert module.same_normalised(first, second) is not bool(dropped & set(first + second))
+
+
+@settings(max_examples=500)
+@given(WORDS, WORDS)
+def test_different_texts_judged_alike_normalise_alike(first: str, second: str) -> None:
+    module = importlib.import_module("mailrelay.detection.normalise")
+    if module.same_normalised(first, second):
+        assert normalise(first) == normalise(second)
 
 
 def test_normalise_folds_half_width_kana_with_voiced_marks() -> None:

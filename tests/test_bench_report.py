@@ -1,0 +1,42 @@
+"""The bench report names, under a target not met, every message and concurrency that misses it and what the
+run's bounds say of each (bench/report.py; issue 8: "for any that are not, ... why it cannot go lower")."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench import report
+from bench.__main__ import Recorded
+from bench.messages import SHAPES
+
+RESULTS = Path(__file__).resolve().parent.parent / "bench" / "RESULTS.json"
+
+
+def test_every_cell_that_misses_a_target_is_named_with_what_the_bounds_say() -> None:
+    data = json.loads(RESULTS.read_text())
+    bench = Recorded(data)
+    text = report.render(bench, data["command"], data["elapsed"], generated=data["generated"])
+    section = text.split("## Targets (from this run)")[1]
+    idx = report._Index(bench.cells)
+    misses = []
+    for shape in SHAPES:
+        for sessions in (10, 50):
+            ratio = idx.ratio(report.OTHER, report.FLOOR, shape.name, sessions)
+            if ratio is not None and ratio < 0.9:
+                misses.append(f"  - {shape.name}, {sessions} sessions, {report._pct(ratio)}: ")
+        ratio = idx.ratio(report.REJECTION, report.FLOOR, shape.name, 10)
+        if ratio is not None and ratio < 0.5:
+            misses.append(f"  - {shape.name}, {report._pct(ratio)}: ")
+    sub_bullets = [line for line in section.splitlines() if line.startswith("  - ")]
+    for miss in misses:
+        assert any(line.startswith(miss) for line in sub_bullets), miss
+    for line in sub_bullets:
+        assert any(verdict in line for verdict in ("out of reach", "not explained")), line
+
+
+def test_a_bound_over_the_budget_is_out_of_reach_and_one_under_it_is_not_explained() -> None:
+    over = report._why_bound(report.Bound(bound=1.0, budget=0.8, used=1.2, busy=1.7), "50 %")
+    under = report._why_bound(report.Bound(bound=1.0, budget=1.5, used=1.6, busy=1.7), "50 %")
+    assert over.startswith("out of reach as measured: ")
+    assert under.startswith("not explained by the bound: ") and "+0.60 beyond the bound" in under

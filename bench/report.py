@@ -451,7 +451,7 @@ def _half_floor(idx: _Index, micros: dict[str, float], shape: str, sessions: int
     other, rejection = idx.get(OTHER, shape, sessions), idx.get(REJECTION, shape, sessions)
     if not (floor and floor.cpu_ms and floor.load_cpu_ms and ms):
         return None
-    if not (other and other.cpu_ms and rejection and rejection.cpu_ms and rejection.load_cpu_ms):
+    if not (other and other.cpu_ms and rejection and rejection.cpu_ms):
         return None
     extra = max(0.0, ms["detect"] - ms["detect_other"])
     bound = _med(other.cpu_ms) + extra + _decoration_ms(ms) + ms["sign"] + _store_ms(rejection, ms)
@@ -473,6 +473,17 @@ def _above_postfix(idx: _Index, micros: dict[str, float], shape: str, sessions: 
         + ms["sign"]
         + _store_ms(cell, ms)
     )
+    return Bound(bound, 2000 / postfix - _med(cell.load_cpu_ms), _med(cell.cpu_ms), _busy(cell))
+
+
+def _other_above_postfix(idx: _Index, micros: dict[str, float], shape: str, sessions: int) -> Bound | None:
+    """Other mail against Postfix's msg/s at 10 or 50 sessions: the floor's CPU plus the read and the rules,
+    against the same budget as a rejection's."""
+    postfix, ms = idx.rate(POSTFIX, shape, sessions), _stages(micros, shape)
+    floor, cell = idx.get(FLOOR, shape, sessions), idx.get(OTHER, shape, sessions)
+    if not (postfix and ms and floor and floor.cpu_ms and cell and cell.cpu_ms and cell.load_cpu_ms):
+        return None
+    bound = _med(floor.cpu_ms) + ms["read"] + ms["detect_other"]
     return Bound(bound, 2000 / postfix - _med(cell.load_cpu_ms), _med(cell.cpu_ms), _busy(cell))
 
 
@@ -897,5 +908,5 @@ def _why_below_postfix(
         verdict = "out of reach as measured" if bound <= postfix else "not explained by the bound"
         return f"{verdict}: the one-session bound is {bound:.0f} msg/s, Postfix {postfix:.0f}."
     if contestant == OTHER:
-        return "no bound is computed for other mail at more than one session."
+        return _why_bound(_other_above_postfix(idx, micros, shape, sessions), "Postfix's msg/s")
     return _why_bound(_above_postfix(idx, micros, shape, sessions), "Postfix's msg/s")

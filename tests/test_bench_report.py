@@ -32,7 +32,7 @@ def test_every_cell_that_misses_a_target_is_named_with_what_the_bounds_say() -> 
     for miss in misses:
         assert any(line.startswith(miss) for line in sub_bullets), miss
     for line in sub_bullets:
-        assert any(verdict in line for verdict in ("out of reach", "not explained")), line
+        assert any(verdict in line for verdict in ("out of reach", "not explained", "no bound")), line
 
 
 def test_a_bound_over_the_budget_is_out_of_reach_and_one_under_it_is_not_explained() -> None:
@@ -40,3 +40,17 @@ def test_a_bound_over_the_budget_is_out_of_reach_and_one_under_it_is_not_explain
     under = report._why_bound(report.Bound(bound=1.0, budget=1.5, used=1.6, busy=1.7), "50 %")
     assert over.startswith("out of reach as measured: ")
     assert under.startswith("not explained by the bound: ") and "+0.60 beyond the bound" in under
+
+
+def test_other_mail_below_postfix_at_many_sessions_is_judged_against_the_floor_plus_read_and_rules() -> None:
+    data = json.loads(RESULTS.read_text())
+    bench = Recorded(data)
+    micros = report._micros(bench)
+    idx = report._Index(bench.cells)
+    bound = report._other_above_postfix(idx, micros, "plain-5k", 10)
+    assert bound is not None
+    floor = idx.get(report.FLOOR, "plain-5k", 10)
+    assert floor is not None
+    stages = report._stages(micros, "plain-5k")
+    assert stages is not None
+    assert bound.bound == report._med(floor.cpu_ms) + stages["read"] + stages["detect_other"]

@@ -483,6 +483,27 @@ def test_phrase_lookup_finds_exactly_the_keys_in_the_text(keys: set[str], pieces
     assert _present(_by_pivot(keys), text) == {key for key in keys if key in text}
 
 
+# One kanji, so every key that holds it shares it as pivot: one large group, looked up by its windows.
+_WINDOW_ALPHABET = "採ごおのをa x"
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sets(st.text(_WINDOW_ALPHABET, min_size=1, max_size=6).filter(lambda key: "採" in key), min_size=4),
+    st.lists(st.text(_WINDOW_ALPHABET, max_size=8), min_size=3, max_size=80),
+)
+def test_a_large_group_whose_pivot_stands_at_many_places_is_found_by_the_text_around_them(
+    keys: set[str], pieces: list[str]
+) -> None:
+    from mailrelay.detection.matcher import _by_pivot, _present
+
+    # The pivot at every seam, so at three places or more, and at the very start or end when a piece is empty.
+    text = "採".join(pieces)
+    pivoted = _by_pivot(keys)
+    assert "採" in pivoted.windows
+    assert _present(pivoted, text) == {key for key in keys if key in text}
+
+
 def test_phrase_lookup_with_the_shipped_rules_finds_exactly_the_keys_in_the_text() -> None:
     from mailrelay.detection.matcher import _by_pivot, _present
 

@@ -458,32 +458,27 @@ def _half_floor(idx: _Index, micros: dict[str, float], shape: str, sessions: int
     return Bound(bound, _med(floor.cpu_ms) + _room(floor, 0.5), _med(rejection.cpu_ms), _busy(rejection))
 
 
-def _above_postfix(idx: _Index, micros: dict[str, float], shape: str, sessions: int) -> Bound | None:
-    """Against Postfix's msg/s at 10 or 50 sessions: the cheapest pass-through that read and decided, plus
-    a rejection's stages, against 2 cores ÷ Postfix's msg/s less the load's CPU."""
+def _above_postfix(
+    idx: _Index, micros: dict[str, float], contestant: str, shape: str, sessions: int
+) -> Bound | None:
+    """Against Postfix's msg/s at 10 or 50 sessions, 2 cores ÷ its msg/s less the load's CPU: for other mail,
+    the floor's CPU plus the read and the rules; for a rejection, the cheapest pass-through that read and
+    decided plus a rejection's stages."""
     postfix, ms = idx.rate(POSTFIX, shape, sessions), _stages(micros, shape)
-    floor, cell = idx.get(FLOOR, shape, sessions), idx.get(REJECTION, shape, sessions)
+    floor, cell = idx.get(FLOOR, shape, sessions), idx.get(contestant, shape, sessions)
     if not (postfix and ms and floor and floor.cpu_ms and cell and cell.cpu_ms and cell.load_cpu_ms):
         return None
-    other = idx.get(OTHER, shape, sessions)
-    other_ms = _med(other.cpu_ms) if other and other.cpu_ms else None
-    bound = (
-        _read_and_decided(_med(floor.cpu_ms), other_ms, ms)
-        + _decoration_ms(ms)
-        + ms["sign"]
-        + _store_ms(cell, ms)
-    )
-    return Bound(bound, 2000 / postfix - _med(cell.load_cpu_ms), _med(cell.cpu_ms), _busy(cell))
-
-
-def _other_above_postfix(idx: _Index, micros: dict[str, float], shape: str, sessions: int) -> Bound | None:
-    """Other mail against Postfix's msg/s at 10 or 50 sessions: the floor's CPU plus the read and the rules,
-    against the same budget as a rejection's."""
-    postfix, ms = idx.rate(POSTFIX, shape, sessions), _stages(micros, shape)
-    floor, cell = idx.get(FLOOR, shape, sessions), idx.get(OTHER, shape, sessions)
-    if not (postfix and ms and floor and floor.cpu_ms and cell and cell.cpu_ms and cell.load_cpu_ms):
-        return None
-    bound = _med(floor.cpu_ms) + ms["read"] + ms["detect_other"]
+    if contestant == OTHER:
+        bound = _med(floor.cpu_ms) + ms["read"] + ms["detect_other"]
+    else:
+        other = idx.get(OTHER, shape, sessions)
+        other_ms = _med(other.cpu_ms) if other and other.cpu_ms else None
+        bound = (
+            _read_and_decided(_med(floor.cpu_ms), other_ms, ms)
+            + _decoration_ms(ms)
+            + ms["sign"]
+            + _store_ms(cell, ms)
+        )
     return Bound(bound, 2000 / postfix - _med(cell.load_cpu_ms), _med(cell.cpu_ms), _busy(cell))
 
 
@@ -680,7 +675,7 @@ def _against_postfix(idx: _Index, bench: Bench) -> list[str]:
     for sessions in (10, 50):
         for shape in SHAPES:
             postfix, cell = idx.rate(POSTFIX, shape.name, sessions), idx.get(REJECTION, shape.name, sessions)
-            above = _above_postfix(idx, micros, shape.name, sessions)
+            above = _above_postfix(idx, micros, REJECTION, shape.name, sessions)
             if postfix is None or cell is None or above is None:
                 continue
             many.append(
@@ -907,6 +902,4 @@ def _why_below_postfix(
         bound = rates[0] if contestant == OTHER else rates[1]
         verdict = "out of reach as measured" if bound <= postfix else "not explained by the bound"
         return f"{verdict}: the one-session bound is {bound:.0f} msg/s, Postfix {postfix:.0f}."
-    if contestant == OTHER:
-        return _why_bound(_other_above_postfix(idx, micros, shape, sessions), "Postfix's msg/s")
-    return _why_bound(_above_postfix(idx, micros, shape, sessions), "Postfix's msg/s")
+    return _why_bound(_above_postfix(idx, micros, contestant, shape, sessions), "Postfix's msg/s")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench import report
 from bench.__main__ import Recorded
 from bench.messages import SHAPES
@@ -42,15 +44,26 @@ def test_a_bound_over_the_budget_is_out_of_reach_and_one_under_it_is_not_explain
     assert under.startswith("not explained by the bound: ") and "+0.60 beyond the bound" in under
 
 
-def test_other_mail_below_postfix_at_many_sessions_is_judged_against_the_floor_plus_read_and_rules() -> None:
-    data = json.loads(RESULTS.read_text())
-    bench = Recorded(data)
-    micros = report._micros(bench)
-    idx = report._Index(bench.cells)
-    bound = report._other_above_postfix(idx, micros, "plain-5k", 10)
-    assert bound is not None
-    floor = idx.get(report.FLOOR, "plain-5k", 10)
-    assert floor is not None
-    stages = report._stages(micros, "plain-5k")
-    assert stages is not None
-    assert bound.bound == report._med(floor.cpu_ms) + stages["read"] + stages["detect_other"]
+def test_against_postfix_other_mail_is_bounded_by_the_floor_and_a_rejection_by_its_stages_too() -> None:
+    from bench.__main__ import Cell
+
+    def cell(contestant: str, rate: float, cpu: float) -> Cell:
+        return Cell(contestant, "plain-5k", 10, "smtp-source", [rate], [cpu], load_cpu_ms=[0.1])
+
+    cells = [
+        cell(report.FLOOR, 4000, 0.35),
+        cell(report.OTHER, 3400, 0.42),
+        cell(report.REJECTION, 1200, 1.25),
+        cell(report.POSTFIX, 800, 1.6),
+    ]
+    cells[2].store_cpu_ms = [0.2]
+    micros = {name.format(shape="plain-5k"): 0.01 for name in report._MICRO.values()}
+    micros[report._MICRO["sign"].format(shape="plain-5k")] = 0.25
+    idx = report._Index(cells)
+    other = report._above_postfix(idx, micros, report.OTHER, "plain-5k", 10)
+    rejection = report._above_postfix(idx, micros, report.REJECTION, "plain-5k", 10)
+    assert other is not None and rejection is not None
+    assert other.budget == rejection.budget == pytest.approx(2000 / 800 - 0.1)
+    assert other.bound == pytest.approx(0.35 + 0.01 + 0.01)  # the floor, the read, the rules
+    # the cheapest read-and-decided pass-through (the floor's 0.35 + read + rules), decoration 0, sign, store
+    assert rejection.bound == pytest.approx(0.35 + 0.01 + 0.01 + 0.0 + 0.25 + 0.2)

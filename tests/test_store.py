@@ -260,27 +260,28 @@ async def held(store: EventStore, *writes: Awaitable[object]) -> list[object]:
     return await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def counted_commits(store: EventStore) -> list[object]:
+    """A list that gets an entry for each transaction the store commits (the writer's, and the rest)."""
+    commits: list[object] = []
+    # PostgreSQL's batches commit through SQLAlchemy; SQLite's writer commits on its own connection.
+    event.listen(store.engine, "commit", commits.append)
+    execute = store.driver.execute
+
+    def counting_execute(cursor: Any, statement: str, params: Any = None) -> Any:
+        if statement == "COMMIT":
+            commits.append(cursor)
+        return execute(cursor, statement, params)
+
+    store.driver.execute = counting_execute  # type: ignore[method-assign]
+    return commits
+
+
 async def test_concurrent_writes_share_one_transaction_and_all_land(store: EventStore) -> None:
     """Group commit (issue 8): what arrives while the database is busy goes into the next transaction,
     one transaction in the database itself: another connection sees none of it until the batch commits.
     (On SQLite the sqlite3 module's own transaction handling once made each job's savepoint a transaction
     of its own; counting SQLAlchemy's commits did not show it.)"""
-    commits = 0
-
-    def count(_connection: object) -> None:
-        nonlocal commits
-        commits += 1
-
-    # PostgreSQL's batches commit through SQLAlchemy; SQLite's writer commits on its own connection.
-    event.listen(store.engine, "commit", count)
-    execute = store.driver.execute
-
-    def counting_execute(cursor: Any, statement: str, params: Any = None) -> Any:
-        if statement == "COMMIT":
-            count(cursor)
-        return execute(cursor, statement, params)
-
-    store.driver.execute = counting_execute  # type: ignore[method-assign]
+    commits = counted_commits(store)
     outsider = create_engine(store.url)
 
     def seen_from_outside(_session: Session) -> int:
@@ -300,7 +301,58 @@ async def test_concurrent_writes_share_one_transaction_and_all_land(store: Event
     assert all(isinstance(ids, list) and len(ids) == 1 for ids in results[:60]), results
     assert results[60] == 0  # the 60 events before it were written but not yet committed
     assert store.count_events() == 60
-    assert commits == 1
+    assert len(commits) == 1
+
+
+async def test_a_commit_waits_for_a_write_announced_as_coming_and_shares_its_transaction(
+    store: EventStore,
+) -> None:
+    """A rejection on its way to the next hop announces its write (expect_write): a commit that would start
+    meanwhile waits for it, and both go in one transaction (issue 8: most batches were of one message)."""
+    store.sibling_wait = 60.0  # the wait ends when the write arrives, not by the clock
+    commits = counted_commits(store)
+    coming = store.expect_write()
+    first = asyncio.ensure_future(
+        store.record_events([referral("s1", "1" * 64, "1" * 64)], mark_delivered=False)
+    )
+    await asyncio.sleep(0.05)
+    assert not first.done()  # held for the announced write
+    second = store.record_events(
+        [referral("s2", "2" * 64, "2" * 64)],
+        mark_delivered=False,
+        seen=SeenRejection("acme", True, "2" * 64),
+        expected=coming,
+    )
+    results = await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert [len(ids) for ids in results] == [1, 1]
+    assert len(commits) == 1
+    coming.withdraw()  # after it was handed in: nothing more to count
+    assert store._expected == 0
+
+
+async def test_a_withdrawn_announcement_no_longer_holds_a_commit(store: EventStore) -> None:
+    """A message that will not record after all (its store read failed, a bug on the way) withdraws its
+    announcement: the commit waiting for it goes ahead, and a second withdrawal counts nothing."""
+    store.sibling_wait = 60.0
+    coming = store.expect_write()
+    write = asyncio.ensure_future(store.record([referral("w1", "1" * 64)], mark_delivered=False))
+    await asyncio.sleep(0.05)
+    assert not write.done()
+    coming.withdraw()
+    coming.withdraw()
+    assert await asyncio.wait_for(write, 10) == 1
+    assert store._expected == 0
+
+
+async def test_an_announced_write_that_never_comes_holds_a_commit_for_sibling_wait_only(
+    store: EventStore,
+) -> None:
+    """The wait is bounded: an announced write whose next hop is slow does not hold the others' replies."""
+    coming = store.expect_write()
+    assert store.sibling_wait == events.SIBLING_WAIT
+    assert await asyncio.wait_for(store.record([referral("n1", "1" * 64)], mark_delivered=False), 10) == 1
+    assert store._expected == 1
+    coming.withdraw()
 
 
 async def test_a_failing_job_spoils_only_itself_and_a_failing_database_spoils_the_batch(

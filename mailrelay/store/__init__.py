@@ -5,6 +5,7 @@ from mailrelay.store.events import (
     DEFAULT_DEDUPE_WINDOW,
     CopyRecord,
     EventStore,
+    ExpectedWrite,
     ReferralFields,
     SeenRejection,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "CopyRecord",
     "DeliveredCopy",
     "EventStore",
+    "ExpectedWrite",
     "LedgerEntry",
     "LedgerError",
     "LedgerLine",

@@ -93,6 +93,10 @@ _WRITE = {"mailrelay_sqlite_begin": "BEGIN IMMEDIATE"}
 # the timeout (issue 8: "database is locked", then journalling).
 WRITE_LOCK_WAIT = BUSY_TIMEOUT_MS / 1000
 WRITE_LOCK_POLL = 0.0005
+# How long a commit waits for writes announced as coming (EventStore.expect_write). About one next-hop
+# transaction of a rejection at 10 sessions; 1 and 3 ms measured alike (issue 8: 20 KB rejections at 10
+# sessions +10 % msg/s, CPU per message -8 %; p99 latency no worse, closed loop or paced).
+SIBLING_WAIT = 0.001
 
 
 def _sqlite_begin(connection: Any) -> None:
@@ -180,6 +184,10 @@ class EventStore:
         self._pending: list[_Job] = []
         self._pending_lock = threading.Lock()
         self._draining = False
+        # Writes announced (expect_write) and not yet handed in or withdrawn, and the writer's wait for them.
+        self._expected = 0
+        self._arrived = threading.Condition(self._pending_lock)
+        self.sibling_wait = SIBLING_WAIT
         self._own_connection: OwnConnection | None = None  # SQLite: the writer thread's own
 
     def create_schema(self) -> None:
@@ -194,7 +202,22 @@ class EventStore:
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def _batched(self, work: Callable[[CursorHolder], T]) -> T:
+    def expect_write(self) -> ExpectedWrite:
+        """Announce a write that will come soon (a rejection on its way to the next hop records once it has
+        answered): until it is handed in or withdrawn, a group commit about to start waits for it, up to
+        `sibling_wait`, so that both share one commit."""
+        with self._pending_lock:
+            self._expected += 1
+        return ExpectedWrite(self)
+
+    def _settle_expected(self, expected: ExpectedWrite) -> None:
+        """Count `expected` as arrived (handed in, or withdrawn), once; the caller holds _pending_lock."""
+        if not expected.settled:
+            expected.settled = True
+            self._expected -= 1
+            self._arrived.notify()
+
+    async def _batched(self, work: Callable[[CursorHolder], T], expected: ExpectedWrite | None = None) -> T:
         """Run `work` in the next group transaction, inside its own savepoint; its result (or exception)
         comes back once that transaction has committed, so a result always means durably stored."""
         loop = asyncio.get_running_loop()
@@ -202,6 +225,8 @@ class EventStore:
         with self._pending_lock:
             self._pending.append(job)
             start, self._draining = not self._draining, True
+            if expected is not None:
+                self._settle_expected(expected)
         if start:
             self._executor.submit(self._drain)
         result: T = await job.future
@@ -212,6 +237,7 @@ class EventStore:
         try:
             while True:
                 with self._pending_lock:
+                    self._wait_for_expected()
                     batch, self._pending = self._pending, []
                     if not batch:
                         self._draining = False
@@ -233,6 +259,21 @@ class EventStore:
             for job in waiting:
                 with contextlib.suppress(RuntimeError):  # that job's loop has closed
                     job.loop.call_soon_threadsafe(_settle, job.future, False, exc)
+
+    def _wait_for_expected(self) -> None:
+        """Before a commit, let the writes announced by expect_write join it, up to `sibling_wait` (the
+        caller holds _pending_lock, which the wait releases). Under load most batches were of one message,
+        one fsync each (issue 8: 74 % of commits at 10 sessions); waiting for the rejections already on
+        their way to the next hop is PostgreSQL's commit_delay with commit_siblings, counted exactly. At a
+        low rate nothing is announced and nothing waits."""
+        if not self._expected or not self._pending:
+            return
+        deadline = time.monotonic() + self.sibling_wait
+        while self._expected > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._arrived.wait(remaining)
 
     def _commit(self, batch: list[_Job]) -> None:
         outcomes = self._run_jobs(batch)
@@ -409,10 +450,16 @@ class EventStore:
         return len(await self.record_events(records, mark_delivered=mark_delivered))
 
     async def record_events(
-        self, records: Iterable[CopyRecord], *, mark_delivered: bool, seen: SeenRejection | None = None
+        self,
+        records: Iterable[CopyRecord],
+        *,
+        mark_delivered: bool,
+        seen: SeenRejection | None = None,
+        expected: ExpectedWrite | None = None,
     ) -> list[int]:
         """`record`, returning the ids of the referral events added (for the transaction's log line); with
-        `seen`, the rejection is counted in the same write (one transaction per message; issue 8)."""
+        `seen`, the rejection is counted in the same write (one transaction per message; issue 8); with
+        `expected`, this is the write that expect_write announced."""
         batch = list(records)
         now = datetime.now(UTC)
 
@@ -421,7 +468,7 @@ class EventStore:
                 self._rejection_seen(session, seen.tenant_id, seen.decorated, seen.fingerprint, now)
             return self._record_in(session, batch, mark_delivered, now)
 
-        return await self._batched(write)
+        return await self._batched(write, expected)
 
     def write(
         self,
@@ -578,6 +625,19 @@ class OwnConnection:
         """Closed for good, not back to the pool (a connection whose settings no other user may get)."""
         with contextlib.suppress(Exception):
             self.pooled.invalidate()
+
+
+class ExpectedWrite:
+    """A write announced to the group commit (EventStore.expect_write): hand it in with record_events, or
+    withdraw it when the message will not record (both are idempotent), or each commit waits for it."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self.settled = False
+
+    def withdraw(self) -> None:
+        with self.store._pending_lock:
+            self.store._settle_expected(self)
 
 
 @dataclass(frozen=True)

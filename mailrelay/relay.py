@@ -32,7 +32,7 @@ from mailrelay.metrics import Metrics
 from mailrelay.signing import SigningError
 from mailrelay.stages import Copy, Stage
 from mailrelay.stages.mark import MARKER_HEADER
-from mailrelay.store import CopyRecord, EventStore, ReferralFields, SeenRejection
+from mailrelay.store import CopyRecord, EventStore, ExpectedWrite, ReferralFields, SeenRejection
 from mailrelay.transport import HopConnection, NextHop, NextHopUnavailable, Reply
 
 log = logging.getLogger("mailrelay.relay")
@@ -91,6 +91,12 @@ class Plan:
     decision: str  # "decorated", or the pass-through/fail-open reason, for logs
     verdict: Verdict | None = None
     tenant_id: str | None = None  # the tenant the mail was attributed to, once known
+
+
+def _counted(plan: Plan) -> bool:
+    """A rejection of a known tenant: the store counts it (the follow-up rate's denominator), whatever
+    becomes of its delivery, so each one writes once its next-hop transaction is over."""
+    return plan.verdict is not None and plan.verdict.rejection and plan.tenant_id is not None
 
 
 PassReason = Literal["not_rejection", "shadow", "no_applicant", "protected", "already_decorated", "no_tenant"]
@@ -531,30 +537,39 @@ class RelaySession:
             rule,
         )
 
-        already = await self._read_delivered(txn, plan, early[0] if early else None)
-        groups = [
-            Group([r for r in g.recipients if relay.recipient_hash(r) not in already], g.content, g.copy)
-            for g in plan.groups
-        ]
-        for g in plan.groups:
-            for r in g.recipients:
-                if relay.recipient_hash(r) in already:
-                    log.info("%s: to=<%s> status=sent (delivered by an earlier attempt)", txn.txn_id, mask(r))
-        groups = [g for g in groups if g.recipients]
-
-        started = time.perf_counter()
+        # A counted rejection records once the next hop has answered: announced now, the store's next commit
+        # waits for its write, so that several messages share one fsync (issue 8).
+        expected = relay.store.expect_write() if _counted(plan) and relay.store_usable() else None
         try:
-            results = await asyncio.wait_for(
-                self._forward(txn, groups), relay.settings.next_hop.transaction_timeout
-            )
-        except TimeoutError:
-            self.conn = None
-            results = [GroupResult(g, deferred=[(r, None) for r in g.recipients]) for g in groups]
-        metrics.forwarding_seconds.observe(time.perf_counter() - started)
-        # A transaction opened live at MAIL/RCPT may be left unused (every copy had been delivered by an
-        # earlier attempt): close it, or the client's next MAIL would meet "503 nested MAIL" downstream.
-        await self.reset()
-        return await self._conclude(txn, plan, results, skipped=bool(already))
+            already = await self._read_delivered(txn, plan, early[0] if early else None)
+            groups = [
+                Group([r for r in g.recipients if relay.recipient_hash(r) not in already], g.content, g.copy)
+                for g in plan.groups
+            ]
+            for g in plan.groups:
+                for r in g.recipients:
+                    if relay.recipient_hash(r) in already:
+                        log.info(
+                            "%s: to=<%s> status=sent (delivered by an earlier attempt)", txn.txn_id, mask(r)
+                        )
+            groups = [g for g in groups if g.recipients]
+
+            started = time.perf_counter()
+            try:
+                results = await asyncio.wait_for(
+                    self._forward(txn, groups), relay.settings.next_hop.transaction_timeout
+                )
+            except TimeoutError:
+                self.conn = None
+                results = [GroupResult(g, deferred=[(r, None) for r in g.recipients]) for g in groups]
+            metrics.forwarding_seconds.observe(time.perf_counter() - started)
+            # A transaction opened live at MAIL/RCPT may be left unused (every copy had been delivered by an
+            # earlier attempt): close it, or the client's next MAIL would meet "503 nested MAIL" downstream.
+            await self.reset()
+            return await self._conclude(txn, plan, results, skipped=bool(already), expected=expected)
+        finally:
+            if expected is not None:
+                expected.withdraw()  # if it never reached the store (a failure on the way): no-op otherwise
 
     def _start_store_read(self, txn: Transaction, recipients: list[str]) -> StoreRead | None:
         """Start asking the store which of `recipients` an earlier attempt of this message delivered a copy
@@ -665,7 +680,13 @@ class RelaySession:
         group.recipients = accepted
 
     async def _conclude(
-        self, txn: Transaction, plan: Plan, results: list[GroupResult], *, skipped: bool
+        self,
+        txn: Transaction,
+        plan: Plan,
+        results: list[GroupResult],
+        *,
+        skipped: bool,
+        expected: ExpectedWrite | None = None,
     ) -> DataOutcome:
         relay, metrics = self.relay, self.relay.metrics
         delivered = [r for res in results for r in res.delivered]
@@ -720,7 +741,8 @@ class RelaySession:
                 )
         write_records = bool(records) and (any(rec.referral for rec in records) or not complete)
         seen = None
-        if plan.verdict is not None and plan.verdict.rejection and plan.tenant_id is not None:
+        if _counted(plan):
+            assert plan.tenant_id is not None
             # The follow-up rate's denominator, in the same write as the events: one transaction per message.
             seen = SeenRejection(plan.tenant_id, plan.decision == "decorated", txn.fingerprint)
         if write_records or seen is not None:
@@ -729,7 +751,10 @@ class RelaySession:
                 started = time.perf_counter()
                 try:
                     event_ids = await relay.store.record_events(
-                        records if write_records else [], mark_delivered=not complete, seen=seen
+                        records if write_records else [],
+                        mark_delivered=not complete,
+                        seen=seen,
+                        expected=expected,
                     )
                 except Exception as exc:
                     relay.store_failed(txn.txn_id, "recording delivered copies", exc)

@@ -3,6 +3,7 @@ Perl's Mail::DKIM, events checked in the store."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email
 import email.policy
@@ -307,3 +308,26 @@ async def test_rejections_seen_count_every_rejection_once_decorated_or_not(
     with relay.components.store.sessions() as session:
         rows = list(session.scalars(select(RejectionSeen)))
     assert sorted((r.tenant_id, r.decorated) for r in rows) == [("acme", False), ("acme", True)]
+
+
+async def test_a_rejection_hands_its_announced_write_in_and_simultaneous_ones_all_record(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    """A rejection announces its write to the group commit before it forwards (issue 8) and hands that very
+    write in: with the wait unbounded, a write that did not would hold its own commit until the client
+    gave up. Rejections relayed at the same time each get their event, and a non-rejection among them
+    announces nothing."""
+    async with RecordingSink() as sink:
+        relay = await relay_to(sink, start_relay, make_settings)
+        relay.components.store.sibling_wait = 3600.0
+        await asyncio.gather(
+            relay.send("recruit@acme.co.jp", ["a@gmail.example"], fixture("rejection_en.eml")),
+            relay.send("recruit@acme.co.jp", ["b@gmail.example"], fixture("rejection_ja_iso2022.eml")),
+            relay.send(
+                "recruit@acme.co.jp", ["c@gmail.example"], fixture("rejection_ja_utf8_alternative.eml")
+            ),
+            relay.send("recruit@acme.co.jp", ["d@gmail.example"], fixture("offer_ja.eml")),
+        )
+    assert len(sink.messages) == 4
+    assert len(events(relay)) == 3
+    assert relay.components.store._expected == 0

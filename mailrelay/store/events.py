@@ -265,8 +265,8 @@ class EventStore:
         """Before a commit, let the writes announced by expect_write join it, up to `sibling_wait` (the
         caller holds _pending_lock, which the wait releases). Under load most batches were of one message,
         one fsync each (issue 8: 74 % of commits at 10 sessions); waiting for the rejections already on
-        their way to the next hop is PostgreSQL's commit_delay with commit_siblings, counted exactly. At a
-        low rate nothing is announced and nothing waits."""
+        their way to the next hop is PostgreSQL's commit_delay with commit_siblings, counted exactly. A write
+        hands its own announcement in as it arrives, so one message at a time never waits."""
         if not self._expected or not self._pending:
             return
         deadline = time.monotonic() + self.sibling_wait

@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench import ablation, load, micro, procs, report, sampling, servers
 from bench.load import PACED_RATE
@@ -117,7 +117,30 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+@dataclass(frozen=True)
+class Entry:
+    """A contestant as the runs address it: its server, and whether it is sent the rejection variant."""
+
+    server: servers.Server
+    contestant: str
+    rejection: bool
+
+
+T = TypeVar("T")
+
+
+def alternating(contestants: list[T], round_: int) -> list[T]:
+    """Round `round_`'s order of runs: as listed, reversed every other round, so that every contestant runs
+    in each round beside the others (the machine's drift reaches all alike: ratios of runs side by side)
+    and none always follows the same one (what a run leaves behind, Postfix's last deliveries or a
+    store's checkpoint, falls on each alike)."""
+    return contestants if round_ % 2 == 0 else contestants[::-1]
+
+
 class Bench:
+    # The contestants' runs alternate round by round (_contestants); a Recorded run says whether its did.
+    side_by_side = True
+
     def __init__(self, args: argparse.Namespace, profile: Profile, workdir: Path) -> None:
         self.args = args
         self.profile = profile
@@ -166,63 +189,78 @@ class Bench:
             time.sleep(0.02)
         return server.queued() == 0
 
-    def throughput(self, server: servers.Server, contestant: str, rejection: bool) -> None:
-        sampler = procs.RssSampler(server.root_pid).start()
-        try:
-            for shape in SHAPES:
-                message = self.messages[shape.name, rejection]
-                for sessions in self.profile.sessions:
-                    cell = Cell(contestant, shape.name, sessions, "smtp-source")
-                    # A warm-up run (not counted) that also estimates the rate, so that each counted run
-                    # lasts about `duration` seconds whatever the contestant's speed.
-                    rate = 0.0
-                    if not self.args.smoke:
-                        warm = load.smtp_source(
-                            server.port, message, SENDER, RECIPIENT, sessions, 3 * sessions
-                        )
-                        self._drain(server)
-                        rate = warm.messages / warm.seconds
-                    sampler.peak = 0
-                    # One message at a time, mailrelay's own histograms split its time (report: "1
-                    # session: where a message's time goes").
-                    timed = bool(server.metrics_ports) and sessions == min(self.profile.sessions)
-                    sums = servers.histogram_sums(server.metrics_ports) if timed else {}
-                    for run in range(self.profile.runs):
-                        count = self.count_for(rate, sessions)
-                        unique = self.unique(message, f"{sessions}-{run}")
-                        cpu0 = procs.cpu_seconds(server.root_pid)
-                        store0 = procs.thread_cpu_seconds(server.root_pid, STORE_THREADS)
-                        load0 = procs.cpu_seconds(self.sink_pid) + procs.children_cpu_seconds()
-                        started = time.perf_counter()
-                        result = load.smtp_source(server.port, unique, SENDER, RECIPIENT, sessions, count)
-                        if not self._drain(server):
-                            result.errors += 1
-                            result.detail = "postfix did not deliver everything within 120 s"
-                        seconds = time.perf_counter() - started
-                        cpu = procs.cpu_seconds(server.root_pid) - cpu0
-                        store = procs.thread_cpu_seconds(server.root_pid, STORE_THREADS) - store0
-                        load_cpu = procs.cpu_seconds(self.sink_pid) + procs.children_cpu_seconds() - load0
-                        if server.name == "mailrelay":
-                            cell.store_cpu_ms.append(store / count * 1000)
-                        cell.load_cpu_ms.append(load_cpu / count * 1000)
-                        rate = count / seconds
-                        cell.rates.append(rate)
-                        cell.cpu_ms.append(cpu / count * 1000)
-                        cell.messages += count
-                        cell.errors += result.errors
-                        cell.detail = cell.detail or result.detail
-                    cell.peak_rss = sampler.peak
-                    if timed:
-                        after = servers.histogram_sums(server.metrics_ports)
-                        cell.stage_ms = {k: (after[k] - sums[k]) / cell.messages * 1000 for k in after}
+    def throughput(self, entries: list[Entry]) -> None:
+        """Every message and concurrency through every contestant, their runs side by side (alternating)."""
+        for shape in SHAPES:
+            for sessions in self.profile.sessions:
+                for cell in self._throughput_cells(entries, shape.name, sessions):
                     self.cells.append(cell)
                     self.say(
-                        f"{contestant:24} {shape.name:17} {sessions:3} sessions: "
+                        f"{cell.contestant:24} {shape.name:17} {sessions:3} sessions: "
                         f"{cell.median(cell.rates):8.1f} msg/s  {cell.median(cell.cpu_ms):6.2f} ms CPU/msg"
                         + (f"  ERRORS {cell.errors}: {cell.detail}" if cell.errors else "")
                     )
+
+    def _throughput_cells(self, entries: list[Entry], shape: str, sessions: int) -> list[Cell]:
+        cells = [Cell(e.contestant, shape, sessions, "smtp-source") for e in entries]
+        rates = [0.0] * len(entries)
+        stage_seconds: list[dict[str, float]] = [{} for _ in entries]
+        # A warm-up run each (not counted) that also estimates the rate, so that each counted run lasts
+        # about `duration` seconds whatever the contestant's speed.
+        if not self.args.smoke:
+            for i, e in enumerate(entries):
+                message = self.messages[shape, e.rejection]
+                warm = load.smtp_source(e.server.port, message, SENDER, RECIPIENT, sessions, 3 * sessions)
+                self._drain(e.server)
+                rates[i] = warm.messages / warm.seconds
+        for run in range(self.profile.runs):
+            for i in alternating(list(range(len(entries))), run):
+                rates[i] = self._throughput_run(entries[i], cells[i], rates[i], run, stage_seconds[i])
+        for cell, seconds in zip(cells, stage_seconds, strict=True):
+            cell.stage_ms = {k: v / cell.messages * 1000 for k, v in seconds.items()}
+        return cells
+
+    def _throughput_run(
+        self, entry: Entry, cell: Cell, rate: float, run: int, stage_seconds: dict[str, float]
+    ) -> float:
+        """One counted smtp-source run into `cell`, sized from `rate`; returns its msg/s. At the fewest
+        sessions mailrelay's own histograms split its time (report: "1 session: where a message's time
+        goes"): read around each run, as the other contestants' runs come between, into `stage_seconds`."""
+        server = entry.server
+        count = self.count_for(rate, cell.sessions)
+        unique = self.unique(self.messages[cell.shape, entry.rejection], f"{cell.sessions}-{run}")
+        timed = bool(server.metrics_ports) and cell.sessions == min(self.profile.sessions)
+        sums = servers.histogram_sums(server.metrics_ports) if timed else {}
+        sampler = procs.RssSampler(server.root_pid).start()
+        try:
+            cpu0 = procs.cpu_seconds(server.root_pid)
+            store0 = procs.thread_cpu_seconds(server.root_pid, STORE_THREADS)
+            load0 = procs.cpu_seconds(self.sink_pid) + procs.children_cpu_seconds()
+            started = time.perf_counter()
+            result = load.smtp_source(server.port, unique, SENDER, RECIPIENT, cell.sessions, count)
+            if not self._drain(server):
+                result.errors += 1
+                result.detail = "postfix did not deliver everything within 120 s"
+            seconds = time.perf_counter() - started
+            cpu = procs.cpu_seconds(server.root_pid) - cpu0
+            store = procs.thread_cpu_seconds(server.root_pid, STORE_THREADS) - store0
+            load_cpu = procs.cpu_seconds(self.sink_pid) + procs.children_cpu_seconds() - load0
         finally:
             sampler.stop()
+        cell.peak_rss = max(cell.peak_rss, sampler.peak)
+        if server.name == "mailrelay":
+            cell.store_cpu_ms.append(store / count * 1000)
+        if timed:
+            after = servers.histogram_sums(server.metrics_ports)
+            for key in after:
+                stage_seconds[key] = stage_seconds.get(key, 0.0) + after[key] - sums[key]
+        cell.load_cpu_ms.append(load_cpu / count * 1000)
+        cell.rates.append(count / seconds)
+        cell.cpu_ms.append(cpu / count * 1000)
+        cell.messages += count
+        cell.errors += result.errors
+        cell.detail = cell.detail or result.detail
+        return count / seconds
 
     def sample(self, server: servers.Server, contestant: str, rejection: bool) -> None:
         """One more run of each message at 10 sessions (the targets' concurrency), not counted, with py-spy
@@ -283,7 +321,7 @@ class Bench:
                 runs = {name: Ablated(shape.name, name, sessions) for name, _v, _r in plan}
                 # A stage's cost is a difference of two noisy figures: two rounds more than the counted runs.
                 for round_ in range(self.profile.runs + 3):  # round 0 warms every relay up, uncounted
-                    for name, variant, rejection in plan if round_ % 2 else plan[::-1]:
+                    for name, variant, rejection in alternating(plan, round_ + 1):
                         server, cell = relays[variant], runs[name]
                         unique = self.unique(self.messages[shape.name, rejection], f"ablation-{round_}")
                         total = count if round_ else 3 * sessions
@@ -327,48 +365,56 @@ class Bench:
         cell.detail = cell.detail or result.detail
         return achieved
 
-    def paced_latency(
-        self, server: servers.Server, contestant: str, rejection: bool, sessions: int = 10
-    ) -> None:
+    def paced_latency(self, entries: list[Entry], sessions: int = 10) -> None:
         """p50/p99 at PACED_RATE msg/s offered by `sessions` clients: a load every contestant carries, so
         the latency is the time a message takes, not the queue in front of a saturated server."""
         for shape in SHAPES:
-            payload = wire_bytes(self.messages[shape.name, rejection])
-            cell = Cell(contestant, shape.name, sessions, "latency-paced")
+            cells = {e.contestant: Cell(e.contestant, shape.name, sessions, "latency-paced") for e in entries}
             count = 2 * sessions if self.args.smoke else round(PACED_RATE * self.profile.duration * 2)
-            for _ in range(self.profile.runs):
-                self._latency_run(server, cell, payload, count, PACED_RATE)
-            self.cells.append(cell)
-            self.say(
-                f"{contestant:24} {shape.name:17} {sessions:3} sessions at {PACED_RATE:.0f} msg/s: "
-                f"p50 {cell.median(cell.p50_ms):6.2f} ms  p99 {cell.median(cell.p99_ms):6.2f} ms"
-                + (f"  ERRORS {cell.errors}: {cell.detail}" if cell.errors else "")
-            )
-
-    def latency(self, server: servers.Server, contestant: str, rejection: bool, sessions: int = 10) -> None:
-        sampler = procs.RssSampler(server.root_pid).start()
-        try:
-            for shape in SHAPES:
-                payload = wire_bytes(self.messages[shape.name, rejection])
-                cell = Cell(contestant, shape.name, sessions, "latency-client")
-                rate = 0.0
-                if not self.args.smoke:
-                    warm = load.latency_run(server.port, payload, SENDER, sessions, 3 * sessions)
-                    self._drain(server)
-                    rate = max(warm.messages, 1) / warm.seconds
-                sampler.peak = 0
-                for _ in range(self.profile.runs):
-                    rate = self._latency_run(server, cell, payload, self.count_for(rate, sessions))
-                cell.peak_rss = sampler.peak
+            for run in range(self.profile.runs):
+                for e in alternating(entries, run):
+                    payload = wire_bytes(self.messages[shape.name, e.rejection])
+                    self._latency_run(e.server, cells[e.contestant], payload, count, PACED_RATE)
+            for cell in cells.values():
                 self.cells.append(cell)
                 self.say(
-                    f"{contestant:24} {shape.name:17} {sessions:3} sessions: "
+                    f"{cell.contestant:24} {shape.name:17} {sessions:3} sessions at {PACED_RATE:.0f} msg/s: "
+                    f"p50 {cell.median(cell.p50_ms):6.2f} ms  p99 {cell.median(cell.p99_ms):6.2f} ms"
+                    + (f"  ERRORS {cell.errors}: {cell.detail}" if cell.errors else "")
+                )
+
+    def latency(self, entries: list[Entry], sessions: int = 10) -> None:
+        """Closed loop: `sessions` clients each sending as soon as the last reply came, runs side by side."""
+        for shape in SHAPES:
+            cells = {
+                e.contestant: Cell(e.contestant, shape.name, sessions, "latency-client") for e in entries
+            }
+            rates = dict.fromkeys(cells, 0.0)
+            if not self.args.smoke:
+                for e in entries:
+                    payload = wire_bytes(self.messages[shape.name, e.rejection])
+                    warm = load.latency_run(e.server.port, payload, SENDER, sessions, 3 * sessions)
+                    self._drain(e.server)
+                    rates[e.contestant] = max(warm.messages, 1) / warm.seconds
+            for run in range(self.profile.runs):
+                for e in alternating(entries, run):
+                    cell = cells[e.contestant]
+                    payload = wire_bytes(self.messages[shape.name, e.rejection])
+                    sampler = procs.RssSampler(e.server.root_pid).start()
+                    try:
+                        count = self.count_for(rates[e.contestant], sessions)
+                        rates[e.contestant] = self._latency_run(e.server, cell, payload, count)
+                    finally:
+                        sampler.stop()
+                    cell.peak_rss = max(cell.peak_rss, sampler.peak)
+            for cell in cells.values():
+                self.cells.append(cell)
+                self.say(
+                    f"{cell.contestant:24} {shape.name:17} {sessions:3} sessions: "
                     f"p50 {cell.median(cell.p50_ms):6.2f} ms"
                     f"  p99 {cell.median(cell.p99_ms):6.2f} ms"
                     + (f"  ERRORS {cell.errors}: {cell.detail}" if cell.errors else "")
                 )
-        finally:
-            sampler.stop()
 
     def measure_memory(self, server: servers.Server, contestant: str) -> None:
         """RSS idle, then with N sessions open at once, each holding its next-hop connection after a
@@ -442,52 +488,54 @@ class Bench:
             self.say(f"{m.name}: {m.per_op_ms:.3f} ms {m.note}")
 
     def _contestants(self, sink_port: int) -> None:
+        """Every contestant started at once; their throughput and latency runs alternate round by round, so
+        that each ratio compares runs made side by side, not phases minutes apart on a machine whose speed
+        drifts (issue 8: "ratios measured side by side in one run")."""
         workers = self.args.workers
-        self.say(f"floor ({workers} worker processes)")
-        floor = servers.start_floor(self.workdir, sink_port, workers)
+        started: list[servers.Server] = []
         try:
-            self.throughput(floor, "floor", rejection=False)
-            self.latency(floor, "floor", rejection=False)
-            self.paced_latency(floor, "floor", rejection=False)
-            self.measure_memory(floor, "floor")
-        finally:
-            floor.stop()
-
-        self.say(f"mailrelay ({workers} worker processes)")
-        relay = servers.start_mailrelay(self.workdir, sink_port, workers, self.args.log_level)
-        try:
-            self.throughput(relay, "mailrelay (other mail)", rejection=False)
-            self.throughput(relay, "mailrelay (rejection)", rejection=True)
-            self.sample(relay, "mailrelay (other mail)", rejection=False)
-            self.sample(relay, "mailrelay (rejection)", rejection=True)
-            self.latency(relay, "mailrelay (other mail)", rejection=False)
-            self.latency(relay, "mailrelay (rejection)", rejection=True)
-            self.paced_latency(relay, "mailrelay (other mail)", rejection=False)
-            self.paced_latency(relay, "mailrelay (rejection)", rejection=True)
-            self.measure_memory(relay, "mailrelay")
+            self.say(f"floor ({workers} worker processes)")
+            floor = servers.start_floor(self.workdir, sink_port, workers)
+            started.append(floor)
+            self.say(f"mailrelay ({workers} worker processes)")
+            relay = servers.start_mailrelay(self.workdir, sink_port, workers, self.args.log_level)
+            started.append(relay)
+            postfix = self._start_postfix(sink_port)
+            entries = [
+                Entry(floor, report.FLOOR, False),
+                Entry(relay, report.OTHER, False),
+                Entry(relay, report.REJECTION, True),
+            ]
+            if postfix is not None:
+                started.append(postfix)
+                entries.append(Entry(postfix, report.POSTFIX, False))
+            self.throughput(entries)
+            self.sample(relay, report.OTHER, rejection=False)
+            self.sample(relay, report.REJECTION, rejection=True)
+            self.latency(entries)
+            self.paced_latency(entries)
+            for server, name in ((floor, "floor"), (relay, "mailrelay"), (postfix, "postfix")):
+                if server is not None:
+                    self.measure_memory(server, name)
             self.run_soak(relay)
         finally:
-            relay.stop()
+            for server in started:
+                server.stop()
         self.say("mailrelay without each of a rejection's stages in turn")
         self.ablate(sink_port)
 
+    def _start_postfix(self, sink_port: int) -> servers.Server | None:
+        """A throwaway Postfix relaying to the sink, or None with a note saying why not."""
         why = servers.postfix_unavailable() if not self.args.no_postfix else "left out with --no-postfix"
         if why is not None:
             self.notes.append(f"Postfix: not measured, {why}.")
-            return
+            return None
         self.say("postfix")
         try:
-            postfix = servers.start_postfix(self.workdir, sink_port)
+            return servers.start_postfix(self.workdir, sink_port)
         except Exception as exc:
             self.notes.append(f"Postfix: not measured, it did not start: {exc}")
-            return
-        try:
-            self.throughput(postfix, "postfix", rejection=False)
-            self.latency(postfix, "postfix", rejection=False)
-            self.paced_latency(postfix, "postfix", rejection=False)
-            self.measure_memory(postfix, "postfix")
-        finally:
-            postfix.stop()
+            return None
 
     def machine(self) -> dict[str, str]:
         model = "unknown"
@@ -512,6 +560,7 @@ class Recorded(Bench):
 
     def __init__(self, data: dict[str, Any]) -> None:  # no Bench.__init__: nothing is run or written
         self.args = argparse.Namespace(**data["args"])
+        self.side_by_side = bool(data["args"].get("side_by_side", False))
         profile = dict(data["profile"])
         self.profile = Profile(**{**profile, "sessions": tuple(profile["sessions"])})
         self.cells = [Cell(**cell) for cell in data["cells"]]
@@ -590,7 +639,11 @@ def main(argv: list[str] | None = None) -> int:
                         "command": command,
                         "generated": generated,
                         "elapsed": elapsed,
-                        "args": {"workers": args.workers, "log_level": args.log_level},
+                        "args": {
+                            "workers": args.workers,
+                            "log_level": args.log_level,
+                            "side_by_side": bench.side_by_side,
+                        },
                         "profile": asdict(bench.profile),
                         "cells": [asdict(c) for c in bench.cells],
                         "memory": [asdict(m) for m in bench.memory],

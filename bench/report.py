@@ -44,6 +44,17 @@ class _Index:
         return a / b if a and b else None
 
 
+def _side_by_side(bench: Bench) -> str:
+    """How the runs were ordered (RESULTS.json of a run before they alternated says nothing of it)."""
+    if not bench.side_by_side:
+        return ""
+    return (
+        "All contestants run at once, and for each message and concurrency their runs alternate (each round "
+        "runs every contestant once, the order reversed every other round), so that a ratio compares runs "
+        "made side by side, not phases minutes apart. "
+    )
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value * 100:.0f} %"
 
@@ -71,7 +82,8 @@ def render(bench: Bench, command: str, elapsed: float, *, generated: str) -> str
         f"mailrelay logs at {bench.args.log_level} to a file, SQLite event store (WAL, synchronous=FULL), "
         "one RSA-2048 DKIM key. Every figure is the median of "
         f"{bench.profile.runs} counted run(s) after a warm-up run, with [min–max] over those runs. "
-        "Each message goes to its own recipient (smtp-source -N), so the relay's retry dedupe never hits.",
+        + _side_by_side(bench)
+        + "Each message goes to its own recipient (smtp-source -N), so the relay's retry dedupe never hits.",
         "",
         "Messages (Japanese HR mail; the rejection and the other variant of a shape differ only in the "
         "sentences detection reads): `plain-5k` text/plain UTF-8 8bit; `multipart-ja-20k` multipart/"

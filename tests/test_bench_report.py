@@ -67,3 +67,23 @@ def test_against_postfix_other_mail_is_bounded_by_the_floor_and_a_rejection_by_i
     assert other.bound == pytest.approx(0.35 + 0.01 + 0.01)  # the floor, the read, the rules
     # the cheapest read-and-decided pass-through (the floor's 0.35 + read + rules), decoration 0, sign, store
     assert rejection.bound == pytest.approx(0.35 + 0.01 + 0.01 + 0.0 + 0.25 + 0.2)
+
+
+def test_each_round_runs_every_contestant_and_every_other_round_in_reverse() -> None:
+    from bench.__main__ import alternating
+
+    order = [alternating(["floor", "other", "rejection", "postfix"], run) for run in range(3)]
+    assert order == [
+        ["floor", "other", "rejection", "postfix"],
+        ["postfix", "rejection", "other", "floor"],
+        ["floor", "other", "rejection", "postfix"],
+    ]
+
+
+def test_the_report_says_the_runs_alternated_only_for_a_run_that_made_them_so() -> None:
+    data = json.loads(RESULTS.read_text())
+    before = Recorded({**data, "args": {k: v for k, v in data["args"].items() if k != "side_by_side"}})
+    after = Recorded({**data, "args": {**data["args"], "side_by_side": True}})
+    sentence = "their runs alternate (each round runs every contestant once"
+    assert sentence not in report.render(before, data["command"], data["elapsed"], generated="x")
+    assert sentence in report.render(after, data["command"], data["elapsed"], generated="x")

@@ -26,6 +26,8 @@ def test_bench_smoke_relays_through_every_contestant(tmp_path: Path) -> None:
     # Either Postfix ran, or the report says exactly why not.
     assert "| postfix | plain-5k |" in report or "Postfix: not measured" in report
     assert "## Errors" not in report
+    # The contestants' runs alternated round by round (bench/__main__.py, alternating).
+    assert "their runs alternate (each round runs every contestant once" in report
     assert "### Latency at an offered load of 100 msg/s" in report
     # mailrelay's own histograms, scraped from every worker, split a message's time.
     assert "sessions: where a message's time goes" in report

@@ -851,6 +851,8 @@ def _targets(idx: _Index, bench: Bench, sessions: tuple[int, ...]) -> list[str]:
             if added
             else f"- Added p99 latency < 20 ms, {how}: {_verdict(None)}."
         )
+        if tool == "latency-client":
+            out += _why_queued(idx, 10)
     for contestant in (OTHER, REJECTION):
         ratios = [idx.ratio(contestant, POSTFIX, sh.name, s) for sh in SHAPES for s in sessions]
         known = [r for r in ratios if r is not None]
@@ -866,6 +868,38 @@ def _targets(idx: _Index, bench: Bench, sessions: tuple[int, ...]) -> list[str]:
                     why = _why_below_postfix(idx, micros, contestant, sh.name, count)
                     plural = "s" if count > 1 else ""
                     out.append(f"  - {sh.name}, {count} session{plural}, {ratio:.2f}×: {why}")
+    return out
+
+
+def _why_queued(idx: _Index, sessions: int) -> list[str]:
+    """Under the closed-loop latency target, each message that misses it: a saturated server's latency is
+    mostly its queue, which Little's law ties to its msg/s (a closed loop's clients each take clients ÷ msg/s
+    per message on average), so the added time goes with the lower msg/s (the throughput targets above say
+    why), and a message's own time is the paced figure."""
+    from bench.messages import SHAPES
+
+    out = []
+    for shape in (sh.name for sh in SHAPES):
+        cell = idx.get(REJECTION, shape, sessions, "latency-client")
+        floor = idx.get(FLOOR, shape, sessions, "latency-client")
+        if not cell or not floor or _med(cell.p99_ms) - _med(floor.p99_ms) < 20:
+            continue
+        rate, floor_rate = _med(cell.rates), _med(floor.rates)
+        queued, floor_queued = 1000 * sessions / rate, 1000 * sessions / floor_rate
+        paced = idx.get(REJECTION, shape, sessions, "latency-paced")
+        paced_floor = idx.get(FLOOR, shape, sessions, "latency-paced")
+        own = ""
+        if paced and paced_floor:
+            own_ms = _med(paced.p99_ms) - _med(paced_floor.p99_ms)
+            own = f"; a message's own added time, at a load both carry (paced), is {own_ms:+.1f} ms"
+        added = _med(cell.p99_ms) - _med(floor.p99_ms)
+        out.append(
+            f"  - {shape}, {added:+.1f} ms: a queue, which Little's law ties to msg/s: with {sessions} "
+            "clients each waiting for its reply, a message's whole turn (commands, data, reply) averages "
+            f"{sessions} ÷ msg/s, {queued:.1f} ms at mailrelay's {rate:.0f} rejections a second against "
+            f"{floor_queued:.1f} at the floor's {floor_rate:.0f} ({queued - floor_queued:+.1f} ms on "
+            f"average, before the spread that p99 adds){own}."
+        )
     return out
 
 

@@ -126,6 +126,11 @@ class Entry:
     rejection: bool
 
 
+def errors_said(run: Cell | Ablated) -> str:
+    """What a progress line adds for runs that failed: their count and the first failure's detail."""
+    return f"  ERRORS {run.errors}: {run.detail}" if run.errors else ""
+
+
 T = TypeVar("T")
 
 
@@ -198,7 +203,7 @@ class Bench:
                     self.say(
                         f"{cell.contestant:24} {shape.name:17} {sessions:3} sessions: "
                         f"{cell.median(cell.rates):8.1f} msg/s  {cell.median(cell.cpu_ms):6.2f} ms CPU/msg"
-                        + (f"  ERRORS {cell.errors}: {cell.detail}" if cell.errors else "")
+                        + errors_said(cell)
                     )
 
     def _throughput_cells(self, entries: list[Entry], shape: str, sessions: int) -> list[Cell]:
@@ -340,8 +345,7 @@ class Bench:
                     self.ablated.append(cell)
                     self.say(
                         f"ablation {shape.name:17} {cell.variant:12}: "
-                        f"{statistics.median(cell.cpu_ms):6.2f} ms CPU/msg"
-                        + (f"  ERRORS {cell.errors}: {cell.detail}" if cell.errors else "")
+                        f"{statistics.median(cell.cpu_ms):6.2f} ms CPU/msg" + errors_said(cell)
                     )
         finally:
             for server in relays.values():
@@ -380,7 +384,7 @@ class Bench:
                 self.say(
                     f"{cell.contestant:24} {shape.name:17} {sessions:3} sessions at {PACED_RATE:.0f} msg/s: "
                     f"p50 {cell.median(cell.p50_ms):6.2f} ms  p99 {cell.median(cell.p99_ms):6.2f} ms"
-                    + (f"  ERRORS {cell.errors}: {cell.detail}" if cell.errors else "")
+                    + errors_said(cell)
                 )
 
     def latency(self, entries: list[Entry], sessions: int = 10) -> None:
@@ -412,8 +416,7 @@ class Bench:
                 self.say(
                     f"{cell.contestant:24} {shape.name:17} {sessions:3} sessions: "
                     f"p50 {cell.median(cell.p50_ms):6.2f} ms"
-                    f"  p99 {cell.median(cell.p99_ms):6.2f} ms"
-                    + (f"  ERRORS {cell.errors}: {cell.detail}" if cell.errors else "")
+                    f"  p99 {cell.median(cell.p99_ms):6.2f} ms" + errors_said(cell)
                 )
 
     def measure_memory(self, server: servers.Server, contestant: str) -> None:

@@ -207,23 +207,24 @@ class Bench:
                     )
 
     def _throughput_cells(self, entries: list[Entry], shape: str, sessions: int) -> list[Cell]:
-        cells = [Cell(e.contestant, shape, sessions, "smtp-source") for e in entries]
-        rates = [0.0] * len(entries)
-        stage_seconds: list[dict[str, float]] = [{} for _ in entries]
+        cells = {e.contestant: Cell(e.contestant, shape, sessions, "smtp-source") for e in entries}
+        rates = dict.fromkeys(cells, 0.0)
+        stage_seconds: dict[str, dict[str, float]] = {name: {} for name in cells}
         # A warm-up run each (not counted) that also estimates the rate, so that each counted run lasts
         # about `duration` seconds whatever the contestant's speed.
         if not self.args.smoke:
-            for i, e in enumerate(entries):
+            for e in entries:
                 message = self.messages[shape, e.rejection]
                 warm = load.smtp_source(e.server.port, message, SENDER, RECIPIENT, sessions, 3 * sessions)
                 self._drain(e.server)
-                rates[i] = warm.messages / warm.seconds
+                rates[e.contestant] = warm.messages / warm.seconds
         for run in range(self.profile.runs):
-            for i in alternating(list(range(len(entries))), run):
-                rates[i] = self._throughput_run(entries[i], cells[i], rates[i], run, stage_seconds[i])
-        for cell, seconds in zip(cells, stage_seconds, strict=True):
-            cell.stage_ms = {k: v / cell.messages * 1000 for k, v in seconds.items()}
-        return cells
+            for e in alternating(entries, run):
+                name = e.contestant
+                rates[name] = self._throughput_run(e, cells[name], rates[name], run, stage_seconds[name])
+        for name, cell in cells.items():
+            cell.stage_ms = {k: v / cell.messages * 1000 for k, v in stage_seconds[name].items()}
+        return list(cells.values())
 
     def _throughput_run(
         self, entry: Entry, cell: Cell, rate: float, run: int, stage_seconds: dict[str, float]

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench import report
-from bench.__main__ import Recorded
+from bench.__main__ import Cell, Recorded
 from bench.messages import SHAPES
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "RESULTS.json"
@@ -46,8 +47,6 @@ def test_a_bound_over_the_budget_is_out_of_reach_and_one_under_it_is_not_explain
 
 
 def test_against_postfix_other_mail_is_bounded_by_the_floor_and_a_rejection_by_its_stages_too() -> None:
-    from bench.__main__ import Cell
-
     def cell(contestant: str, rate: float, cpu: float) -> Cell:
         return Cell(contestant, "plain-5k", 10, "smtp-source", [rate], [cpu], load_cpu_ms=[0.1])
 
@@ -98,3 +97,42 @@ def test_other_mail_below_postfix_at_one_session_says_what_handling_as_costly_as
     assert "reaches 404: above Postfix takes its 2.48 ms per message under 2.16." in beaten
     assert report._why_other_below_postfix(bound=323, postfix=462, measured=300).endswith("Postfix 462.")
     assert report._why_other_below_postfix(bound=500, postfix=462, measured=404).startswith("not explained")
+
+
+def test_the_harness_alternates_every_phase_of_runs_round_by_round(tmp_path: Path) -> None:
+    """What RESULTS.md says of the runs' order holds for throughput, closed-loop and paced latency: each
+    round runs every contestant once, the next in reverse (issue 8: ratios of runs side by side)."""
+    import argparse
+    import os
+
+    from bench.__main__ import Bench, Entry, Profile
+    from bench.servers import Server
+
+    profile = Profile(runs=3, duration=0.0, sessions=(2,), micro_budget=0.0, soak=0, memory_sessions=0)
+    bench = Bench(argparse.Namespace(smoke=True), profile, tmp_path)
+    server = Server("none", 0, root_pid=os.getpid())
+    entries = [Entry(server, name, name == report.REJECTION) for name in (report.FLOOR, report.REJECTION)]
+    order: list[str] = []
+
+    def run(*args: Any) -> float:
+        cell = next(a for a in args if isinstance(a, Cell))
+        order.append(cell.contestant)
+        cell.messages += 1
+        return 1.0
+
+    bench._throughput_run = run  # type: ignore[method-assign]
+    bench._latency_run = run  # type: ignore[method-assign]
+    expected = [
+        report.FLOOR,
+        report.REJECTION,
+        report.REJECTION,
+        report.FLOOR,
+        report.FLOOR,
+        report.REJECTION,
+    ]
+    bench._throughput_cells(entries, "plain-5k", 2)
+    assert order == expected
+    for phase in (bench.latency, bench.paced_latency):
+        order.clear()
+        phase(entries, sessions=2)
+        assert order == expected * len(SHAPES)

@@ -18,13 +18,13 @@ from typing import Any, TypeVar
 from bench import ablation, load, micro, procs, report, sampling, servers
 from bench.load import PACED_RATE
 from bench.messages import RECIPIENT, SENDER, SHAPES, wire_bytes, write_all
-from mailrelay.store.events import READER, WRITER
+from mailrelay.store.events import CHECKPOINTER, READER, WRITER
 
 # How many counted runs' worth of messages the py-spy run of each message sends.
 SAMPLED_RUNS = 4
 
 # mailrelay's store threads by their kernel names: their CPU is the store's, the rest its event loops'.
-STORE_THREADS = (WRITER, READER)
+STORE_THREADS = (WRITER, READER, CHECKPOINTER)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mailrelay.store.events import READER, WRITER
+from mailrelay.store.events import CHECKPOINTER, READER, WRITER
 
 # Samples per second per worker. py-spy reads the workers' memory from outside (--nonblocking: it never
 # stops them), and the run it samples is not one of the counted runs.
@@ -27,8 +27,9 @@ def _named(*patterns: tuple[str, str]) -> Named:
 # A sample is the first of these stages that any frame of its stack shows: a DKIM signature is signing
 # wherever it is called from, the store's writer thread is the store whatever it runs.
 STAGES = _named(
-    # py-spy shows a thread by its Python name: the store's pool names them WRITER_0 and READER_0
-    ("store, writer thread", rf"^thread \(\d+\): {re.escape(WRITER)}_"),
+    # py-spy shows a thread by its Python name: the store's pool names them WRITER_0 and READER_0; the
+    # checkpointer's checkpoints are what the writer's commits did before it (store/events.py)
+    ("store, writer thread", rf"^thread \(\d+\): ({re.escape(WRITER)}_|{re.escape(CHECKPOINTER)})"),
     ("store, retry-check thread", rf"^thread \(\d+\): {re.escape(READER)}_"),
     ("DKIM signing", r"\((mailrelay/signing\.py|mailrelay/stages/dkim_sign\.py|dkim/)"),
     ("decoration", r"\(mailrelay/stages/|ParsedMessage\.decorate |ParsedMessage\._decorate_part "),

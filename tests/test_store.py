@@ -5,6 +5,7 @@ The fixtures here (`db_url`, `store`) are imported by the ledger, tracking and r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import threading
@@ -181,12 +182,87 @@ async def test_the_store_threads_carry_their_names_in_the_kernel(tmp_path: Path)
     try:
         await store.record([CopyRecord("e" * 64, "c" * 64, "250 ok", None)], mark_delivered=True)
         await store.delivered_recipients("e" * 64, {"c" * 64})
-        assert {events.WRITER, events.READER} <= kernel_names()
+        assert {events.WRITER, events.READER, events.CHECKPOINTER} <= kernel_names()
         loop_thread = Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
-        assert loop_thread not in (events.WRITER, events.READER)
+        assert loop_thread not in (events.WRITER, events.READER, events.CHECKPOINTER)
     finally:
         store.close()
-    assert not {events.WRITER, events.READER} & kernel_names()
+    assert not {events.WRITER, events.READER, events.CHECKPOINTER} & kernel_names()
+
+
+def _rows_in_database_file(path: Path) -> int:
+    """Referral events in the database file itself, not counting the write-ahead log (immutable=1 reads
+    the file as it is, ignoring the log); none while the schema itself is only in the log."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as connection:
+        try:
+            return int(connection.execute("SELECT count(*) FROM referral_events").fetchone()[0])
+        except sqlite3.OperationalError:  # no such table yet
+            return 0
+
+
+async def test_the_checkpointer_moves_the_log_into_the_database_file_off_the_commit_path(
+    tmp_path: Path,
+) -> None:
+    """Issue 8: the group commit's connection checkpoints only past the backstop, so a checkpoint no longer
+    holds up the batch whose commit crossed SQLite's default 1000 pages; the checkpointer thread copies the
+    log into the database file instead."""
+    path = tmp_path / "events.db"
+    store = EventStore(f"sqlite:///{path}")
+    store.create_schema()
+    store.checkpoint_interval = 0.05
+    try:
+        for n in range(3):
+            record = CopyRecord(
+                f"{n}" * 64, "c" * 64, "250 ok", ReferralFields("acme", f"t{n}", "r", None, None)
+            )
+            await store.record([record], mark_delivered=False)
+
+        def autocheckpoint() -> int:
+            assert store._own_connection is not None
+            return int(store._own_connection.cursor.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+        assert store._executor.submit(autocheckpoint).result() == events.BACKSTOP_PAGES
+        deadline = asyncio.get_running_loop().time() + 10
+        while _rows_in_database_file(path) < 3:
+            assert asyncio.get_running_loop().time() < deadline, "the log was not checkpointed"
+            await asyncio.sleep(0.02)
+    finally:
+        store.close()
+
+
+def test_a_failing_checkpoint_is_logged_once_and_tried_again(caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint that fails (the file unreadable, a full disk) says so once, not every half second, says
+    when it works again, and the thread goes on: the writer's backstop bounds the log meanwhile."""
+
+    class Engine:
+        """raw_connection fails twice, then hands out a working connection."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+            self.worked = threading.Event()
+
+        def raw_connection(self) -> Any:
+            self.calls += 1
+            if self.calls <= 2:
+                raise sqlite3.OperationalError("disk I/O error")
+            self.worked.set()
+            return sqlite3.connect(":memory:", check_same_thread=False)
+
+    engine = Engine()
+    caplog.set_level("INFO", logger="mailrelay.store")
+    checkpointer = events.WalCheckpointer(engine, 0.01)  # type: ignore[arg-type]
+    try:
+        assert engine.worked.wait(10)
+        deadline = threading.Event()
+        for _ in range(500):
+            if "WAL checkpoints work again" in caplog.text:
+                break
+            deadline.wait(0.01)
+    finally:
+        checkpointer.stop()
+    assert caplog.text.count("store: WAL checkpoint failed (disk I/O error)") == 1
+    assert "store: WAL checkpoints work again" in caplog.text
+    assert not checkpointer.failing
 
 
 async def test_a_thread_name_the_kernel_refuses_does_not_break_the_store(

@@ -292,20 +292,7 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     return uvloop.new_event_loop
 
 
-# A thread that wants the GIL waits up to the interpreter's switch interval (5 ms by default) before the
-# thread holding it must let go. The store's threads need it for a moment after each commit or read, to hand
-# the results back, while the event loop runs a message's detection, decoration and signing in Python: a
-# batch's replies waited behind whole stages of other messages. At 1 ms (issue 8, 2-vCPU Intel Xeon, 20 KB
-# rejections at 100 msg/s from 10 sessions, medians of 6 rounds side by side): p99 41.9 -> 31.0 ms, and
-# 37.5 -> 30.7 in a second run; msg/s and CPU per message at 10 sessions unchanged within the noise, 0.5 ms
-# alike.
-GIL_SWITCH_INTERVAL = 0.001
-
-
 def run_on_loop(main: Coroutine[Any, Any, int], choice: str) -> int:
-    """Run the relay's main coroutine (serve) on the chosen event loop, with the GIL switch interval set for
-    a process whose store threads hand results to its event loop (GIL_SWITCH_INTERVAL)."""
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     with asyncio.Runner(loop_factory=event_loop_factory(choice)) as runner:
         return runner.run(main)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing.connection
 import os
 import signal
-import sys
 from typing import Any
 
 import pytest
@@ -58,18 +57,3 @@ def test_the_parent_exits_when_a_worker_exits_between_two_looks(
     monkeypatch.setattr(signal, "signal", lambda *_args: None)  # the test process keeps its own handlers
     assert app.serve_workers(make_settings(), 1, None) == 0
     assert len(waited) == 1
-
-
-def test_the_relay_runs_with_a_short_gil_switch_interval() -> None:
-    """Issue 8: a serving process (`serve`, and each of `serve --workers N`) runs with the GIL switch
-    interval at 1 ms, so that the store's threads hand results back without waiting 5 ms behind the event
-    loop's Python."""
-
-    async def switch_interval() -> int:
-        return round(sys.getswitchinterval() * 1_000_000)
-
-    before = sys.getswitchinterval()
-    try:
-        assert app.run_on_loop(switch_interval(), "asyncio") == 1000
-    finally:
-        sys.setswitchinterval(before)

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from mailrelay.store import CopyRecord, EventStore, ReferralFields, SeenRejection, events
-from mailrelay.store.driver import CursorHolder
+from mailrelay.store.driver import CursorHolder, Driver
 from mailrelay.store.models import ReferralEvent
 
 POSTGRES = os.environ.get("MAILRELAY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -247,11 +247,20 @@ def test_a_failing_checkpoint_is_logged_once_and_tried_again(caplog: pytest.LogC
             if self.calls <= 2:
                 raise sqlite3.OperationalError("disk I/O error")
             self.worked.set()
-            return sqlite3.connect(":memory:", check_same_thread=False)
+            return Pooled()
+
+    class Pooled:
+        """What OwnConnection takes from the pool: a DB-API connection under driver_connection."""
+
+        driver_connection = sqlite3.connect(":memory:", check_same_thread=False)
+
+        def close(self) -> None:
+            self.driver_connection.close()
 
     engine = Engine()
     caplog.set_level("INFO", logger="mailrelay.store")
-    checkpointer = events.WalCheckpointer(engine, 0.01)  # type: ignore[arg-type]
+    driver = Driver(create_engine("sqlite://").dialect)
+    checkpointer = events.WalCheckpointer(engine, driver, 0.01)  # type: ignore[arg-type]
     try:
         assert engine.worked.wait(10)
         for _ in range(500):  # the line is logged just after the checkpoint that worked

@@ -345,7 +345,7 @@ class EventStore:
             connection.discard()
             raise
         if self._checkpointer is None:
-            self._checkpointer = WalCheckpointer(self.engine, self.checkpoint_interval)
+            self._checkpointer = WalCheckpointer(self.engine, self.driver, self.checkpoint_interval)
         return connection
 
     def _savepointed(self, holder: CursorHolder, batch: list[_Job]) -> list[tuple[bool, Any]]:
@@ -662,8 +662,9 @@ class WalCheckpointer:
     that finds another under way (another worker's) does nothing. A failure is logged and tried again next
     time: the writer's backstop keeps the log bounded meanwhile."""
 
-    def __init__(self, engine: Engine, interval: float) -> None:
+    def __init__(self, engine: Engine, driver: Driver, interval: float) -> None:
         self.engine = engine
+        self.driver = driver
         self.interval = interval
         self.failing = False
         self._stop = threading.Event()
@@ -672,14 +673,12 @@ class WalCheckpointer:
 
     def _run(self) -> None:
         name_os_thread(CHECKPOINTER)
-        connection: PoolProxiedConnection | None = None
+        connection: OwnConnection | None = None
         while not self._stop.wait(self.interval):
             try:
                 if connection is None:
-                    connection = self.engine.raw_connection()
-                cursor = connection.cursor()
-                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                cursor.close()
+                    connection = OwnConnection.open(self.engine, self.driver)
+                connection.cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except Exception as exc:
                 if not self.failing:
                     log.warning(
@@ -687,16 +686,14 @@ class WalCheckpointer:
                     )
                 self.failing = True
                 if connection is not None:
-                    with contextlib.suppress(Exception):
-                        connection.invalidate()
+                    connection.discard()
                 connection = None
                 continue
             if self.failing:
                 log.info("store: WAL checkpoints work again")
             self.failing = False
         if connection is not None:
-            with contextlib.suppress(Exception):
-                connection.close()
+            connection.close()
 
     def stop(self) -> None:
         self._stop.set()

@@ -96,14 +96,30 @@ class Profile:
     micro_budget: float
     soak: float
     memory_sessions: int
+    # Seconds per paced latency run: at PACED_RATE, 1,500 messages, whose p99 is the 15th slowest. 500 (the
+    # 5th slowest) moved by +-10 ms from run to run on a noisy machine, wider than the target it is read
+    # against (issue 8). Earlier RESULTS.json files lack it: theirs was 5.
+    paced_seconds: float = 5.0
 
 
 PROFILES = {
     "default": Profile(
-        runs=3, duration=2.5, sessions=(1, 10, 50), micro_budget=1.0, soak=30, memory_sessions=40
+        runs=3,
+        duration=2.5,
+        sessions=(1, 10, 50),
+        micro_budget=1.0,
+        soak=30,
+        memory_sessions=40,
+        paced_seconds=15.0,
     ),
     "quick": Profile(
-        runs=3, duration=0.4, sessions=(1, 10, 50), micro_budget=0.3, soak=0, memory_sessions=40
+        runs=3,
+        duration=0.4,
+        sessions=(1, 10, 50),
+        micro_budget=0.3,
+        soak=0,
+        memory_sessions=40,
+        paced_seconds=0.8,
     ),
     "smoke": Profile(runs=1, duration=0.0, sessions=(2,), micro_budget=0.02, soak=0, memory_sessions=0),
 }
@@ -375,7 +391,7 @@ class Bench:
         the latency is the time a message takes, not the queue in front of a saturated server."""
         for shape in SHAPES:
             cells = {e.contestant: Cell(e.contestant, shape.name, sessions, "latency-paced") for e in entries}
-            count = 2 * sessions if self.args.smoke else round(PACED_RATE * self.profile.duration * 2)
+            count = 2 * sessions if self.args.smoke else round(PACED_RATE * self.profile.paced_seconds)
             for run in range(self.profile.runs):
                 for e in alternating(entries, run):
                     payload = wire_bytes(self.messages[shape.name, e.rejection])

@@ -55,6 +55,25 @@ def _side_by_side(bench: Bench) -> str:
     )
 
 
+def _paced_sample(paced: list[Cell], rate: float) -> str:
+    """How many messages one paced run's p99 is read from (bench.percentile's index), when all runs had
+    the same count."""
+    per_run = {round(c.messages / len(c.p99_ms)) for c in paced if c.p99_ms}
+    if len(per_run) != 1:
+        return ""
+    count = per_run.pop()
+    slowest = count - min(count - 1, max(0, round(0.99 * (count - 1))))
+    return (
+        f" Each run offers {count} messages ({count / rate:.0f} s), so its p99 is the "
+        f"{_ordinal(slowest)} slowest of them."
+    )
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value * 100:.0f} %"
 
@@ -153,7 +172,7 @@ def render(bench: Bench, command: str, elapsed: float, *, generated: str) -> str
             "runs saturated and its latency is mostly the queue (10 sessions / msg/s). Here the same clients "
             f"pace themselves to {PACED_RATE:.0f} msg/s in all, a load every contestant carries, so the "
             "latency is the time one message takes through the server. The target on added latency is read "
-            "here; the closed-loop figure is reported beside it.",
+            "here; the closed-loop figure is reported beside it." + _paced_sample(paced, PACED_RATE),
             "",
             "| contestant | message | p50 ms | p99 ms | added p99 vs floor ms | CPU ms/msg |",
             "|---|---|---:|---:|---:|---:|",

@@ -136,3 +136,28 @@ def test_the_harness_alternates_every_phase_of_runs_round_by_round(tmp_path: Pat
         order.clear()
         phase(entries, sessions=2)
         assert order == expected * len(SHAPES)
+
+
+def test_the_paced_table_says_how_many_messages_each_p99_is_read_from() -> None:
+    """A p99 of 500 messages is the 6th slowest, and moved by +-10 ms from run to run on a noisy machine:
+    the report says what each run's p99 is read from (issue 8)."""
+
+    def paced(messages: int, runs: int) -> Cell:
+        cell = Cell(report.REJECTION, "plain-5k", 10, "latency-paced")
+        cell.messages, cell.p99_ms = messages * runs, [1.0] * runs
+        return cell
+
+    said = report._paced_sample([paced(1500, 3), paced(1500, 3)], 100.0)
+    assert said == " Each run offers 1500 messages (15 s), so its p99 is the 16th slowest of them."
+    assert "500 messages (5 s), so its p99 is the 6th slowest" in report._paced_sample([paced(500, 3)], 100.0)
+    assert report._paced_sample([paced(1500, 3), paced(500, 3)], 100.0) == ""
+    assert [report._ordinal(n) for n in (1, 2, 3, 11, 12, 13, 21, 22)] == [
+        "1st",
+        "2nd",
+        "3rd",
+        "11th",
+        "12th",
+        "13th",
+        "21st",
+        "22nd",
+    ]

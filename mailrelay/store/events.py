@@ -224,6 +224,11 @@ class EventStore:
             self._expected += 1
         return ExpectedWrite(self)
 
+    def withdraw_expected(self, expected: ExpectedWrite) -> None:
+        """`expected` will not be handed in (the message will not record): commits stop waiting for it."""
+        with self._pending_lock:
+            self._settle_expected(expected)
+
     def _settle_expected(self, expected: ExpectedWrite) -> None:
         """Count `expected` as arrived (handed in, or withdrawn), once; the caller holds _pending_lock."""
         if not expected.settled:
@@ -709,8 +714,7 @@ class ExpectedWrite:
         self.settled = False
 
     def withdraw(self) -> None:
-        with self.store._pending_lock:
-            self.store._settle_expected(self)
+        self.store.withdraw_expected(self)
 
 
 @dataclass(frozen=True)

@@ -96,9 +96,9 @@ class Profile:
     micro_budget: float
     soak: float
     memory_sessions: int
-    # Seconds per paced latency run: at PACED_RATE, 1,500 messages, whose p99 is the 15th slowest. 500 (the
-    # 5th slowest) moved by +-10 ms from run to run on a noisy machine, wider than the target it is read
-    # against (issue 8). Earlier RESULTS.json files lack it: theirs was 5.
+    # Seconds per paced latency run: at PACED_RATE, 1,500 messages, whose p99 (percentile()) is the 16th
+    # slowest. With 500 it was the 6th, and moved by +-10 ms from run to run on a noisy machine, wider than
+    # the target it is read against (issue 8). Earlier RESULTS.json files lack it: theirs was 5.
     paced_seconds: float = 5.0
 
 

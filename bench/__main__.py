@@ -41,6 +41,9 @@ class Cell:
     load_cpu_ms: list[float] = field(default_factory=list)
     # mailrelay: CPU per message of its store threads (writer and retry-check reader), all workers
     store_cpu_ms: list[float] = field(default_factory=list)
+    # cores that no process and no kernel work used during each run (smtp-source runs; /proc/stat idle and
+    # iowait): tells a server that waits from one whose cores went to the kernel's own work (issue 8)
+    idle_cores: list[float] = field(default_factory=list)
     p50_ms: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
     peak_rss: int = 0
@@ -252,12 +255,14 @@ class Bench:
             cpu0 = procs.cpu_seconds(server.root_pid)
             store0 = procs.thread_cpu_seconds(server.root_pid, STORE_THREADS)
             load0 = procs.cpu_seconds(self.sink_pid) + procs.children_cpu_seconds()
+            idle0 = procs.machine_idle_seconds()
             started = time.perf_counter()
             result = load.smtp_source(server.port, unique, SENDER, RECIPIENT, cell.sessions, count)
             if not self._drain(server):
                 result.errors += 1
                 result.detail = "postfix did not deliver everything within 120 s"
             seconds = time.perf_counter() - started
+            idle = procs.machine_idle_seconds() - idle0
             cpu = procs.cpu_seconds(server.root_pid) - cpu0
             store = procs.thread_cpu_seconds(server.root_pid, STORE_THREADS) - store0
             load_cpu = procs.cpu_seconds(self.sink_pid) + procs.children_cpu_seconds() - load0
@@ -271,6 +276,7 @@ class Bench:
             for key in after:
                 stage_seconds[key] = stage_seconds.get(key, 0.0) + after[key] - sums[key]
         cell.load_cpu_ms.append(load_cpu / count * 1000)
+        cell.idle_cores.append(idle / seconds)
         cell.rates.append(count / seconds)
         cell.cpu_ms.append(cpu / count * 1000)
         cell.messages += count

@@ -62,6 +62,14 @@ def thread_cpu_seconds(root: int, names: tuple[str, ...]) -> float:
     return total / _TICK
 
 
+def machine_idle_seconds() -> float:
+    """Seconds the machine's CPUs spent idle or waiting for I/O (/proc/stat: idle + iowait, all CPUs added):
+    a delta over a run, divided by its wall time, is how many cores no process and no kernel work used."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    # "cpu user nice system idle iowait irq softirq steal ...", in ticks of SC_CLK_TCK.
+    return (int(fields[4]) + int(fields[5])) / _TICK
+
+
 def children_cpu_seconds() -> float:
     """utime+stime of this process's children that have been waited for (smtp-source runs)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -470,12 +470,14 @@ def _handling(idx: _Index, micros: dict[str, float], shape: str, sessions: int) 
 class Bound:
     """A rejection at one concurrency: the least CPU per message the stages that cannot be skipped take
     (the bound), the most a target allows (the budget), what mailrelay spent, and how many of the 2 cores
-    its run kept busy (ms/msg)."""
+    its run kept busy, and how many no process and no kernel work used (None for a run recorded before that
+    was measured) (ms/msg, cores)."""
 
     bound: float
     budget: float
     used: float
     busy: float
+    idle: float | None = None
 
 
 def _half_floor(idx: _Index, micros: dict[str, float], shape: str, sessions: int) -> Bound | None:
@@ -488,7 +490,8 @@ def _half_floor(idx: _Index, micros: dict[str, float], shape: str, sessions: int
         return None
     extra = max(0.0, ms["detect"] - ms["detect_other"])
     bound = _med(other.cpu_ms) + extra + _decoration_ms(ms) + ms["sign"] + _store_ms(rejection, ms)
-    return Bound(bound, _med(floor.cpu_ms) + _room(floor, 0.5), _med(rejection.cpu_ms), _busy(rejection))
+    budget = _med(floor.cpu_ms) + _room(floor, 0.5)
+    return Bound(bound, budget, _med(rejection.cpu_ms), _busy(rejection), _idle(rejection))
 
 
 def _above_postfix(
@@ -512,12 +515,31 @@ def _above_postfix(
             + ms["sign"]
             + _store_ms(cell, ms)
         )
-    return Bound(bound, 2000 / postfix - _med(cell.load_cpu_ms), _med(cell.cpu_ms), _busy(cell))
+    return Bound(bound, 2000 / postfix - _med(cell.load_cpu_ms), _med(cell.cpu_ms), _busy(cell), _idle(cell))
 
 
 def _busy(cell: Cell) -> float:
     """Cores the run kept busy: the server's and the load's CPU per message times msg/s."""
     return _med(cell.rates) * (_med(cell.cpu_ms) + _med(cell.load_cpu_ms)) / 1000
+
+
+def _idle(cell: Cell) -> float | None:
+    """Cores that no process and no kernel work used during the run; None if the run did not measure it."""
+    return _med(cell.idle_cores) if cell.idle_cores else None
+
+
+def _other_cores(bound: Bound) -> float:
+    """Of the 2 cores, what went neither to the server and the load nor unused: the kernel's own work
+    (interrupts, loopback networking, its threads) and other processes."""
+    return max(0.0, 2 - bound.busy - (bound.idle or 0.0))
+
+
+def _cores(bound: Bound) -> str:
+    """How the 2 cores went in the run, for a table cell."""
+    busy = f"{bound.busy:.1f} of 2"
+    if bound.idle is None:
+        return busy
+    return f"{busy}, {bound.idle:.1f} idle, {_other_cores(bound):.1f} other"
 
 
 def _one_session_rates(idx: _Index, ms: dict[str, float], shape: str) -> tuple[float, float] | None:
@@ -713,7 +735,7 @@ def _against_postfix(idx: _Index, bench: Bench) -> list[str]:
                 continue
             many.append(
                 f"| {shape.name} | {sessions} | {postfix:.0f} | {_med(cell.load_cpu_ms):.2f} "
-                f"| **{above.budget:.2f}** | {above.bound:.2f} | {above.used:.2f} | {above.busy:.1f} of 2 |"
+                f"| **{above.budget:.2f}** | {above.bound:.2f} | {above.used:.2f} | {_cores(above)} |"
             )
     if not one and not many:
         return []
@@ -746,8 +768,10 @@ def _against_postfix(idx: _Index, bench: Bench) -> list[str]:
         *one,
         "",
         "**10 and 50 sessions** are limited by CPU: the load generator, the sink and the relay share the 2 "
-        "cores. The last column shows how many of them mailrelay's rejection run kept busy; the budget "
-        "assumes all 2, so it is generous. To relay as many "
+        "cores. The last column shows how many of them mailrelay's rejection run kept busy (its processes "
+        "and the load's), and, where measured, how many nothing used (idle or waiting for the disk, from "
+        "/proc/stat) and how many went to other work: the kernel's own (interrupts, loopback networking, "
+        "its threads) and other processes. The budget assumes all 2, so it is generous. To relay as many "
         "rejections per second as Postfix, mailrelay may spend at most 2 cores ÷ Postfix's msg/s, less what "
         "smtp-source and smtp-sink spend per message. The bound is the cheapest CPU per message this run "
         "measured for a pass-through that also read the message and ran the rules (the floor's plus the read "
@@ -952,7 +976,13 @@ def _why_bound(bound: Bound | None, target: str) -> str:
     return (
         f"not explained by the bound: the stages that cannot be skipped take {bound.bound:.2f} ms, under the "
         f"{bound.budget:.2f} that {target} leaves; mailrelay spends {bound.used:.2f} "
-        f"({bound.used - bound.bound:+.2f} beyond the bound) and kept {bound.busy:.1f} of the 2 cores busy."
+        f"({bound.used - bound.bound:+.2f} beyond the bound) and kept {bound.busy:.1f} of the 2 cores busy"
+        + (
+            "."
+            if bound.idle is None
+            else f"; {bound.idle:.1f} stayed idle and {_other_cores(bound):.1f} went to other work (the "
+            "kernel's own, other processes)."
+        )
     )
 
 

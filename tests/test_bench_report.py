@@ -46,6 +46,27 @@ def test_a_bound_over_the_budget_is_out_of_reach_and_one_under_it_is_not_explain
     assert under.startswith("not explained by the bound: ") and "+0.60 beyond the bound" in under
 
 
+def test_a_cell_not_explained_says_how_the_cores_went_where_the_run_measured_idle_time() -> None:
+    measured = report.Bound(bound=1.0, budget=1.5, used=1.6, busy=1.7, idle=0.1)
+    said = report._why_bound(measured, "50 %")
+    assert said.endswith(
+        "kept 1.7 of the 2 cores busy; 0.1 stayed idle and 0.2 went to other work (the kernel's own, "
+        "other processes)."
+    )
+    assert report._cores(measured) == "1.7 of 2, 0.1 idle, 0.2 other"
+    # A RESULTS.json written before idle time was measured renders as it did.
+    earlier = report.Bound(bound=1.0, budget=1.5, used=1.6, busy=1.7)
+    assert report._why_bound(earlier, "50 %").endswith("kept 1.7 of the 2 cores busy.")
+    assert report._cores(earlier) == "1.7 of 2"
+
+
+def test_idle_time_is_read_from_the_machine_and_only_grows() -> None:
+    from bench import procs
+
+    first = procs.machine_idle_seconds()
+    assert 0 < first <= procs.machine_idle_seconds()
+
+
 def test_against_postfix_other_mail_is_bounded_by_the_floor_and_a_rejection_by_its_stages_too() -> None:
     def cell(contestant: str, rate: float, cpu: float) -> Cell:
         return Cell(contestant, "plain-5k", 10, "smtp-source", [rate], [cpu], load_cpu_ms=[0.1])

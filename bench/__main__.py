@@ -47,8 +47,11 @@ class Cell:
     p50_ms: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
     peak_rss: int = 0
-    # mailrelay at the fewest sessions: each of servers.HISTOGRAMS' time per message, ms (its own metrics)
+    # mailrelay at the fewest sessions, and in the paced runs: each of servers.HISTOGRAMS' time per message,
+    # ms (its own metrics)
     stage_ms: dict[str, float] = field(default_factory=dict)
+    # mailrelay's paced runs: how many messages spent over servers.SLOW_STAGE_SECONDS in each stage (the tail)
+    stage_slow: dict[str, float] = field(default_factory=dict)
     messages: int = 0
     errors: int = 0
     detail: str = ""
@@ -372,10 +375,22 @@ class Bench:
         self, server: servers.Server, cell: Cell, payload: bytes, count: int, rate: float | None = None
     ) -> float:
         """One latency run into `cell` (closed loop, or offered at `rate` msg/s); returns the msg/s."""
+        timed = bool(server.metrics_ports) and rate is not None
+        sums = servers.histogram_sums(server.metrics_ports) if timed else {}
+        slow = servers.histogram_slow(server.metrics_ports) if timed else {}
         cpu0 = procs.cpu_seconds(server.root_pid)
         result = load.latency_run(server.port, payload, SENDER, cell.sessions, count, rate)
         cpu = procs.cpu_seconds(server.root_pid) - cpu0
         self._drain(server)
+        if timed:
+            # mailrelay's own split of a paced message's time, and where its slowest ones spent it (issue 8:
+            # "the profile that shows where the time goes" for a latency target not met).
+            messages = cell.messages + result.messages
+            for key, total in servers.histogram_sums(server.metrics_ports).items():
+                spent = cell.stage_ms.get(key, 0.0) * cell.messages + (total - sums[key]) * 1000
+                cell.stage_ms[key] = spent / max(messages, 1)
+            for key, total in servers.histogram_slow(server.metrics_ports).items():
+                cell.stage_slow[key] = cell.stage_slow.get(key, 0.0) + total - slow[key]
         achieved = max(result.messages, 1) / result.seconds
         cell.rates.append(achieved)
         cell.cpu_ms.append(cpu / max(result.messages, 1) * 1000)

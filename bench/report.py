@@ -898,6 +898,8 @@ def _targets(idx: _Index, bench: Bench, sessions: tuple[int, ...]) -> list[str]:
         )
         if tool == "latency-client":
             out += _why_queued(idx, 10)
+        else:
+            out += _why_paced(idx, micros, 10)
     for contestant in (OTHER, REJECTION):
         ratios = [idx.ratio(contestant, POSTFIX, sh.name, s) for sh in SHAPES for s in sessions]
         known = [r for r in ratios if r is not None]
@@ -913,6 +915,40 @@ def _targets(idx: _Index, bench: Bench, sessions: tuple[int, ...]) -> list[str]:
                     why = _why_below_postfix(idx, micros, contestant, sh.name, count)
                     plural = "s" if count > 1 else ""
                     out.append(f"  - {sh.name}, {count} session{plural}, {ratio:.2f}×: {why}")
+    return out
+
+
+def _why_paced(idx: _Index, micros: dict[str, float], sessions: int) -> list[str]:
+    """Under the paced latency target, each message that misses it: its p50 and p99 against the floor's and,
+    where the run read them, mailrelay's own histograms: the average time of each stage, and how many
+    messages spent over servers.SLOW_STAGE_SECONDS in each (the tail a p99 is read from)."""
+    from bench.messages import SHAPES
+    from bench.servers import SLOW_STAGE_SECONDS
+
+    out = []
+    for shape in (sh.name for sh in SHAPES):
+        cell = idx.get(REJECTION, shape, sessions, "latency-paced")
+        floor = idx.get(FLOOR, shape, sessions, "latency-paced")
+        if not cell or not floor or _med(cell.p99_ms) - _med(floor.p99_ms) < ADDED_P99_TARGET_MS:
+            continue
+        line = (
+            f"  - {shape}, {_med(cell.p99_ms) - _med(floor.p99_ms):+.1f} ms: where the time goes: p50 "
+            f"{_med(cell.p50_ms):.1f} ms "
+            f"and p99 {_med(cell.p99_ms):.1f} against the floor's {_med(floor.p50_ms):.1f} and "
+            f"{_med(floor.p99_ms):.1f}"
+        )
+        stages = ("processing", "forwarding", "recording")
+        if all(key in cell.stage_ms and key in cell.stage_slow for key in stages):
+            ms = _stages(micros, shape)
+            alone = f" (one fsynced commit alone: {ms['record']:.2f} ms)" if ms else ""
+            over = ", ".join(f"{key} {cell.stage_slow[key]:.0f}" for key in stages)
+            line += (
+                f". mailrelay's histograms in these runs: processing {cell.stage_ms['processing']:.2f} + "
+                f"forwarding {cell.stage_ms['forwarding']:.2f} + recording {cell.stage_ms['recording']:.2f} "
+                f"ms per message on average{alone}; of its {cell.messages} messages, these took over "
+                f"{SLOW_STAGE_SECONDS * 1000:.0f} ms in one stage: {over}"
+            )
+        out.append(line + ".")
     return out
 
 

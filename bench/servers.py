@@ -188,17 +188,35 @@ HISTOGRAMS = {
 }
 
 
-def histogram_sums(ports: list[int]) -> dict[str, float]:
-    """Each of HISTOGRAMS' _sum in seconds, added over the workers' /metrics."""
-    sums = dict.fromkeys(HISTOGRAMS, 0.0)
+# A bucket bound of each of HISTOGRAMS (docs/metrics.md): a stage over it is in a paced run's tail.
+SLOW_STAGE_SECONDS = 0.01
+
+
+def _histogram_lines(ports: list[int], suffix: str) -> dict[str, float]:
+    """Each of HISTOGRAMS' sample named by `suffix` (its name follows the histogram's), added over the
+    workers' /metrics."""
+    values = dict.fromkeys(HISTOGRAMS, 0.0)
     for port in ports:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             text = response.read().decode()
         for line in text.splitlines():
             for key, name in HISTOGRAMS.items():
-                if line.startswith(f"{name}_sum "):
-                    sums[key] += float(line.split()[1])
-    return sums
+                if line.startswith(f"{name}{suffix} "):
+                    values[key] += float(line.split()[-1])
+    return values
+
+
+def histogram_sums(ports: list[int]) -> dict[str, float]:
+    """Each of HISTOGRAMS' _sum in seconds, added over the workers' /metrics."""
+    return _histogram_lines(ports, "_sum")
+
+
+def histogram_slow(ports: list[int]) -> dict[str, float]:
+    """For each of HISTOGRAMS, how many messages so far took longer than SLOW_STAGE_SECONDS in that stage
+    (its _count less its bucket at that bound), added over the workers' /metrics."""
+    counts = _histogram_lines(ports, "_count")
+    within = _histogram_lines(ports, f'_bucket{{le="{SLOW_STAGE_SECONDS}"}}')
+    return {key: counts[key] - within[key] for key in HISTOGRAMS}
 
 
 def start_mailrelay(

@@ -35,7 +35,7 @@ def test_every_cell_that_misses_a_target_is_named_with_what_the_bounds_say() -> 
     for miss in misses:
         assert any(line.startswith(miss) for line in sub_bullets), miss
     for line in sub_bullets:
-        verdicts = ("out of reach", "not explained", "no bound", "Little's law")
+        verdicts = ("out of reach", "not explained", "no bound", "Little's law", "where the time goes")
         assert any(verdict in line for verdict in verdicts), line
 
 
@@ -58,6 +58,32 @@ def test_a_cell_not_explained_says_how_the_cores_went_where_the_run_measured_idl
     earlier = report.Bound(bound=1.0, budget=1.5, used=1.6, busy=1.7)
     assert report._why_bound(earlier, "50 %").endswith("kept 1.7 of the 2 cores busy.")
     assert report._cores(earlier) == "1.7 of 2"
+
+
+def test_a_paced_miss_says_where_mailrelays_own_histograms_put_the_time_and_the_tail() -> None:
+    def paced(contestant: str, p50: float, p99: float) -> Cell:
+        return Cell(contestant, "plain-5k", 10, "latency-paced", [100], [1.0], p50_ms=[p50], p99_ms=[p99])
+
+    floor, rejection = paced(report.FLOOR, 0.8, 2.7), paced(report.REJECTION, 6.6, 37.1)
+    rejection.messages = 4500
+    rejection.stage_ms = {"processing": 2.5, "forwarding": 0.6, "recording": 2.1}
+    rejection.stage_slow = {"processing": 9, "forwarding": 2, "recording": 41}
+    micros = {name.format(shape="plain-5k"): 0.01 for name in report._MICRO.values()}
+    micros[report._MICRO["record"].format(shape="plain-5k")] = 2.0
+    (said,) = report._why_paced(report._Index([floor, rejection]), micros, 10)
+    assert said == (
+        "  - plain-5k, +34.4 ms: where the time goes: p50 6.6 ms and p99 37.1 against the floor's 0.8 and "
+        "2.7. mailrelay's histograms in these runs: processing 2.50 + forwarding 0.60 + recording 2.10 ms "
+        "per message on average (one fsynced commit alone: 2.00 ms); of its 4500 messages, these took over "
+        "10 ms in one stage: processing 9, forwarding 2, recording 41."
+    )
+    # A RESULTS.json from before the paced runs read the histograms: the latencies alone.
+    rejection.stage_slow = {}
+    (said,) = report._why_paced(report._Index([floor, rejection]), micros, 10)
+    assert said.endswith("against the floor's 0.8 and 2.7.")
+    # A message within the target is not listed.
+    rejection.p99_ms = [20.0]
+    assert report._why_paced(report._Index([floor, rejection]), micros, 10) == []
 
 
 def test_idle_time_is_read_from_the_machine_and_only_grows() -> None:

@@ -31,6 +31,11 @@ def test_bench_smoke_relays_through_every_contestant(tmp_path: Path) -> None:
     assert "### Latency at an offered load of 100 msg/s" in report
     # mailrelay's own histograms, scraped from every worker, split a message's time.
     assert "sessions: where a message's time goes" in report
+    # mailrelay's own histograms are read around its paced runs (the account under a paced miss)
+    cells = json.loads(out.with_suffix(".json").read_text())["cells"]
+    paced = [c for c in cells if c["tool"] == "latency-paced" and c["contestant"] == "mailrelay (rejection)"]
+    stages = {"processing", "forwarding", "recording"}
+    assert paced and all(set(c["stage_slow"]) == set(c["stage_ms"]) == stages for c in paced)
     assert "| plain-5k | rejection − other |" in report
     assert "Soak: mailrelay, 20 KB rejections" in report
     # py-spy (a dev dependency) split mailrelay's time by stage, other mail against rejections.

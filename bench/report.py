@@ -918,24 +918,32 @@ def _targets(idx: _Index, bench: Bench, sessions: tuple[int, ...]) -> list[str]:
     return out
 
 
+def _latency_misses(idx: _Index, sessions: int, tool: str) -> list[tuple[str, Cell, Cell]]:
+    """Each message whose rejections' p99 in `tool`'s runs is over the floor's by the target or more, with
+    the rejection's cell and the floor's."""
+    from bench.messages import SHAPES
+
+    misses = []
+    for shape in (sh.name for sh in SHAPES):
+        cell = idx.get(REJECTION, shape, sessions, tool)
+        floor = idx.get(FLOOR, shape, sessions, tool)
+        if cell and floor and _med(cell.p99_ms) - _med(floor.p99_ms) >= ADDED_P99_TARGET_MS:
+            misses.append((shape, cell, floor))
+    return misses
+
+
 def _why_paced(idx: _Index, micros: dict[str, float], sessions: int) -> list[str]:
     """Under the paced latency target, each message that misses it: its p50 and p99 against the floor's and,
     where the run read them, mailrelay's own histograms: the average time of each stage, and how many
     messages spent over servers.SLOW_STAGE_SECONDS in each (the tail a p99 is read from)."""
-    from bench.messages import SHAPES
     from bench.servers import SLOW_STAGE_SECONDS
 
     out = []
-    for shape in (sh.name for sh in SHAPES):
-        cell = idx.get(REJECTION, shape, sessions, "latency-paced")
-        floor = idx.get(FLOOR, shape, sessions, "latency-paced")
-        if not cell or not floor or _med(cell.p99_ms) - _med(floor.p99_ms) < ADDED_P99_TARGET_MS:
-            continue
+    for shape, cell, floor in _latency_misses(idx, sessions, "latency-paced"):
         line = (
-            f"  - {shape}, {_med(cell.p99_ms) - _med(floor.p99_ms):+.1f} ms: where the time goes: p50 "
-            f"{_med(cell.p50_ms):.1f} ms "
-            f"and p99 {_med(cell.p99_ms):.1f} against the floor's {_med(floor.p50_ms):.1f} and "
-            f"{_med(floor.p99_ms):.1f}"
+            f"  - {shape}, {_med(cell.p99_ms) - _med(floor.p99_ms):+.1f} ms: where the time goes: "
+            f"p50 {_med(cell.p50_ms):.1f} ms and p99 {_med(cell.p99_ms):.1f} against the floor's "
+            f"{_med(floor.p50_ms):.1f} and {_med(floor.p99_ms):.1f}"
         )
         stages = ("processing", "forwarding", "recording")
         if all(key in cell.stage_ms and key in cell.stage_slow for key in stages):
@@ -957,14 +965,8 @@ def _why_queued(idx: _Index, sessions: int) -> list[str]:
     mostly its queue, which Little's law ties to its msg/s (a closed loop's clients each take clients ÷ msg/s
     per message on average), so the added time goes with the lower msg/s (the throughput targets above say
     why), and a message's own time is the paced figure."""
-    from bench.messages import SHAPES
-
     out = []
-    for shape in (sh.name for sh in SHAPES):
-        cell = idx.get(REJECTION, shape, sessions, "latency-client")
-        floor = idx.get(FLOOR, shape, sessions, "latency-client")
-        if not cell or not floor or _med(cell.p99_ms) - _med(floor.p99_ms) < ADDED_P99_TARGET_MS:
-            continue
+    for shape, cell, floor in _latency_misses(idx, sessions, "latency-client"):
         rate, floor_rate = _med(cell.rates), _med(floor.rates)
         queued, floor_queued = 1000 * sessions / rate, 1000 * sessions / floor_rate
         paced = idx.get(REJECTION, shape, sessions, "latency-paced")

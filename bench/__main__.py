@@ -372,25 +372,29 @@ class Bench:
                 server.stop()
 
     def _latency_run(
-        self, server: servers.Server, cell: Cell, payload: bytes, count: int, rate: float | None = None
+        self,
+        server: servers.Server,
+        cell: Cell,
+        payload: bytes,
+        count: int,
+        rate: float | None = None,
+        stage_seconds: dict[str, float] | None = None,
     ) -> float:
-        """One latency run into `cell` (closed loop, or offered at `rate` msg/s); returns the msg/s."""
-        timed = bool(server.metrics_ports) and rate is not None
-        sums = servers.histogram_sums(server.metrics_ports) if timed else {}
-        slow = servers.histogram_slow(server.metrics_ports) if timed else {}
+        """One latency run into `cell` (closed loop, or offered at `rate` msg/s); returns the msg/s. With
+        `stage_seconds`, mailrelay's own histograms are read around the run: each stage's seconds are added
+        there, and the messages that spent over servers.SLOW_STAGE_SECONDS in it to `cell.stage_slow`
+        (issue 8: "the profile that shows where the time goes" for a latency target not met)."""
+        timed = stage_seconds if server.metrics_ports else None  # Postfix and the floor have no /metrics
+        before = servers.histogram_sums_and_slow(server.metrics_ports) if timed is not None else ({}, {})
         cpu0 = procs.cpu_seconds(server.root_pid)
         result = load.latency_run(server.port, payload, SENDER, cell.sessions, count, rate)
         cpu = procs.cpu_seconds(server.root_pid) - cpu0
         self._drain(server)
-        if timed:
-            # mailrelay's own split of a paced message's time, and where its slowest ones spent it (issue 8:
-            # "the profile that shows where the time goes" for a latency target not met).
-            messages = cell.messages + result.messages
-            for key, total in servers.histogram_sums(server.metrics_ports).items():
-                spent = cell.stage_ms.get(key, 0.0) * cell.messages + (total - sums[key]) * 1000
-                cell.stage_ms[key] = spent / max(messages, 1)
-            for key, total in servers.histogram_slow(server.metrics_ports).items():
-                cell.stage_slow[key] = cell.stage_slow.get(key, 0.0) + total - slow[key]
+        if timed is not None:
+            sums, slow = servers.histogram_sums_and_slow(server.metrics_ports)
+            for key in sums:
+                timed[key] = timed.get(key, 0.0) + sums[key] - before[0][key]
+                cell.stage_slow[key] = cell.stage_slow.get(key, 0.0) + slow[key] - before[1][key]
         achieved = max(result.messages, 1) / result.seconds
         cell.rates.append(achieved)
         cell.cpu_ms.append(cpu / max(result.messages, 1) * 1000)
@@ -407,11 +411,15 @@ class Bench:
         for shape in SHAPES:
             cells = {e.contestant: Cell(e.contestant, shape.name, sessions, "latency-paced") for e in entries}
             count = 2 * sessions if self.args.smoke else round(PACED_RATE * self.profile.paced_seconds)
+            stage_seconds: dict[str, dict[str, float]] = {name: {} for name in cells}
             for run in range(self.profile.runs):
                 for e in alternating(entries, run):
                     payload = wire_bytes(self.messages[shape.name, e.rejection])
-                    self._latency_run(e.server, cells[e.contestant], payload, count, PACED_RATE)
-            for cell in cells.values():
+                    cell, spent = cells[e.contestant], stage_seconds[e.contestant]
+                    self._latency_run(e.server, cell, payload, count, PACED_RATE, spent)
+            for name, cell in cells.items():
+                if cell.messages:
+                    cell.stage_ms = {k: v / cell.messages * 1000 for k, v in stage_seconds[name].items()}
                 self.cells.append(cell)
                 self.say(
                     f"{cell.contestant:24} {shape.name:17} {sessions:3} sessions at {PACED_RATE:.0f} msg/s: "

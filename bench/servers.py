@@ -192,31 +192,35 @@ HISTOGRAMS = {
 SLOW_STAGE_SECONDS = 0.01
 
 
-def _histogram_lines(ports: list[int], suffix: str) -> dict[str, float]:
-    """Each of HISTOGRAMS' sample named by `suffix` (its name follows the histogram's), added over the
-    workers' /metrics."""
-    values = dict.fromkeys(HISTOGRAMS, 0.0)
+def _histogram_samples(ports: list[int], suffixes: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """For each of `suffixes`, each of HISTOGRAMS' sample so named (its name follows the histogram's), added
+    over the workers' /metrics: one scrape of each worker."""
+    values = {suffix: dict.fromkeys(HISTOGRAMS, 0.0) for suffix in suffixes}
     for port in ports:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             text = response.read().decode()
         for line in text.splitlines():
             for key, name in HISTOGRAMS.items():
-                if line.startswith(f"{name}{suffix} "):
-                    values[key] += float(line.split()[-1])
+                for suffix in suffixes:
+                    if line.startswith(f"{name}{suffix} "):
+                        values[suffix][key] += float(line.split()[-1])
     return values
 
 
 def histogram_sums(ports: list[int]) -> dict[str, float]:
     """Each of HISTOGRAMS' _sum in seconds, added over the workers' /metrics."""
-    return _histogram_lines(ports, "_sum")
+    return _histogram_samples(ports, ("_sum",))["_sum"]
 
 
-def histogram_slow(ports: list[int]) -> dict[str, float]:
-    """For each of HISTOGRAMS, how many messages so far took longer than SLOW_STAGE_SECONDS in that stage
-    (its _count less its bucket at that bound), added over the workers' /metrics."""
-    counts = _histogram_lines(ports, "_count")
-    within = _histogram_lines(ports, f'_bucket{{le="{SLOW_STAGE_SECONDS}"}}')
-    return {key: counts[key] - within[key] for key in HISTOGRAMS}
+_SLOW_BUCKET = f'_bucket{{le="{SLOW_STAGE_SECONDS}"}}'
+
+
+def histogram_sums_and_slow(ports: list[int]) -> tuple[dict[str, float], dict[str, float]]:
+    """From one scrape: each of HISTOGRAMS' _sum in seconds, and how many messages so far took longer than
+    SLOW_STAGE_SECONDS in that stage (its _count less its bucket at that bound), added over the workers."""
+    samples = _histogram_samples(ports, ("_sum", "_count", _SLOW_BUCKET))
+    counts, within = samples["_count"], samples[_SLOW_BUCKET]
+    return samples["_sum"], {key: counts[key] - within[key] for key in HISTOGRAMS}
 
 
 def start_mailrelay(

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -174,6 +175,7 @@ class Bench:
         self.samples: list[sampling.Sampled] = []
         self.ablated: list[Ablated] = []
         self.sink_pid = 0  # the next hop's process, whose CPU counts as load (set by run)
+        self.tmpfs_state: Path | None = None  # the paced control relay's state directory, removed at the end
 
     def say(self, text: str) -> None:
         print(f"bench: {text}", file=sys.stderr, flush=True)
@@ -556,7 +558,13 @@ class Bench:
             self.sample(relay, report.OTHER, rejection=False)
             self.sample(relay, report.REJECTION, rejection=True)
             self.latency(entries)
-            self.paced_latency(entries)
+            control = self._start_tmpfs_control(sink_port)
+            if control is not None:
+                started.append(control)
+                self.paced_latency([*entries, Entry(control, report.REJECTION_TMPFS, True)])
+                control.stop()
+            else:
+                self.paced_latency(entries)
             for server, name in ((floor, "floor"), (relay, "mailrelay"), (postfix, "postfix")):
                 if server is not None:
                     self.measure_memory(server, name)
@@ -564,8 +572,27 @@ class Bench:
         finally:
             for server in started:
                 server.stop()
+            if self.tmpfs_state is not None:
+                shutil.rmtree(self.tmpfs_state, ignore_errors=True)
         self.say("mailrelay without each of a rejection's stages in turn")
         self.ablate(sink_port)
+
+    def _start_tmpfs_control(self, sink_port: int) -> servers.Server | None:
+        """For the paced runs, a second mailrelay whose state directory (event store, journal) is on tmpfs,
+        where an fsync returns at once: a control, not a way to run it (a power cut would lose what it
+        recorded). Beside the relay as shipped, it tells what the disk's fsyncs add to a message's time
+        (issue 8: "the profile that shows where the time goes"). None, with a note, where it cannot run."""
+        why = servers.tmpfs_unavailable()
+        if why is not None:
+            self.notes.append(f"The paced runs' control relay on tmpfs: not measured, {why}.")
+            return None
+        self.say(f"mailrelay with its state on tmpfs ({self.args.workers} worker processes), paced runs only")
+        self.tmpfs_state = Path(tempfile.mkdtemp(prefix="mailrelay-bench-", dir=servers.TMPFS))
+        workdir = self.workdir / "tmpfs-control"
+        workdir.mkdir()
+        return servers.start_mailrelay(
+            workdir, sink_port, self.args.workers, self.args.log_level, state=self.tmpfs_state
+        )
 
     def _start_postfix(self, sink_port: int) -> servers.Server | None:
         """A throwaway Postfix relaying to the sink, or None with a note saying why not."""

@@ -152,8 +152,12 @@ create_if_missing = true
 """
 
 
-def mailrelay_config(workdir: Path, port: int, sink_port: int, metrics_port: int = 0) -> Path:
-    state = workdir / "mailrelay"
+def mailrelay_config(
+    workdir: Path, port: int, sink_port: int, metrics_port: int = 0, state: Path | None = None
+) -> Path:
+    """A config in `workdir` for a relay whose state directory (event store, journal, DKIM key) is
+    `state`, by default in `workdir` too."""
+    state = state if state is not None else workdir / "mailrelay"
     state.mkdir(parents=True, exist_ok=True)
     path = workdir / "mailrelay.toml"
     metrics_listen = f'"127.0.0.1:{metrics_port}"' if metrics_port else '""'
@@ -224,12 +228,18 @@ def histogram_sums_and_slow(ports: list[int]) -> tuple[dict[str, float], dict[st
 
 
 def start_mailrelay(
-    workdir: Path, sink_port: int, workers: int, log_level: str, without: tuple[str, ...] = ()
+    workdir: Path,
+    sink_port: int,
+    workers: int,
+    log_level: str,
+    without: tuple[str, ...] = (),
+    state: Path | None = None,
 ) -> Server:
-    """mailrelay serve on a generated config; `without` names stages taken out (bench/ablation.py)."""
+    """mailrelay serve on a generated config; `without` names stages taken out (bench/ablation.py);
+    `state` is its state directory, if not in `workdir`."""
     port = free_port()
     metrics_port = free_ports(workers)
-    config = mailrelay_config(workdir, port, sink_port, metrics_port)
+    config = mailrelay_config(workdir, port, sink_port, metrics_port, state)
     module = "bench.ablation" if without else "mailrelay"
     command = [sys.executable, "-m", module, "serve", "--config", str(config), "--log-level", log_level]
     if workers > 1:
@@ -301,6 +311,24 @@ anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 """
+
+
+# Memory-backed storage for the paced runs' control relay (bench/__main__.py, paced_latency): its fsyncs
+# return at once, so what the disk adds to a message's time can be told from the rest.
+TMPFS = Path("/dev/shm")
+
+
+def tmpfs_unavailable() -> str | None:
+    """Why the control relay cannot run here, or None: TMPFS must be a tmpfs mount one can write to."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError as exc:
+        return f"/proc/mounts could not be read ({exc.strerror})"
+    if not any(line.split()[1:3] == [str(TMPFS), "tmpfs"] for line in mounts if len(line.split()) > 2):
+        return f"{TMPFS} is not a tmpfs mount"
+    if not os.access(TMPFS, os.W_OK):
+        return f"{TMPFS} is not writable"
+    return None
 
 
 def postfix_unavailable() -> str | None:

@@ -19,6 +19,7 @@ def bench(*args: str, timeout: float) -> None:
 
 def test_bench_smoke_relays_through_every_contestant(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
+    shm_before = set(Path("/dev/shm").glob("mailrelay-bench-*"))
     bench("--smoke", "--soak", "1", "--out", str(out), timeout=120)
     report = out.read_text()
     for contestant in ("floor", "mailrelay (other mail)", "mailrelay (rejection)"):
@@ -36,6 +37,11 @@ def test_bench_smoke_relays_through_every_contestant(tmp_path: Path) -> None:
     paced = [c for c in cells if c["tool"] == "latency-paced" and c["contestant"] == "mailrelay (rejection)"]
     stages = {"processing", "forwarding", "recording"}
     assert paced and all(set(c["stage_slow"]) == set(c["stage_ms"]) == stages for c in paced)
+    # Beside them, the control relay with its state on tmpfs, or the report says exactly why not.
+    control = "mailrelay (rejection), state on tmpfs"
+    assert f"| {control} | plain-5k |" in report or "control relay on tmpfs: not measured" in report
+    left = set(Path("/dev/shm").glob("mailrelay-bench-*")) - shm_before
+    assert not left, f"the control's state directory is left behind: {left}"
     assert "| plain-5k | rejection − other |" in report
     assert "Soak: mailrelay, 20 KB rejections" in report
     # py-spy (a dev dependency) split mailrelay's time by stage, other mail against rejections.

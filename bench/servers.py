@@ -247,7 +247,11 @@ def start_mailrelay(
     env = {**os.environ, ABLATE: ",".join(without)}
     with (workdir / "mailrelay.log").open("wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    wait_for_banner(port, proc=proc)
+    try:
+        wait_for_banner(port, proc=proc)
+    except BaseException:
+        Server("mailrelay", port, proc, proc.pid).stop()  # one that never greeted must not outlive the run
+        raise
     if workers > 1:
         # Every worker must be listening before load starts, or the first seconds go to one core only.
         deadline = time.monotonic() + 30
@@ -313,7 +317,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
-# Memory-backed storage for the paced runs' control relay (bench/__main__.py, paced_latency): its fsyncs
+# Memory-backed storage for the control relay (bench/__main__.py, _start_tmpfs_control): its fsyncs
 # return at once, so what the disk adds to a message's time can be told from the rest.
 TMPFS = Path("/dev/shm")
 
@@ -324,7 +328,7 @@ def tmpfs_unavailable() -> str | None:
         mounts = Path("/proc/mounts").read_text().splitlines()
     except OSError as exc:
         return f"/proc/mounts could not be read ({exc.strerror})"
-    if not any(line.split()[1:3] == [str(TMPFS), "tmpfs"] for line in mounts if len(line.split()) > 2):
+    if not any(line.split()[1:3] == [str(TMPFS), "tmpfs"] for line in mounts):
         return f"{TMPFS} is not a tmpfs mount"
     if not os.access(TMPFS, os.W_OK):
         return f"{TMPFS} is not writable"

@@ -244,7 +244,13 @@ def render(bench: Bench, command: str, elapsed: float, *, generated: str) -> str
         "",
         "Under a target not met, each message and concurrency that misses it, and what this run's bounds "
         "(the tables above) say of it: out of reach as measured on this stack, or not explained by them, "
-        "which leaves the difference to mailrelay's own handling.",
+        "which leaves the difference to mailrelay's own handling."
+        + (
+            f" Where {REJECTION_TMPFS} ran, what it reached is given too: where the control meets the "
+            "target, what is left of the miss is the wait for the disk."
+            if REJECTION_TMPFS in contestants
+            else ""
+        ),
         "",
     ]
     lines += _targets(idx, bench, sessions)

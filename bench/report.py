@@ -942,9 +942,9 @@ def _targets(idx: _Index, bench: Bench, sessions: tuple[int, ...]) -> list[str]:
 
 def _rate_control(idx: _Index, shape: str, sessions: int, base: str, needed: float) -> str:
     """What the control relay (REJECTION_TMPFS: the same relay, its state on tmpfs) says of a rejection
-    throughput miss against `base` (the floor, or Postfix), whose target is a ratio over `needed` (at least
-    it, against the floor): reaching it, the rest of the miss is the wait for the disk; not, not the disk
-    alone."""
+    throughput miss against `base`: the floor (the target: a ratio of at least `needed`) or Postfix (above
+    `needed`). Where the control reaches it, the rest of the miss is the wait for the disk; where it does
+    not, the miss is not the disk alone."""
     control, shipped = idx.get(REJECTION_TMPFS, shape, sessions), idx.get(REJECTION, shape, sessions)
     ratio = idx.ratio(REJECTION_TMPFS, base, shape, sessions)
     if control is None or shipped is None or ratio is None:
@@ -1033,8 +1033,8 @@ def _paced_control(idx: _Index, shape: str, sessions: int, cell: Cell, floor: Ce
         return said + (
             " That is within the target. The rest of the miss is waiting for this machine's disk: the "
             "fsynced commit of the referral record (or of the journal), which the 250 waits for so that no "
-            "referral is lost (docs/RELIABILITY.md). While one such fsync stalls, the messages of both "
-            "workers wait behind it, one at its commit and the others for SQLite's write lock."
+            "referral is lost (docs/RELIABILITY.md). While one such fsync stalls, the messages of every "
+            "worker wait behind it, one at its commit and the others for SQLite's write lock."
         )
     return said + " That is over the target too: the miss is not the disk alone."
 

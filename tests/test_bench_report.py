@@ -102,7 +102,7 @@ def test_a_paced_miss_says_what_the_control_relay_on_tmpfs_makes_of_the_disk() -
         "6.2 ms, +3.5 over the floor's; 0 of its 4500 messages took over 10 ms in recording, against 41 on "
         "the disk. That is within the target. The rest of the miss is waiting for this machine's disk: the "
         "fsynced commit of the referral record (or of the journal), which the 250 waits for so that no "
-        "referral is lost (docs/RELIABILITY.md). While one such fsync stalls, the messages of both workers "
+        "referral is lost (docs/RELIABILITY.md). While one such fsync stalls, the messages of every worker "
         "wait behind it, one at its commit and the others for SQLite's write lock."
     )
     # A control that misses too clears the disk of it.

@@ -1005,19 +1005,21 @@ def _why_paced(idx: _Index, micros: dict[str, float], sessions: int) -> list[str
                 f"ms per message on average{alone}; of its {cell.messages} messages, these took over "
                 f"{SLOW_STAGE_SECONDS * 1000:.0f} ms in one stage: {over}"
             )
-        out.append(line + "." + _paced_control(idx, shape, sessions, cell, floor))
+        out.append(line + "." + _latency_control(idx, shape, sessions, "latency-paced", cell, floor))
     return out
 
 
-def _paced_control(idx: _Index, shape: str, sessions: int, cell: Cell, floor: Cell) -> str:
-    """What the control relay (REJECTION_TMPFS: the same relay, its state on tmpfs) says of a paced
-    miss: within the target, the miss is the wait for the disk's fsyncs; over it, not the disk alone."""
+def _latency_control(idx: _Index, shape: str, sessions: int, tool: str, cell: Cell, floor: Cell) -> str:
+    """What the control relay (REJECTION_TMPFS: the same relay, its state on tmpfs) says of a latency miss
+    in `tool`'s runs: within the target, the rest of the miss is the wait for the disk's fsyncs; over it,
+    not the disk alone. Closed loop, with the control's msg/s (its queue); paced, with its recording tail."""
     from bench.servers import SLOW_STAGE_SECONDS
 
-    control = idx.get(REJECTION_TMPFS, shape, sessions, "latency-paced")
+    control = idx.get(REJECTION_TMPFS, shape, sessions, tool)
     if control is None:
         return ""
     added = _med(control.p99_ms) - _med(floor.p99_ms)
+    rate = f"{_med(control.rates):.0f} rejections a second, " if tool == "latency-client" else ""
     slow = ""
     if "recording" in control.stage_slow and "recording" in cell.stage_slow:
         slow = (
@@ -1027,7 +1029,7 @@ def _paced_control(idx: _Index, shape: str, sessions: int, cell: Cell, floor: Ce
         )
     said = (
         f" The same relay with its state on tmpfs (the control), where an fsync returns at once: "
-        f"p99 {_med(control.p99_ms):.1f} ms, {added:+.1f} over the floor's{slow}."
+        f"{rate}p99 {_med(control.p99_ms):.1f} ms, {added:+.1f} over the floor's{slow}."
     )
     if added < ADDED_P99_TARGET_MS:
         return said + (
@@ -1061,6 +1063,7 @@ def _why_queued(idx: _Index, sessions: int) -> list[str]:
             f"{sessions} ÷ msg/s, {queued:.1f} ms at mailrelay's {rate:.0f} rejections a second against "
             f"{floor_queued:.1f} at the floor's {floor_rate:.0f} ({queued - floor_queued:+.1f} ms on "
             f"average, before the spread that p99 adds){own}."
+            + _latency_control(idx, shape, sessions, "latency-client", cell, floor)
         )
     return out
 

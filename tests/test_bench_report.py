@@ -117,6 +117,25 @@ def test_a_paced_miss_says_what_the_control_relay_on_tmpfs_makes_of_the_disk() -
     assert "tmpfs" not in said
 
 
+def test_a_closed_loop_miss_says_what_the_control_relay_on_tmpfs_reached() -> None:
+    def closed(contestant: str, rate: float, p99: float) -> Cell:
+        return Cell(contestant, "plain-5k", 10, "latency-client", [rate], [1.0], p50_ms=[3.0], p99_ms=[p99])
+
+    floor, rejection = closed(report.FLOOR, 1432, 7.6), closed(report.REJECTION, 449, 69.4)
+    control = closed(report.REJECTION_TMPFS, 648, 25.7)
+    (said,) = report._why_queued(report._Index([floor, rejection, control]), 10)
+    assert said.endswith(
+        "(+15.3 ms on average, before the spread that p99 adds). The same relay with its state on tmpfs "
+        "(the control), where an fsync returns at once: 648 rejections a second, p99 25.7 ms, +18.1 over "
+        "the floor's. That is within the target. The rest of the miss is waiting for this machine's disk: "
+        "the fsynced commit of the referral record (or of the journal), which the 250 waits for so that no "
+        "referral is lost (docs/RELIABILITY.md). While one such fsync stalls, the messages of every worker "
+        "wait behind it, one at its commit and the others for SQLite's write lock."
+    )
+    (said,) = report._why_queued(report._Index([floor, rejection]), 10)
+    assert said.endswith("(+15.3 ms on average, before the spread that p99 adds).")
+
+
 def test_the_tables_list_the_control_relay_and_say_what_it_is() -> None:
     data = json.loads(RESULTS.read_text(encoding="utf-8"))
     control = [

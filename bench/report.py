@@ -16,6 +16,8 @@ REJECTION = "mailrelay (rejection)"
 POSTFIX = "postfix"
 # A control: mailrelay, its state directory on tmpfs, sent rejections beside the others (bench/__main__.py)
 REJECTION_TMPFS = "mailrelay (rejection), state on tmpfs"
+# How a sentence on what the control reached opens, under a throughput or a latency miss.
+_CONTROL_SAID = " The same relay with its state on tmpfs (the control), where an fsync returns at once: "
 # The issue's bar on a decorated message's added p99 latency at 10 sessions, in ms.
 ADDED_P99_TARGET_MS = 20
 
@@ -811,6 +813,7 @@ def _one_message_split(idx: _Index, bench: Bench, sessions: int) -> list[str]:
     """At the fewest sessions, one message's time by mailrelay's own histograms (docs/metrics.md): the
     profile of what a rejection adds to the same message that is not one."""
     from bench.messages import SHAPES
+    from bench.servers import HISTOGRAMS
 
     micros = _micros(bench)
     rows, notes = [], []
@@ -820,7 +823,7 @@ def _one_message_split(idx: _Index, bench: Bench, sessions: int) -> list[str]:
             cell, rate = idx.get(contestant, shape.name, sessions), idx.rate(contestant, shape.name, sessions)
             if cell is None or not cell.stage_ms or not rate:
                 break
-            whole, parts = 1000 / rate, [cell.stage_ms[k] for k in ("processing", "forwarding", "recording")]
+            whole, parts = 1000 / rate, [cell.stage_ms[k] for k in HISTOGRAMS]
             split[contestant] = [whole, *parts, whole - sum(parts)]
         if len(split) < 2:
             continue
@@ -951,9 +954,8 @@ def _rate_control(idx: _Index, shape: str, sessions: int, base: str, needed: flo
         return ""
     against = f"{ratio:.2f}× Postfix's" if base == POSTFIX else f"{_pct(ratio)} of the floor's"
     said = (
-        f" The same relay with its state on tmpfs (the control), where an fsync returns at once: "
-        f"{_med(control.rates):.0f} msg/s, {against}; CPU {_med(control.cpu_ms):.2f} ms per message against "
-        f"{_med(shipped.cpu_ms):.2f}"
+        f"{_CONTROL_SAID}{_med(control.rates):.0f} msg/s, {against}; "
+        f"CPU {_med(control.cpu_ms):.2f} ms per message against {_med(shipped.cpu_ms):.2f}"
     )
     if control.idle_cores and shipped.idle_cores:
         said += f", {_med(control.idle_cores):.1f} cores idle against {_med(shipped.idle_cores):.1f}"
@@ -985,7 +987,7 @@ def _why_paced(idx: _Index, micros: dict[str, float], sessions: int) -> list[str
     """Under the paced latency target, each message that misses it: its p50 and p99 against the floor's and,
     where the run read them, mailrelay's own histograms: the average time of each stage, and how many
     messages spent over servers.SLOW_STAGE_SECONDS in each (the tail a p99 is read from)."""
-    from bench.servers import SLOW_STAGE_SECONDS
+    from bench.servers import HISTOGRAMS, SLOW_STAGE_SECONDS
 
     out = []
     for shape, cell, floor in _latency_misses(idx, sessions, "latency-paced"):
@@ -994,11 +996,10 @@ def _why_paced(idx: _Index, micros: dict[str, float], sessions: int) -> list[str
             f"p50 {_med(cell.p50_ms):.1f} ms and p99 {_med(cell.p99_ms):.1f} against the floor's "
             f"{_med(floor.p50_ms):.1f} and {_med(floor.p99_ms):.1f}"
         )
-        stages = ("processing", "forwarding", "recording")
-        if all(key in cell.stage_ms and key in cell.stage_slow for key in stages):
+        if all(key in cell.stage_ms and key in cell.stage_slow for key in HISTOGRAMS):
             ms = _stages(micros, shape)
             alone = f" (one fsynced commit alone: {ms['record']:.2f} ms)" if ms else ""
-            over = ", ".join(f"{key} {cell.stage_slow[key]:.0f}" for key in stages)
+            over = ", ".join(f"{key} {cell.stage_slow[key]:.0f}" for key in HISTOGRAMS)
             line += (
                 f". mailrelay's histograms in these runs: processing {cell.stage_ms['processing']:.2f} + "
                 f"forwarding {cell.stage_ms['forwarding']:.2f} + recording {cell.stage_ms['recording']:.2f} "
@@ -1027,10 +1028,7 @@ def _latency_control(idx: _Index, shape: str, sessions: int, tool: str, cell: Ce
             f"{SLOW_STAGE_SECONDS * 1000:.0f} ms in recording, against {cell.stage_slow['recording']:.0f} "
             "on the disk"
         )
-    said = (
-        f" The same relay with its state on tmpfs (the control), where an fsync returns at once: "
-        f"{rate}p99 {_med(control.p99_ms):.1f} ms, {added:+.1f} over the floor's{slow}."
-    )
+    said = f"{_CONTROL_SAID}{rate}p99 {_med(control.p99_ms):.1f} ms, {added:+.1f} over the floor's{slow}."
     if added < ADDED_P99_TARGET_MS:
         return said + (
             " That is within the target. The rest of the miss is waiting for this machine's disk: the "

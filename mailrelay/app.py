@@ -273,6 +273,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
         await runner.cleanup()
     if tracking is not None:
         await tracking.cleanup()
+    components.relay.journal.close()  # a replay under way writes to the store: first
     components.store.close()
     return 0
 

@@ -6,18 +6,25 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from mailrelay.store import CopyRecord, EventStore, ReferralFields, SeenRejection
+from mailrelay.store.events import name_os_thread
 
 log = logging.getLogger("mailrelay.journal")
+
+# The journal's threads, as `top -H` shows them (see mailrelay.store.events for the store's).
+APPENDER = "mailrelay-jn"
+REPLAYER = "mailrelay-jn-rp"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +98,18 @@ class EventJournal:
         self._view_lock = threading.Lock()
         self._view = _View()
         self._catch_up(warn=True)
+        # The relay's appends and replays each run on one thread of the journal's own, not on the event
+        # loop's default executor: appends are one at a time under the lock anyway, and every thread that
+        # ran a replay kept the high-water mark of its memory (the backlog read and decoded, the database
+        # connection's page cache) in an allocator arena of its own, so that each journalling episode
+        # that fell on another thread added a step to the worker's RSS (issue 8 soak). A thread of its own
+        # for replays keeps appends from waiting behind one.
+        self._appender = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=APPENDER, initializer=name_os_thread, initargs=(APPENDER,)
+        )
+        self._replayer = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=REPLAYER, initializer=name_os_thread, initargs=(REPLAYER,)
+        )
 
     @property
     def backlog(self) -> int:
@@ -164,6 +183,24 @@ class EventJournal:
             finally:
                 os.close(fd)
         self._catch_up()
+
+    async def append_off_loop(
+        self, records: list[CopyRecord], mark_delivered: bool, seen: SeenRejection | None, at: datetime
+    ) -> None:
+        """`append` on the journal's appending thread, for the relay on the event loop."""
+        append = functools.partial(self.append, records, mark_delivered, seen, at)
+        await asyncio.get_running_loop().run_in_executor(self._appender, append)
+
+    async def replay_off_loop(self, store: EventStore) -> int:
+        """`replay` on the journal's replaying thread."""
+        replay = functools.partial(self.replay, store)
+        written: int = await asyncio.get_running_loop().run_in_executor(self._replayer, replay)
+        return written
+
+    def close(self) -> None:
+        """Wait for an append or a replay under way; the journal's threads end."""
+        self._appender.shutdown(wait=True)
+        self._replayer.shutdown(wait=True)
 
     def replay(self, store: EventStore) -> int:
         """Write every journalled entry to the database; on success what was written is dropped from the
@@ -240,7 +277,7 @@ async def replay_forever(
         if not journal.waiting:
             continue
         try:
-            written = await asyncio.to_thread(journal.replay, store)
+            written = await journal.replay_off_loop(store)
         except Exception as exc:
             log.warning(
                 "database still unavailable, %d journalled record(s) wait: %s",

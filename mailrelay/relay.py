@@ -772,9 +772,7 @@ class RelaySession:
                     " and the rejection's count" if seen is not None else "",
                 )
                 try:
-                    await asyncio.to_thread(
-                        relay.journal.append, journalled, not complete, seen, datetime.now(UTC)
-                    )
+                    await relay.journal.append_off_loop(journalled, not complete, seen, datetime.now(UTC))
                 except OSError:
                     log.critical(
                         "%s: journal write failed: %d delivered copies unrecorded%s",

@@ -177,6 +177,7 @@ async def start_relay() -> AsyncIterator[Callable[[Settings], asyncio.Future[Run
                 break
             await asyncio.sleep(0.05)
         assert components.store._expected == 0
+        components.relay.journal.close()
         components.store.close()
 
 

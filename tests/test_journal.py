@@ -3,9 +3,12 @@ the fsynced journal, and once the database is back events equal copies delivered
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import subprocess
 import sys
 import threading
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -245,6 +248,53 @@ def test_an_append_does_not_wait_for_a_replays_database_writes(tmp_path: Path) -
     assert worker_b.delivered(f"{2:064x}") == {"r" * 64}
     assert worker_b.replay(store) == 1 and events_in(store) == 2
     assert path.read_bytes() == b""
+    store.close()
+
+
+JOURNAL_THREADS = ("mailrelay-jn", "mailrelay-jn-rp")
+
+
+def journal_threads() -> Counter[str]:
+    """This process's journal threads, by the name the kernel has for them."""
+    names: Counter[str] = Counter()
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            name = task.joinpath("comm").read_text().strip()
+            if name in JOURNAL_THREADS:
+                names[name] += 1
+    return names
+
+
+async def test_the_relays_appends_and_replays_run_on_the_journals_own_threads(tmp_path: Path) -> None:
+    """One thread appends and one replays (`top -H`: mailrelay-jn, mailrelay-jn-rp), not the event loop's
+    default executor, whose threads each kept the memory of the replays they ran (issue 8 soak); and a
+    worker's append does not wait for its own replay's database writes."""
+    before = journal_threads()  # other tests' relays may have left theirs
+    journal = EventJournal(tmp_path / "events.journal")
+    journal.append([copy_record(1)], mark_delivered=False)
+    store = sqlite_store(tmp_path)
+    write = store.write
+    writing, release = threading.Event(), threading.Event()
+
+    def held_write(*args: Any, **kwargs: Any) -> int:
+        writing.set()
+        release.wait(30)
+        return write(*args, **kwargs)
+
+    store.write = held_write  # type: ignore[method-assign]
+    replaying = asyncio.ensure_future(journal.replay_off_loop(store))
+    try:
+        assert await asyncio.to_thread(writing.wait, 10)
+        appending = journal.append_off_loop([copy_record(2)], False, None, datetime.now(UTC))
+        await asyncio.wait_for(appending, 10)
+        assert journal_threads() == before + Counter(JOURNAL_THREADS)
+    finally:
+        release.set()
+    assert await replaying == 1
+    assert journal.backlog == 1 and journal.delivered(f"{2:064x}") == {"r" * 64}
+    journal.close()
+    assert journal_threads() == before
+    store.write = write  # type: ignore[method-assign]
     store.close()
 
 

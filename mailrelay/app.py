@@ -24,6 +24,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mailrelay import sdnotify
+from mailrelay.allocator import arena_cap, limit_malloc_arenas
 from mailrelay.config import Listen, Settings, expand_rule_globs, load_settings
 from mailrelay.detection import RuleSet, load_rules
 from mailrelay.errors import ConfigError
@@ -249,7 +250,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     event_loop = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
     status = (
         f"listening on {smtp_listen}, next hop {where}, metrics {settings.metrics_listen or 'off'},"
-        f" event loop {event_loop}"
+        f" event loop {event_loop}, malloc arenas {arena_cap()}"
     )
     log.info("%s", status)
     settle_heap()
@@ -300,6 +301,7 @@ def run_on_loop(main: Coroutine[Any, Any, int], choice: str) -> int:
 
 def _worker(config: Path, index: int, log_level: str | None, loop: str) -> None:
     """One process of `serve --workers N` (multiprocessing "spawn": a fresh interpreter, no shared state)."""
+    limit_malloc_arenas()
     settings = load_settings(config)
     setup_logging(log_level or settings.log_level, settings.log_format)
     if settings.metrics_listen is not None and settings.metrics_listen.port != 0:

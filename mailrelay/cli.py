@@ -69,8 +69,10 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from mailrelay.allocator import limit_malloc_arenas
     from mailrelay.app import event_loop_factory, run_on_loop, serve, serve_workers, setup_logging
 
+    limit_malloc_arenas()  # before any thread: the store's, the loop's, the workers' (issue 8 soak)
     settings = _settings(args)
     setup_logging(args.log_level or settings.log_level, settings.log_format)
     event_loop_factory(args.loop)  # an unusable choice fails here, before any worker starts

@@ -11,11 +11,11 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from mailrelay.store import CopyRecord, EventStore, ReferralFields, SeenRejection
 from mailrelay.store.events import name_os_thread
@@ -148,7 +148,7 @@ class EventJournal:
                 data = fh.read()
             # A line still being written has no line end yet: it is read the next time.
             whole = data[: data.rfind(b"\n") + 1]
-            for entry in _entries(whole, self.path, warn):
+            for entry in _decoded(whole.split(b"\n"), self.path, warn):
                 for record in entry.records:
                     view.delivered.setdefault(record.fingerprint, set()).add(record.recipient_hash)
                     view.backlog += 1
@@ -206,21 +206,30 @@ class EventJournal:
         """Write every journalled entry to the database; on success what was written is dropped from the
         journal. Returns the number of records written (0 when there was nothing to do); raises when the
         database still fails."""
+        written = 0
         with _flocked(self._replay_lock, self._replay_lock_path):
-            with self._exclusive():
-                try:
-                    data = self.path.read_bytes()
-                except FileNotFoundError:
-                    return 0
-            # Appends go on while the entries are written: they land after `data`, and are kept below.
-            entries = _entries(data, self.path, warn=True)
-            for entry in entries:
-                store.write(entry.records, mark_delivered=entry.mark_delivered, seen=entry.seen, at=entry.at)
-            if data:
+            # Only a replay replaces the file, and replays are one at a time: what is opened here stays the
+            # journal until this replay drops what it wrote.
+            try:
+                fh = open(self.path, "rb")  # noqa: SIM115 (the with below closes it)
+            except FileNotFoundError:
+                return 0
+            with fh:
+                with self._exclusive():  # no append is half written
+                    size = os.fstat(fh.fileno()).st_size
+                # Appends go on while the entries are written: they land after `size`, and are kept below.
+                # The entries are read and written a block at a time: a long backlog read whole, and decoded
+                # whole, set a high-water mark of the replaying thread's memory that stayed (issue 8 soak).
+                for entry in _decoded(_lines(fh, size), self.path, warn=True):
+                    store.write(
+                        entry.records, mark_delivered=entry.mark_delivered, seen=entry.seen, at=entry.at
+                    )
+                    written += len(entry.records)
+            if size:
                 with self._exclusive():
-                    self._drop_written(len(data))
+                    self._drop_written(size)
         self._catch_up()
-        return sum(len(entry.records) for entry in entries)
+        return written
 
     def _drop_written(self, written: int) -> None:
         """Replace the journal by what was appended after its first `written` bytes (all in the database
@@ -251,18 +260,36 @@ def _flocked(lock: threading.Lock, lock_path: Path) -> Iterator[None]:
             os.close(fd)  # and with it the flock
 
 
-def _entries(data: bytes, path: Path, warn: bool) -> list[JournalEntry]:
-    entries = []
-    for line in data.splitlines():
+# How much of the journal a replay reads at a time.
+REPLAY_BLOCK = 1 << 16
+
+
+def _lines(fh: BinaryIO, size: int) -> Iterator[bytes]:
+    """The lines of the journal's first `size` bytes, read a block at a time; the last one may be torn."""
+    rest = b""
+    while size > 0:
+        block = fh.read(min(REPLAY_BLOCK, size))
+        if not block:
+            break
+        size -= len(block)
+        lines = (rest + block).split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    yield rest
+
+
+def _decoded(lines: Iterable[bytes], path: Path, warn: bool) -> Iterator[JournalEntry]:
+    for line in lines:
         if not line:
             continue  # the line end an append put after a torn line (see append)
         try:
-            entries.append(_decode(line))
+            entry = _decode(line)
         except (ValueError, KeyError, TypeError):
             # A line cut by a crash mid-write was never fsynced, so its sender never heard 250.
             if warn:
                 log.warning("skipping a torn journal line in %s", path)
-    return entries
+            continue
+        yield entry
 
 
 async def replay_forever(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import subprocess
 import sys
 import threading
@@ -13,9 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from conftest import RunningRelay, SettingsFactory
+from mailrelay import journal as journal_module
 from mailrelay.journal import EventJournal
 from mailrelay.store import CopyRecord, EventStore, ReferralEvent, ReferralFields
 from support.sinks import RecordingSink
@@ -251,6 +254,40 @@ def test_an_append_does_not_wait_for_a_replays_database_writes(tmp_path: Path) -
     store.close()
 
 
+class ReadSizes(io.BytesIO):
+    """A file that notes how much each read asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.asked: list[int] = []
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.asked.append(-1 if size is None else size)
+        return super().read(size)
+
+
+def test_a_replay_reads_and_writes_the_journal_a_block_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long backlog is never read, nor decoded, whole: its high-water mark stayed in the worker's memory
+    (issue 8 soak). Lines cut by a block's end are put together again, and a torn last line is skipped."""
+    monkeypatch.setattr(journal_module, "REPLAY_BLOCK", 7)  # every line spans blocks
+    path = tmp_path / "events.journal"
+    journal = EventJournal(path)
+    for n in range(1, 41):
+        journal.append([copy_record(n)], mark_delivered=False)
+    with path.open("ab") as fh:
+        fh.write(b'{"mark_delivered":fal')  # a crash mid-append: never fsynced, never answered 250
+    size = path.stat().st_size
+    reader = ReadSizes(path.read_bytes())
+    lines = list(journal_module._lines(reader, size))
+    assert b"\n".join(lines) == path.read_bytes() and max(reader.asked) == 7
+    store = sqlite_store(tmp_path)
+    assert journal.replay(store) == 40 and events_in(store) == 40
+    assert path.read_bytes() == b"" and journal.backlog == 0
+    store.close()
+
+
 JOURNAL_THREADS = ("mailrelay-jn", "mailrelay-jn-rp")
 
 
@@ -269,7 +306,13 @@ async def test_the_relays_appends_and_replays_run_on_the_journals_own_threads(tm
     """One thread appends and one replays (`top -H`: mailrelay-jn, mailrelay-jn-rp), not the event loop's
     default executor, whose threads each kept the memory of the replays they ran (issue 8 soak); and a
     worker's append does not wait for its own replay's database writes."""
-    before = journal_threads()  # other tests' relays may have left theirs
+    # Other tests' relays may have left theirs, some of them on their way out: counted once they hold still.
+    before = journal_threads()
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if (now := journal_threads()) == before:
+            break
+        before = now
     journal = EventJournal(tmp_path / "events.journal")
     journal.append([copy_record(1)], mark_delivered=False)
     store = sqlite_store(tmp_path)
@@ -293,6 +336,10 @@ async def test_the_relays_appends_and_replays_run_on_the_journals_own_threads(tm
     assert await replaying == 1
     assert journal.backlog == 1 and journal.delivered(f"{2:064x}") == {"r" * 64}
     journal.close()
+    for _ in range(100):  # joined, each OS thread still takes a moment to go
+        if journal_threads() == before:
+            break
+        await asyncio.sleep(0.01)
     assert journal_threads() == before
     store.write = write  # type: ignore[method-assign]
     store.close()
@@ -324,6 +371,7 @@ def test_a_line_torn_by_a_crash_does_not_swallow_the_next_entry(tmp_path: Path) 
 _APPENDER = """
 import sys
 from pathlib import Path
+from mailrelay import journal as journal_module
 from mailrelay.journal import EventJournal
 from mailrelay.store import CopyRecord, ReferralFields
 

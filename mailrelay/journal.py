@@ -189,7 +189,14 @@ class EventJournal:
     ) -> None:
         """`append` on the journal's appending thread, for the relay on the event loop."""
         append = functools.partial(self.append, records, mark_delivered, seen, at)
-        await asyncio.get_running_loop().run_in_executor(self._appender, append)
+        try:
+            appended = asyncio.get_running_loop().run_in_executor(self._appender, append)
+        except RuntimeError:
+            # Closed: a transaction that outlived serve's shutdown grace delivered its copies. Their record
+            # is kept all the same, on the loop's own thread.
+            append()
+            return
+        await appended
 
     async def replay_off_loop(self, store: EventStore) -> int:
         """`replay` on the journal's replaying thread."""
@@ -198,7 +205,8 @@ class EventJournal:
         return written
 
     def close(self) -> None:
-        """Wait for an append or a replay under way; the journal's threads end."""
+        """Wait for an append or a replay under way; the journal's threads end (a later append runs on
+        its caller's thread)."""
         self._appender.shutdown(wait=True)
         self._replayer.shutdown(wait=True)
 

@@ -341,6 +341,9 @@ async def test_the_relays_appends_and_replays_run_on_the_journals_own_threads(tm
             break
         await asyncio.sleep(0.01)
     assert journal_threads() == before
+    # A transaction that outlived serve's shutdown grace still has its delivered copy journalled.
+    await journal.append_off_loop([copy_record(3)], False, None, datetime.now(UTC))
+    assert journal.delivered(f"{3:064x}") == {"r" * 64} and journal_threads() == before
     store.write = write  # type: ignore[method-assign]
     store.close()
 

@@ -23,6 +23,11 @@ from mailrelay.store.events import CHECKPOINTER, READER, WRITER
 
 # How many counted runs' worth of messages the py-spy run of each message sends.
 SAMPLED_RUNS = 4
+# The progress lines pad every contestant's name to the longest one's, so their figures line up.
+NAME_WIDTH = max(
+    len(name)
+    for name in (report.FLOOR, report.OTHER, report.REJECTION, report.POSTFIX, report.REJECTION_TMPFS)
+)
 
 # mailrelay's store threads by their kernel names: their CPU is the store's, the rest its event loops'.
 STORE_THREADS = (WRITER, READER, CHECKPOINTER)
@@ -219,7 +224,7 @@ class Bench:
                 for cell in self._throughput_cells(entries, shape.name, sessions):
                     self.cells.append(cell)
                     self.say(
-                        f"{cell.contestant:24} {shape.name:17} {sessions:3} sessions: "
+                        f"{cell.contestant:{NAME_WIDTH}} {shape.name:17} {sessions:3} sessions: "
                         f"{cell.median(cell.rates):8.1f} msg/s  {cell.median(cell.cpu_ms):6.2f} ms CPU/msg"
                         + errors_said(cell)
                     )
@@ -320,7 +325,7 @@ class Bench:
             )
             self.samples.append(sampled)
             self.say(
-                f"{contestant:24} {shape.name:17} {sessions:3} sessions, sampled: "
+                f"{contestant:{NAME_WIDTH}} {shape.name:17} {sessions:3} sessions, sampled: "
                 f"{sampled.total_ms:6.2f} ms/msg holding the GIL"
                 + (f"  ERRORS: {result.detail}" if result.errors else "")
             )
@@ -424,7 +429,8 @@ class Bench:
                     cell.stage_ms = {k: v / cell.messages * 1000 for k, v in stage_seconds[name].items()}
                 self.cells.append(cell)
                 self.say(
-                    f"{cell.contestant:24} {shape.name:17} {sessions:3} sessions at {PACED_RATE:.0f} msg/s: "
+                    f"{cell.contestant:{NAME_WIDTH}} {shape.name:17} {sessions:3} sessions at"
+                    f" {PACED_RATE:.0f} msg/s: "
                     f"p50 {cell.median(cell.p50_ms):6.2f} ms  p99 {cell.median(cell.p99_ms):6.2f} ms"
                     + errors_said(cell)
                 )
@@ -456,7 +462,7 @@ class Bench:
             for cell in cells.values():
                 self.cells.append(cell)
                 self.say(
-                    f"{cell.contestant:24} {shape.name:17} {sessions:3} sessions: "
+                    f"{cell.contestant:{NAME_WIDTH}} {shape.name:17} {sessions:3} sessions: "
                     f"p50 {cell.median(cell.p50_ms):6.2f} ms"
                     f"  p99 {cell.median(cell.p99_ms):6.2f} ms" + errors_said(cell)
                 )

@@ -185,6 +185,20 @@ def sqlite_store(tmp_path: Path) -> EventStore:
     return store
 
 
+def hold_writes(store: EventStore) -> tuple[threading.Event, threading.Event]:
+    """Make the store's writes for a replay wait: the first sets `writing`, and each waits for `release`."""
+    write = store.write
+    writing, release = threading.Event(), threading.Event()
+
+    def held_write(*args: Any, **kwargs: Any) -> int:
+        writing.set()
+        release.wait(30)
+        return write(*args, **kwargs)
+
+    store.write = held_write  # type: ignore[method-assign]
+    return writing, release
+
+
 def test_a_replay_in_one_worker_keeps_what_another_appends_meanwhile(tmp_path: Path) -> None:
     """Worker A replays while worker B journals a copy it just delivered: B's entry must outlive A's
     dropping of what it wrote (it lands after what A read, and A keeps it)."""
@@ -222,15 +236,7 @@ def test_an_append_does_not_wait_for_a_replays_database_writes(tmp_path: Path) -
     worker_a, worker_b = EventJournal(path), EventJournal(path)
     worker_a.append([copy_record(1)], mark_delivered=False)
     store = sqlite_store(tmp_path)
-    write = store.write
-    writing, release = threading.Event(), threading.Event()
-
-    def held_write(*args: Any, **kwargs: Any) -> int:
-        writing.set()
-        release.wait(30)
-        return write(*args, **kwargs)
-
-    store.write = held_write  # type: ignore[method-assign]
+    writing, release = hold_writes(store)
     replayed: list[int] = []
     replay = threading.Thread(target=lambda: replayed.append(worker_a.replay(store)))
     replay.start()
@@ -244,7 +250,6 @@ def test_an_append_does_not_wait_for_a_replays_database_writes(tmp_path: Path) -
         release.set()
         replay.join(10)
         append.join(10)
-    store.write = write  # type: ignore[method-assign]
     assert replayed == [1]
     # What the replay wrote is gone from the journal; what was appended meanwhile waits for the next one.
     assert worker_a.backlog == 1 and worker_a.delivered(f"{1:064x}") == set()
@@ -316,15 +321,7 @@ async def test_the_relays_appends_and_replays_run_on_the_journals_own_threads(tm
     journal = EventJournal(tmp_path / "events.journal")
     journal.append([copy_record(1)], mark_delivered=False)
     store = sqlite_store(tmp_path)
-    write = store.write
-    writing, release = threading.Event(), threading.Event()
-
-    def held_write(*args: Any, **kwargs: Any) -> int:
-        writing.set()
-        release.wait(30)
-        return write(*args, **kwargs)
-
-    store.write = held_write  # type: ignore[method-assign]
+    writing, release = hold_writes(store)
     replaying = asyncio.ensure_future(journal.replay_off_loop(store))
     try:
         assert await asyncio.to_thread(writing.wait, 10)
@@ -344,7 +341,6 @@ async def test_the_relays_appends_and_replays_run_on_the_journals_own_threads(tm
     # A transaction that outlived serve's shutdown grace still has its delivered copy journalled.
     await journal.append_off_loop([copy_record(3)], False, None, datetime.now(UTC))
     assert journal.delivered(f"{3:064x}") == {"r" * 64} and journal_threads() == before
-    store.write = write  # type: ignore[method-assign]
     store.close()
 
 

@@ -100,7 +100,7 @@ class EventJournal:
         self._catch_up(warn=True)
         # The relay's appends and replays each run on one thread of the journal's own, not on the event
         # loop's default executor: appends are one at a time under the lock anyway, and every thread that
-        # ran a replay kept the high-water mark of its memory (the backlog read and decoded, the database
+        # ran a replay kept the high-water mark of its memory (the entries it read, the database
         # connection's page cache) in an allocator arena of its own, so that each journalling episode
         # that fell on another thread added a step to the worker's RSS (issue 8 soak). A thread of its own
         # for replays keeps appends from waiting behind one.

@@ -24,10 +24,7 @@ from mailrelay.store.events import CHECKPOINTER, READER, WRITER
 # How many counted runs' worth of messages the py-spy run of each message sends.
 SAMPLED_RUNS = 4
 # The progress lines pad every contestant's name to the longest one's, so their figures line up.
-NAME_WIDTH = max(
-    len(name)
-    for name in (report.FLOOR, report.OTHER, report.REJECTION, report.POSTFIX, report.REJECTION_TMPFS)
-)
+NAME_WIDTH = max(len(name) for name in report.CONTESTANTS)
 
 # mailrelay's store threads by their kernel names: their CPU is the store's, the rest its event loops'.
 STORE_THREADS = (WRITER, READER, CHECKPOINTER)

@@ -18,6 +18,8 @@ POSTFIX = "postfix"
 REJECTION_TMPFS = "mailrelay (rejection), state on tmpfs"
 # How a sentence on what the control reached opens, under a throughput or a latency miss.
 _CONTROL_SAID = " The same relay with its state on tmpfs (the control), where an fsync returns at once: "
+# Every contestant, in the order the tables list them.
+CONTESTANTS = (FLOOR, OTHER, REJECTION, POSTFIX, REJECTION_TMPFS)
 # The issue's bar on a decorated message's added p99 latency at 10 sessions, in ms.
 ADDED_P99_TARGET_MS = 20
 
@@ -91,11 +93,7 @@ def render(bench: Bench, command: str, elapsed: float, *, generated: str) -> str
     idx = _Index(bench.cells)
     machine = bench.machine()
     sessions = bench.profile.sessions
-    contestants = [
-        c
-        for c in (FLOOR, OTHER, REJECTION, POSTFIX, REJECTION_TMPFS)
-        if any(x.contestant == c for x in bench.cells)
-    ]
+    contestants = [c for c in CONTESTANTS if any(x.contestant == c for x in bench.cells)]
     lines = [
         "# Benchmark results (issue 8)",
         "",

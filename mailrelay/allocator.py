@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import platform
 
 log = logging.getLogger("mailrelay")
 
@@ -25,7 +24,7 @@ def limit_malloc_arenas(arenas: int = ARENAS) -> None:
     A cap set in the environment (MALLOC_ARENA_MAX, or glibc.malloc.arena_max in GLIBC_TUNABLES) is the
     admin's, and glibc has applied it already: it is left as it is. Other C libraries are left alone."""
     global _capped_here
-    if _environment_cap() is not None or platform.libc_ver()[0] != "glibc":
+    if _environment_cap() is not None or not _on_glibc():
         return
     try:
         done = ctypes.CDLL(None).mallopt(_M_ARENA_MAX, arenas)
@@ -35,6 +34,15 @@ def limit_malloc_arenas(arenas: int = ARENAS) -> None:
         _capped_here = arenas
     else:
         log.warning("could not cap malloc arenas at %d: memory may grow under load", arenas)
+
+
+def _on_glibc() -> bool:
+    """Whether this process runs on glibc: asked of the C library loaded, where platform.libc_ver() reads
+    the Python executable's file for the version it was linked against."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):  # no such name: not glibc
+        return False
 
 
 def _environment_cap() -> str | None:

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from conftest import SettingsFactory
+from mailrelay import allocator
 from support.sinks import free_port
 
 # Eight threads allocate and stay alive together; glibc's malloc_stats then lists the arenas (on stderr).
@@ -72,6 +73,17 @@ def test_capped_threads_share_two_arenas() -> None:
 def test_a_cap_set_in_the_environment_is_left_as_the_admin_set_it(env: dict[str, str], said: str) -> None:
     arenas, cap = run_threads("cap", **env)
     assert arenas == 3 and cap == said
+
+
+def test_another_c_library_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_glibc(name: str) -> str:
+        raise ValueError(f"unrecognized configuration name: {name}")  # as musl's Python answers
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setattr(allocator.os, "confstr", not_glibc)
+    allocator.limit_malloc_arenas()
+    assert allocator.arena_cap() == "libc default"
 
 
 def test_every_serving_process_says_its_cap(make_settings: SettingsFactory) -> None:

@@ -305,3 +305,39 @@ def test_the_paced_table_says_how_many_messages_each_p99_is_read_from() -> None:
         "21st",
         "22nd",
     ]
+
+
+def test_the_stages_in_place_against_the_budget_say_over_under_or_all_of_it() -> None:
+    def said(accounted: float, used: float) -> str:
+        return report._in_place_verdict(report.InPlace({}, used, accounted, 1.80), 1.80)
+
+    assert said(1.90, 2.00).startswith(
+        "over the 1.80 ms that 50 % of the floor leaves: reaching it takes one"
+    )
+    assert (
+        said(1.50, 1.95)
+        == "under the 1.80 ms that 50 % of the floor leaves: reaching it takes 0.15 ms off the rest"
+    )
+    assert said(1.50, 1.60).endswith(", and the rejection in that phase (1.60 ms) is under it")
+    # Equal at two decimals, one side or the other of it: never "1.80, under the 1.80".
+    for accounted in (1.797, 1.803):
+        assert said(accounted, 1.70).startswith("all of the 1.80 ms that 50 % of the floor leaves (to within")
+
+
+def test_a_rejection_miss_the_bound_does_not_explain_says_what_its_stages_cost_in_place() -> None:
+    data = json.loads(RESULTS.read_text())
+    bench = Recorded(data)
+    idx = report._Index(bench.cells)
+    lines = report._targets(idx, bench, (1, 10, 50))
+    for shape in SHAPES:
+        ratio = idx.ratio(report.REJECTION, report.FLOOR, shape.name, 10)
+        costs = report._in_place_costs(idx, bench.ablated, shape.name)
+        if ratio is None or ratio >= 0.5 or costs is None or costs.budget is None:
+            continue
+        head = f"  - {shape.name}, {report._pct(ratio)}: "
+        line = next(x for x in lines if x.startswith(head))
+        said = (
+            f"In place (the ablation above), other mail and the four stages come to {costs.accounted:.2f} ms"
+        )
+        # Only where the bound leaves the miss unexplained: an out-of-reach bound needs no more.
+        assert (said in line) == line.startswith(head + "not explained"), line

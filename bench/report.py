@@ -347,14 +347,23 @@ def _where_the_time_goes(idx: _Index, bench: Bench) -> list[str]:
 
 @dataclass(frozen=True)
 class InPlace:
-    """A rejection's CPU per message in the ablation phase: what each stage saves when taken out (median over
-    the rounds, by variant), the whole rejection, other mail and the four stages added up, and the budget
-    for 50 % of the floor's msg/s (None where the floor's run is missing) (ms/msg)."""
+    """A rejection's CPU per message in the ablation phase, per round: the whole rejection, other mail, and
+    what each stage saves when taken out (by variant); and the budget for 50 % of the floor's msg/s (None
+    where the floor's run is missing) (ms/msg)."""
 
+    rejection_ms: list[float]
+    other_ms: list[float]
     saved: dict[str, list[float]]
-    used: float
-    accounted: float
     budget: float | None
+
+    @property
+    def used(self) -> float:
+        return _med(self.rejection_ms)
+
+    @property
+    def accounted(self) -> float:
+        """Other mail and the stages, each its median over the rounds, added up."""
+        return _med(self.other_ms) + sum(_med(values) for values in self.saved.values())
 
 
 def _in_place_costs(idx: _Index, ablated: list[Ablated], shape: str) -> InPlace | None:
@@ -365,10 +374,9 @@ def _in_place_costs(idx: _Index, ablated: list[Ablated], shape: str) -> InPlace 
     if not (whole and other and whole.cpu_ms and other.cpu_ms and all(v in cells for v in VARIANTS)):
         return None
     saved = {v: [w - x for w, x in zip(whole.cpu_ms, cells[v].cpu_ms, strict=False)] for v in VARIANTS}
-    accounted = _med(other.cpu_ms) + sum(_med(values) for values in saved.values())
     floor = idx.get(FLOOR, shape, whole.sessions)
     budget = _med(floor.cpu_ms) + _room(floor, 0.5) if floor and floor.cpu_ms and floor.load_cpu_ms else None
-    return InPlace(saved, _med(whole.cpu_ms), accounted, budget)
+    return InPlace(whole.cpu_ms, other.cpu_ms, saved, budget)
 
 
 def _in_place_verdict(costs: InPlace, budget: float) -> str:
@@ -400,10 +408,9 @@ def _in_place(idx: _Index, bench: Bench, micros: dict[str, float]) -> list[str]:
         costs = _in_place_costs(idx, ablated, shape.name)
         if costs is None:
             continue
-        cells = {c.variant: c for c in ablated if c.shape == shape.name}
         rows.append(
-            f"| {shape.name} | {_spread(cells['rejection'].cpu_ms, '{:.2f}')} | "
-            f"{_spread(cells['other mail'].cpu_ms, '{:.2f}')} | "
+            f"| {shape.name} | {_spread(costs.rejection_ms, '{:.2f}')} | "
+            f"{_spread(costs.other_ms, '{:.2f}')} | "
             + " | ".join(_spread(costs.saved[v], "{:.2f}") for v in VARIANTS)
             + f" | **{costs.accounted:.2f}** | {costs.used - costs.accounted:+.2f} | "
             + ("–" if costs.budget is None else f"{costs.budget:.2f}")

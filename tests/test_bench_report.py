@@ -309,7 +309,7 @@ def test_the_paced_table_says_how_many_messages_each_p99_is_read_from() -> None:
 
 def test_the_stages_in_place_against_the_budget_say_over_under_or_all_of_it() -> None:
     def said(accounted: float, used: float) -> str:
-        return report._in_place_verdict(report.InPlace({}, used, accounted, 1.80), 1.80)
+        return report._in_place_verdict(report.InPlace([used], [accounted], {}, 1.80), 1.80)
 
     assert said(1.90, 2.00).startswith(
         "over the 1.80 ms that 50 % of the floor leaves: reaching it takes one"

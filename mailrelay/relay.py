@@ -189,6 +189,12 @@ class Relay:
         self.next_hop = next_hop
         self.metrics = metrics
         self.hash_key = hash_key
+        # Keyed once; each address hashes on a copy (the same digest as hmac.digest). The one-shot
+        # hmac.digest releases the GIL around OpenSSL's HMAC even for a few bytes, and on the event loop
+        # each release let the store's writer thread in, whose turn the loop then waited out (issue 8,
+        # cProfile of one process: 23.5 µs a call in a rejection's run, 3 µs alone); an update of fewer
+        # than 2 KiB keeps the GIL.
+        self._recipient_mac = hmac.new(hash_key, digestmod=hashlib.sha256)
 
     # Derived from the settings each time: a SIGHUP reload replaces `settings` (app.reload_rules).
     @property
@@ -221,8 +227,9 @@ class Relay:
         self.store_paused_until = 0.0
 
     def recipient_hash(self, address: str) -> str:
-        # hmac.digest is the one-shot C path (OpenSSL's HMAC), the same bytes as hmac.new(...).digest().
-        return hmac.digest(self.hash_key, address.lower().encode("utf-8"), "sha256").hex()
+        mac = self._recipient_mac.copy()
+        mac.update(address.lower().encode("utf-8"))
+        return mac.hexdigest()
 
     def is_internal(self, address: str, tenant: TenantSettings) -> bool:
         domain = domain_of(address)
@@ -542,17 +549,22 @@ class RelaySession:
         expected = relay.store.expect_write() if _counted(plan) and relay.store_usable() else None
         try:
             already = await self._read_delivered(txn, plan, early[0] if early else None)
-            groups = [
-                Group([r for r in g.recipients if relay.recipient_hash(r) not in already], g.content, g.copy)
-                for g in plan.groups
-            ]
+            groups = []
             for g in plan.groups:
-                for r in g.recipients:
-                    if relay.recipient_hash(r) in already:
-                        log.info(
-                            "%s: to=<%s> status=sent (delivered by an earlier attempt)", txn.txn_id, mask(r)
-                        )
-            groups = [g for g in groups if g.recipients]
+                left = list(g.recipients)
+                if already:  # a retry: what an earlier attempt delivered is not sent again (hashed only then)
+                    left = []
+                    for r in g.recipients:
+                        if relay.recipient_hash(r) in already:
+                            log.info(
+                                "%s: to=<%s> status=sent (delivered by an earlier attempt)",
+                                txn.txn_id,
+                                mask(r),
+                            )
+                        else:
+                            left.append(r)
+                if left:
+                    groups.append(Group(left, g.content, g.copy))
 
             started = time.perf_counter()
             try:

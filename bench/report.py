@@ -392,6 +392,9 @@ def _in_place_verdict(costs: InPlace, budget: float) -> str:
             f"{where}: reaching it takes one of these stages, or the path every message takes, cheaper in "
             "place"
         )
+    if f"{costs.used:.2f}" == f"{budget:.2f}":
+        # Over by less than the table shows: "takes 0.00 ms off the rest" would read as a slip.
+        return f"{where}, and the rejection in that phase ({costs.used:.2f} ms) takes all of it"
     if costs.used > budget:
         return f"{where}: reaching it takes {costs.used - budget:.2f} ms off the rest"
     return f"{where}, and the rejection in that phase ({costs.used:.2f} ms) is under it"

@@ -319,7 +319,7 @@ def test_the_stages_in_place_against_the_budget_say_over_under_or_all_of_it() ->
         == "under the 1.80 ms that 50 % of the floor leaves: reaching it takes 0.15 ms off the rest"
     )
     assert said(1.50, 1.60).endswith(", and the rejection in that phase (1.60 ms) is under it")
-    # The rejection over the budget by less than two decimals show: never "takes 0.00 ms off the rest".
+    # The rejection over the budget by less than two decimals can show: never "takes 0.00 ms off the rest".
     assert said(1.50, 1.803).endswith(", and the rejection in that phase (1.80 ms) takes all of it")
     # Equal at two decimals, one side or the other of it: never "1.80, under the 1.80".
     for accounted in (1.797, 1.803):

@@ -379,10 +379,14 @@ def _in_place_costs(idx: _Index, ablated: list[Ablated], shape: str) -> InPlace 
     return InPlace(whole.cpu_ms, other.cpu_ms, saved, budget)
 
 
+def _shown_equal(a: float, b: float) -> bool:
+    """Equal at the report's two decimals: "1.80, under the 1.80" or "0.00 ms off" would read as a slip."""
+    return f"{a:.2f}" == f"{b:.2f}"
+
+
 def _in_place_verdict(costs: InPlace, budget: float) -> str:
     """Other mail and the four stages in place against the budget for 50 %: what follows "come to N ms, "."""
-    if f"{costs.accounted:.2f}" == f"{budget:.2f}":
-        # Equal at the table's precision: "1.80, under the 1.80" would read as a slip.
+    if _shown_equal(costs.accounted, budget):
         where = f"all of the {budget:.2f} ms that 50 % of the floor leaves (to within 0.01 ms)"
     else:
         side = "over" if costs.accounted > budget else "under"
@@ -392,8 +396,7 @@ def _in_place_verdict(costs: InPlace, budget: float) -> str:
             f"{where}: reaching it takes one of these stages, or the path every message takes, cheaper in "
             "place"
         )
-    if f"{costs.used:.2f}" == f"{budget:.2f}":
-        # Over by less than the table shows: "takes 0.00 ms off the rest" would read as a slip.
+    if _shown_equal(costs.used, budget):
         return f"{where}, and the rejection in that phase ({costs.used:.2f} ms) takes all of it"
     if costs.used > budget:
         return f"{where}: reaching it takes {costs.used - budget:.2f} ms off the rest"

@@ -188,7 +188,6 @@ class Relay:
         self.store = store
         self.next_hop = next_hop
         self.metrics = metrics
-        self.hash_key = hash_key
         # Keyed once; each address hashes on a copy (the same digest as hmac.digest). The one-shot
         # hmac.digest releases the GIL around OpenSSL's HMAC even for a few bytes, and on the event loop
         # each release let the store's writer thread in, whose turn the loop then waited out (issue 8,

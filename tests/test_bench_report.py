@@ -4,13 +4,14 @@ run's bounds say of each (bench/report.py; issue 8: "for any that are not, ... w
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench import report
-from bench.__main__ import Cell, Recorded
+from bench.__main__ import Bench, Cell, Recorded
 from bench.messages import SHAPES
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "RESULTS.json"
@@ -231,6 +232,24 @@ def test_the_report_says_the_runs_alternated_only_for_a_run_that_made_them_so() 
     sentence = "their runs alternate (each round runs every contestant once"
     assert sentence not in report.render(before, data["command"], data["elapsed"], generated="x")
     assert sentence in report.render(after, data["command"], data["elapsed"], generated="x")
+
+
+def test_the_machine_line_names_the_interpreter_only_for_a_run_that_recorded_it() -> None:
+    data = json.loads(RESULTS.read_text())
+    before = Recorded({**data, "machine": {k: v for k, v in data["machine"].items() if k != "interpreter"}})
+    path = "/root/.pyenv/versions/3.11.7/bin/python3.11"
+    after = Recorded({**data, "machine": {**data["machine"], "interpreter": path}})
+    assert path not in report.render(before, data["command"], data["elapsed"], generated="x")
+    line = next(
+        line
+        for line in report.render(after, data["command"], data["elapsed"], generated="x").splitlines()
+        if line.startswith("Machine: ")
+    )
+    assert f'Python {data["machine"]["python"]} (`{path}`; see bench/README.md, "The interpreter").' in line
+    # A run records the interpreter that ran it, where the venv's symlink leads.
+    assert (
+        Path(Bench.machine(object.__new__(Bench))["interpreter"]).resolve() == Path(sys.executable).resolve()
+    )
 
 
 def test_other_mail_below_postfix_at_one_session_says_what_handling_as_costly_as_the_floors_could_reach() -> (

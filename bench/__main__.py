@@ -618,23 +618,28 @@ class Bench:
             return None
 
     def machine(self) -> dict[str, str]:
-        model = "unknown"
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        return {
-            "nproc": str(os.cpu_count()),
-            "cpu": model,
-            "python": platform.python_version(),
-            # Which build ran every Python contestant: Debian's python3.11 (PGO, LTO) took 11-21 % less
-            # CPU per message than pyenv's plain build, same packages (bench/README.md, "The interpreter").
-            "interpreter": os.path.realpath(sys.executable),
-            "kernel": platform.release(),
-        }
+        return this_machine()
+
+
+def this_machine() -> dict[str, str]:
+    """What RESULTS.md's `Machine:` line says of the machine and the interpreter this run is on."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "python": platform.python_version(),
+        # Which build ran every Python contestant: Debian's python3.11 (PGO, LTO) took 11-21 % less CPU
+        # per message than pyenv's plain build, same packages (bench/README.md, "The interpreter").
+        "interpreter": os.path.realpath(sys.executable),
+        "kernel": platform.release(),
+    }
 
 
 class Recorded(Bench):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bench import report
-from bench.__main__ import Bench, Cell, Recorded
+from bench.__main__ import Cell, Recorded, this_machine
 from bench.messages import SHAPES
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "RESULTS.json"
@@ -247,9 +247,7 @@ def test_the_machine_line_names_the_interpreter_only_for_a_run_that_recorded_it(
     )
     assert f'Python {data["machine"]["python"]} (`{path}`; see bench/README.md, "The interpreter").' in line
     # A run records the interpreter that ran it, where the venv's symlink leads.
-    assert (
-        Path(Bench.machine(object.__new__(Bench))["interpreter"]).resolve() == Path(sys.executable).resolve()
-    )
+    assert Path(this_machine()["interpreter"]) == Path(sys.executable).resolve()
 
 
 def test_other_mail_below_postfix_at_one_session_says_what_handling_as_costly_as_the_floors_could_reach() -> (

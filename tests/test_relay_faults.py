@@ -4,6 +4,7 @@ doubled, or recorded for a copy the next hop did not accept."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,10 @@ async def test_next_hop_down_gives_451_4_4_1(start_relay, make_settings: Setting
 
 
 async def test_a_failed_copy_after_delivered_ones_defers_and_the_retry_sends_no_duplicate(
-    start_relay, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+    start_relay,
+    make_settings: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Issue 2 §5: one applicant's copy fails after others were delivered → 4xx; the retry must not send
     the delivered copies twice, nor count them twice."""
@@ -120,10 +124,22 @@ async def test_a_failed_copy_after_delivered_ones_defers_and_the_retry_sends_no_
         assert sorted(r for m in sink.messages for r in m.rcpt_tos) == ["a@gmail.example", "c@gmail.example"]
         assert failed == [1]
         # The sending MTA retries the very same message to the same recipients.
-        refused, reply = await relay.send(SENDER, applicants, REJECTION)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="mailrelay.relay"):
+            refused, reply = await relay.send(SENDER, applicants, REJECTION)
     assert refused == {} and reply.startswith("2")
     assert sorted(r for m in sink.messages for r in m.rcpt_tos) == applicants
     assert event_count(relay) == 3
+    # The admin reading the retry's log sees each skipped copy under the retry's queue id, masked (issue 5).
+    skipped = [r.getMessage() for r in caplog.records if "earlier attempt" in r.getMessage()]
+    queue_id = skipped[0].partition(":")[0]
+    assert skipped == [
+        f"{queue_id}: to=<a***@gmail.example> status=sent (delivered by an earlier attempt)",
+        f"{queue_id}: to=<c***@gmail.example> status=sent (delivered by an earlier attempt)",
+    ]
+    assert any(
+        m.startswith(f"{queue_id}: to=<b***@gmail.example> status=sent (250 ") for m in caplog.messages
+    )
 
 
 def fail_final_dot_once_for(monkeypatch: pytest.MonkeyPatch, recipient: str) -> list[int]:

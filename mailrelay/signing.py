@@ -118,6 +118,11 @@ PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 # dkimpy folds at column 72 counting the field name (fold's namelen).
 _NAME_LENGTH = len(b"DKIM-Signature")
+# What b= holds while the field is folded for hashing (dkim_signature says why).
+_B_PLACEHOLDER = b"0" * 60
+# The RSA signature's parameters, built once rather than per message.
+_PKCS1V15 = padding.PKCS1v15()
+_PREHASHED_SHA256 = utils.Prehashed(hashes.SHA256())
 
 
 @functools.lru_cache(maxsize=64)
@@ -175,16 +180,21 @@ def dkim_signature(
         (b"t", str(timestamp).encode("ascii")),
         (b"h", b" : ".join(include_headers)),
         (b"bh", body_hash),
-        (b"b", b"0" * 60),
+        (b"b", _B_PLACEHOLDER),
     ]
-    unsigned = dkim.RE_BTAG.sub(b"\\1", dkim.fold(b"; ".join(b"=".join(f) for f in fields), _NAME_LENGTH))
+    folded = dkim.fold(b"; ".join(b"=".join(f) for f in fields), _NAME_LENGTH)
+    # b= empty, as dkimpy's RE_BTAG.sub(b"\\1", folded) leaves it: the placeholder is the last tag and, with
+    # no space in it and shorter than a folded line, ends the field whole, so it is cut off instead (0.3 µs
+    # against the substitution's 14, ~40 µs of a signature in the relay: issue 8 profile).
+    end = b"b=" + _B_PLACEHOLDER
+    unsigned = folded[: -len(_B_PLACEHOLDER)] if folded.endswith(end) else dkim.RE_BTAG.sub(b"\\1", folded)
     # RFC 6376 §3.7: the selected fields, then the signature field itself with b= empty and no CRLF.
     hashed = relaxed_headers(selected_fields(headers, include_headers))
     signature_field = relaxed_headers([(b"DKIM-Signature", b" " + unsigned)])
     hashed += [(name, value.rstrip()) for name, value in signature_field]
     digest = hashlib.sha256(b"".join(name + b":" + value for name, value in hashed)).digest()
     if isinstance(key, rsa.RSAPrivateKey):
-        signature = key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        signature = key.sign(digest, _PKCS1V15, _PREHASHED_SHA256)
     else:
         signature = key.sign(digest)  # RFC 8463 §3: Ed25519 over the SHA-256 hash
     fields[-1] = (b"b", base64.b64encode(signature))

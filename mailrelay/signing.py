@@ -118,8 +118,10 @@ PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 # dkimpy folds at column 72 counting the field name (fold's namelen).
 _NAME_LENGTH = len(b"DKIM-Signature")
-# What b= holds while the field is folded for hashing (dkim_signature says why).
+# What b= holds while the field is folded for hashing (dkim_signature says why), and how the folded field
+# then ends.
 _B_PLACEHOLDER = b"0" * 60
+_B_TAG_PLACEHOLDER = b"b=" + _B_PLACEHOLDER
 # The RSA signature's parameters, built once rather than per message.
 _PKCS1V15 = padding.PKCS1v15()
 _PREHASHED_SHA256 = utils.Prehashed(hashes.SHA256())
@@ -186,8 +188,10 @@ def dkim_signature(
     # b= empty, as dkimpy's RE_BTAG.sub(b"\\1", folded) leaves it: the placeholder is the last tag and, with
     # no space in it and shorter than a folded line, ends the field whole, so it is cut off instead (0.3 µs
     # against the substitution's 14; in the relay py-spy put ~40 µs on the substitution's line: issue 8).
-    end = b"b=" + _B_PLACEHOLDER
-    unsigned = folded[: -len(_B_PLACEHOLDER)] if folded.endswith(end) else dkim.RE_BTAG.sub(b"\\1", folded)
+    if folded.endswith(_B_TAG_PLACEHOLDER):
+        unsigned = folded[: -len(_B_PLACEHOLDER)]
+    else:
+        unsigned = dkim.RE_BTAG.sub(b"\\1", folded)
     # RFC 6376 §3.7: the selected fields, then the signature field itself with b= empty and no CRLF.
     hashed = relaxed_headers(selected_fields(headers, include_headers))
     signature_field = relaxed_headers([(b"DKIM-Signature", b" " + unsigned)])

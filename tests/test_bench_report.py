@@ -210,8 +210,28 @@ def test_against_postfix_other_mail_is_bounded_by_the_floor_and_a_rejection_by_i
     assert other is not None and rejection is not None
     assert other.budget == rejection.budget == pytest.approx(2000 / 800 - 0.1)
     assert other.bound == pytest.approx(0.35 + 0.01 + 0.01)  # the floor, the read, the rules
-    # the cheapest read-and-decided pass-through (the floor's 0.35 + read + rules), decoration 0, sign, store
-    assert rejection.bound == pytest.approx(0.35 + 0.01 + 0.01 + 0.0 + 0.25 + 0.2)
+    # the cheapest read-and-decided pass-through (the floor's 0.35 + read + rules), decoration 0, sign, and
+    # the store: its threads in the run, and its micro-benchmark's work on the event loop
+    assert rejection.bound == pytest.approx(0.35 + 0.01 + 0.01 + 0.0 + 0.25 + 0.2 + 0.01)
+    # A run from before the store's work on the loop was measured: its threads alone, as it rendered then.
+    del micros[report._MICRO["store_loop"]]
+    earlier = report._above_postfix(idx, micros, report.REJECTION, "plain-5k", 10)
+    assert earlier is not None and earlier.bound == pytest.approx(0.35 + 0.01 + 0.01 + 0.0 + 0.25 + 0.2)
+
+
+def test_the_store_counts_its_threads_and_its_work_on_the_loop_or_its_micro_benchmark_for_both() -> None:
+    micros = {name.format(shape="plain-5k"): 0.01 for name in report._MICRO.values()}
+    micros[report._MICRO["store"]], micros[report._MICRO["store_loop"]] = 0.35, 0.12
+    ms = report._stages(micros, "plain-5k")
+    assert ms is not None
+    measured = Cell(report.REJECTION, "plain-5k", 10, "smtp-source", [700], [1.9], store_cpu_ms=[0.25])
+    assert report._store_parts(measured, ms) == (0.25, 0.12)
+    assert report._store_ms(measured, ms) == pytest.approx(0.37)
+    # A run that did not measure the threads: the micro-benchmark's whole CPU (all its threads, the loop's
+    # too) stands in, and the loop's part is not added a second time.
+    unmeasured = Cell(report.REJECTION, "plain-5k", 10, "smtp-source", [700], [1.9])
+    assert report._store_parts(unmeasured, ms) == (0.35, None)
+    assert report._store_ms(unmeasured, ms) == pytest.approx(0.35)
 
 
 def test_each_round_runs_every_contestant_and_every_other_round_in_reverse() -> None:

@@ -231,6 +231,37 @@ async def test_the_checkpointer_moves_the_log_into_the_database_file_off_the_com
         store.close()
 
 
+async def test_the_group_commit_keeps_its_savepoints_journals_in_memory(tmp_path: Path) -> None:
+    """Issue 8: each job's savepoint journal stays in memory, not in a temporary file created, written and
+    unlinked in every batch; a job that fails still rolls back alone."""
+    store = EventStore(f"sqlite:///{tmp_path / 'events.db'}")
+    store.create_schema()
+    try:
+        record = CopyRecord("f" * 64, "c" * 64, "250 ok", ReferralFields("acme", "t1", "r", None, None))
+        await store.record([record], mark_delivered=False)
+
+        def temp_store() -> int:
+            assert store._own_connection is not None
+            return int(store._own_connection.cursor.execute("PRAGMA temp_store").fetchone()[0])
+
+        assert store._executor.submit(temp_store).result() == 2  # MEMORY
+
+        def half_written(session: Any) -> None:
+            store._rejection_seen(session, "acme", True, "e" * 64, datetime.now(UTC))
+            raise RuntimeError("a bug after the first statement")
+
+        second = CopyRecord("g" * 64, "c" * 64, "250 ok", ReferralFields("acme", "t2", "r", None, None))
+        failed, written = await asyncio.gather(
+            store._batched(half_written), store.record([second], mark_delivered=False), return_exceptions=True
+        )
+        assert isinstance(failed, RuntimeError) and written == 1
+        assert store.count_events() == 2
+        with sqlite3.connect(tmp_path / "events.db") as db:
+            assert db.execute("SELECT count(*) FROM rejections_seen").fetchone() == (0,)
+    finally:
+        store.close()
+
+
 def test_a_failing_checkpoint_is_logged_once_and_tried_again(caplog: pytest.LogCaptureFixture) -> None:
     """A checkpoint that fails (the file unreadable, a full disk) says so once, not every half second, says
     when it works again, and the thread goes on: the writer's backstop bounds the log meanwhile."""

@@ -346,6 +346,12 @@ class EventStore:
         connection = OwnConnection.open(self.engine, self.driver)
         try:
             connection.cursor.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+            # Each job's savepoint keeps a statement journal, the pages it changed as they were, to roll
+            # back to. By default SQLite keeps it in a temporary file: created, written page by page and
+            # unlinked in every batch, ~20 pwrite calls a message, never needed after a crash (the WAL
+            # recovers). In memory it holds a job's few pages (issue 8: the writer thread's CPU per message
+            # 0.24 -> 0.22 ms, ten messages at once on a 2-vCPU AMD EPYC).
+            connection.cursor.execute("PRAGMA temp_store=MEMORY")
         except BaseException:
             connection.discard()
             raise

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from mailrelay.store import CopyRecord, EventStore, ReferralFields, SeenRejection, events
-from mailrelay.store.driver import CursorHolder, Driver
+from mailrelay.store.driver import SAVEPOINT, CursorHolder, Driver
 from mailrelay.store.models import ReferralEvent
 
 POSTGRES = os.environ.get("MAILRELAY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -232,8 +232,8 @@ async def test_the_checkpointer_moves_the_log_into_the_database_file_off_the_com
 
 
 async def test_the_group_commit_keeps_its_savepoints_journals_in_memory(tmp_path: Path) -> None:
-    """Issue 8: each job's savepoint journal stays in memory, not in a temporary file created, written and
-    unlinked in every batch; a job that fails still rolls back alone."""
+    """Issue 8: a savepoint's journal stays in memory, not in a temporary file created, written and
+    unlinked in every batch (the WAL alone recovers a crash)."""
     store = EventStore(f"sqlite:///{tmp_path / 'events.db'}")
     store.create_schema()
     try:
@@ -245,19 +245,6 @@ async def test_the_group_commit_keeps_its_savepoints_journals_in_memory(tmp_path
             return int(store._own_connection.cursor.execute("PRAGMA temp_store").fetchone()[0])
 
         assert store._executor.submit(temp_store).result() == 2  # MEMORY
-
-        def half_written(session: Any) -> None:
-            store._rejection_seen(session, "acme", True, "e" * 64, datetime.now(UTC))
-            raise RuntimeError("a bug after the first statement")
-
-        second = CopyRecord("g" * 64, "c" * 64, "250 ok", ReferralFields("acme", "t2", "r", None, None))
-        failed, written = await asyncio.gather(
-            store._batched(half_written), store.record([second], mark_delivered=False), return_exceptions=True
-        )
-        assert isinstance(failed, RuntimeError) and written == 1
-        assert store.count_events() == 2
-        with sqlite3.connect(tmp_path / "events.db") as db:
-            assert db.execute("SELECT count(*) FROM rejections_seen").fetchone() == (0,)
     finally:
         store.close()
 
@@ -489,6 +476,40 @@ async def test_a_failing_job_spoils_only_itself_and_a_failing_database_spoils_th
     results = await held(store, store._batched(database_error), doomed)
     assert all(isinstance(r, DBAPIError) for r in results), results
     assert store.count_events() == 1  # the batch was rolled back: the caller journals its records
+
+
+async def test_a_batch_takes_a_savepoint_per_job_only_once_a_job_has_failed(store: EventStore) -> None:
+    """Issue 8: a batch whose jobs all succeed runs them in turn, without SAVEPOINT and RELEASE (two round
+    trips a job on PostgreSQL). A job that fails after writing part of its rows sends its batch back,
+    rolled back, to run again with a savepoint per job: its rows are gone, the other jobs' land."""
+    statements: list[str] = []
+    execute = store.driver.execute
+
+    def counting_execute(cursor: Any, statement: str, params: Any = None) -> Any:
+        statements.append(statement)
+        return execute(cursor, statement, params)
+
+    store.driver.execute = counting_execute  # type: ignore[method-assign]
+    writes = [
+        store.record_events([referral(f"a{i}", f"{i:064x}", f"{i:064x}")], mark_delivered=False)
+        for i in range(3)
+    ]
+    assert [len(ids) for ids in await held(store, *writes)] == [1, 1, 1]  # type: ignore[arg-type]
+    assert SAVEPOINT not in statements
+
+    def half_written(session: CursorHolder) -> None:
+        store._rejection_seen(session, "acme", True, "e" * 64, datetime.now(UTC))
+        raise ValueError("a bug after the job's first row")
+
+    statements.clear()
+    good = store.record_events([referral("b", "b" * 64, "c" * 64)], mark_delivered=False)
+    failed, written = await held(store, store._batched(half_written), good)
+    assert isinstance(failed, ValueError) and isinstance(written, list) and len(written) == 1
+    assert statements.count(SAVEPOINT) == 2  # the batch again, a savepoint per job
+    assert store.count_events() == 4
+    with store.sessions() as session:
+        seen = text("SELECT count(*) FROM rejections_seen WHERE fingerprint = :f")
+        assert session.execute(seen, {"f": "e" * 64}).scalar_one() == 0
 
 
 async def test_a_sqlite_writer_waits_for_the_write_lock_then_gives_up(tmp_path: Path) -> None:

@@ -307,13 +307,18 @@ class EventStore:
                 log.debug("store: a result arrived after its event loop closed")
 
     def _run_jobs(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
-        """The jobs in one transaction, each in a savepoint; (True, result) or (False, exception) each.
-        Jobs write through the driver cursor (store/driver.py), which the savepoints are set on."""
+        """The jobs in one transaction, in turn (_in_turn), or each in a savepoint once one of them has
+        failed; (True, result) or (False, exception) each. Jobs write through the driver cursor
+        (store/driver.py), which the savepoints are set on."""
         if self.engine.dialect.name == "sqlite":
             return self._run_jobs_on_own_connection(batch)
         try:
-            with self.write_sessions() as session, session.begin():
-                return self._savepointed(session, batch)
+            try:
+                with self.write_sessions() as session, session.begin():
+                    return self._in_turn(session, batch)
+            except _JobFailed:  # rolled back as it left the transaction
+                with self.write_sessions() as session, session.begin():
+                    return self._savepointed(session, batch)
         except Exception as exc:  # the database, or the commit, failed: nothing of the batch is stored
             return [(False, exc)] * len(batch)
 
@@ -329,7 +334,12 @@ class EventStore:
             cursor = self._own_connection.cursor
             _begin_immediate(cursor)
             try:
-                outcomes = self._savepointed(self._own_connection, batch)
+                try:
+                    outcomes = self._in_turn(self._own_connection, batch)
+                except _JobFailed:
+                    driver.execute(cursor, "ROLLBACK")
+                    _begin_immediate(cursor)
+                    outcomes = self._savepointed(self._own_connection, batch)
                 driver.execute(cursor, "COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -346,11 +356,12 @@ class EventStore:
         connection = OwnConnection.open(self.engine, self.driver)
         try:
             connection.cursor.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
-            # Each job's savepoint keeps a statement journal, the pages it changed as they were, to roll
-            # back to. By default SQLite keeps it in a temporary file: created, written page by page and
-            # unlinked in every batch, ~20 pwrite calls a message, never needed after a crash (the WAL
-            # recovers). In memory it holds a job's few pages (issue 8: the writer thread's CPU per message
-            # 0.24 -> 0.22 ms, ten messages at once on a 2-vCPU AMD EPYC).
+            # A savepoint (each job's, once a job of the batch failed: _savepointed) keeps a statement
+            # journal, the pages it changed as they were, to roll back to. By default SQLite keeps it in a
+            # temporary file: created, written page by page and unlinked in every batch, ~20 pwrite calls a
+            # message when every job had a savepoint, never needed after a crash (the WAL recovers). In
+            # memory it holds a job's few pages (issue 8: with a savepoint per job, the writer thread's CPU
+            # per message 0.24 -> 0.22 ms, ten messages at once on a 2-vCPU AMD EPYC).
             connection.cursor.execute("PRAGMA temp_store=MEMORY")
         except BaseException:
             connection.discard()
@@ -358,6 +369,22 @@ class EventStore:
         if self._checkpointer is None:
             self._checkpointer = WalCheckpointer(self.engine, self.driver, self.checkpoint_interval)
         return connection
+
+    def _in_turn(self, holder: CursorHolder, batch: list[_Job]) -> list[tuple[bool, Any]]:
+        """Each job in turn in the transaction under way, without a savepoint: the common case, where no
+        job fails, two statements less per job (SAVEPOINT and RELEASE, each a round trip to PostgreSQL and
+        a GIL hand-off on SQLite; issue 8). A job that raises (a bug: not the database's error) may have
+        written part of its rows, so _JobFailed is raised for the caller to roll the transaction back and
+        run the batch again with _savepointed. A database error is raised as it is."""
+        outcomes: list[tuple[bool, Any]] = []
+        for job in batch:
+            try:
+                outcomes.append((True, job.work(holder)))
+            except DBAPIError:
+                raise  # the database failed (locked, gone): the others would only wait for it too
+            except Exception as exc:
+                raise _JobFailed from exc
+        return outcomes
 
     def _savepointed(self, holder: CursorHolder, batch: list[_Job]) -> list[tuple[bool, Any]]:
         """Each job in a savepoint of the transaction under way; a database error is raised."""
@@ -721,6 +748,10 @@ class ExpectedWrite:
 
     def withdraw(self) -> None:
         self.store.withdraw_expected(self)
+
+
+class _JobFailed(Exception):
+    """A job of a batch run in turn raised: the batch is rolled back and run again, a savepoint per job."""
 
 
 @dataclass(frozen=True)

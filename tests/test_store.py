@@ -503,7 +503,8 @@ async def test_a_batch_takes_a_savepoint_per_job_only_once_a_job_has_failed(stor
 
     statements.clear()
     good = store.record_events([referral("b", "b" * 64, "c" * 64)], mark_delivered=False)
-    failed, written = await held(store, store._batched(half_written), good)
+    # The good job first: its rows of the first try are rolled back with the batch and written again.
+    written, failed = await held(store, good, store._batched(half_written))
     assert isinstance(failed, ValueError) and isinstance(written, list) and len(written) == 1
     assert statements.count(SAVEPOINT) == 2  # the batch again, a savepoint per job
     assert store.count_events() == 4

@@ -353,6 +353,45 @@ def b64_encode(data: bytes, eol: bytes, final_eol: bool) -> bytes:
     return CleanLines(encoded) if eol == b"\r\n" else encoded
 
 
+_B64_LINE_OCTETS = 57  # what one line of 76 base64 characters encodes
+
+
+def b64_reencode(body: bytes, old: bytes, new: bytes, eol: bytes, final_eol: bool) -> tuple[int, bytes]:
+    """`new` in base64 for a part whose `body` decodes strictly to `old`, as (offset, data): data takes the
+    place of body[offset:]. Where `body` is what b64_encode writes for `old`, its lines up to the first
+    octet that `new` changes are kept, so a footer near the end encodes only the last lines again; the
+    result is byte for byte what encoding all of `new` gives. Encoding a whole 15 KB HTML part again took
+    ~75 µs a decorated copy in place (issue 8 profile)."""
+    chars = -(-len(old) // 3) * 4  # the base64 characters of `old`, padding included (RFC 4648 §4)
+    lines = chars // 76  # the full lines
+    ends = -(-chars // 76) - (0 if final_eol else 1)  # the line ends b64_encode writes
+    width = 76 + len(eol)
+    # Written by b64_encode: every line end where it belongs, and no other white space. The strict decode
+    # left only white space besides `chars` characters, so a body as long as the characters and the line
+    # ends together has none elsewhere. The checks read every 78th byte or none (bytes.count took ~5 µs
+    # per 16 KB).
+    canonical = (
+        len(body) == chars + len(eol) * ends
+        and all(body[76 + i :: width] == eol[i : i + 1] * min(lines, ends) for i in range(len(eol)))
+        and (not final_eol or body.endswith(eol))  # the last line's end, when it is not a full line
+    )
+    if canonical and lines:
+        shared = memoryview(old)
+        if not new.startswith(shared[: lines * _B64_LINE_OCTETS]):
+            # Bisect for the last full line whose octets `new` still starts with: a memcmp a step.
+            same, differs = 0, lines
+            while differs - same > 1:
+                middle = (same + differs) // 2
+                if new.startswith(shared[: middle * _B64_LINE_OCTETS]):
+                    same = middle
+                else:
+                    differs = middle
+            lines = same
+    if not canonical or not lines:
+        return 0, b64_encode(new, eol, final_eol)
+    return lines * width, b64_encode(new[lines * _B64_LINE_OCTETS :], eol, final_eol)
+
+
 # An "=" that is neither "=XX" nor a soft line break (RFC 2045 §6.7 rules 1 and 5).
 _QP_BAD = re.compile(rb"=(?![0-9A-Fa-f]{2}|[ \t]*(?:\r?\n|\Z))")
 _LINE_BREAK = re.compile(rb"\r?\n")
@@ -758,8 +797,9 @@ class ParsedMessage:
             new = self._with_text_footer(decoded, cs, footer, content_eol, p)
         ending = body.endswith(b"\n")
         cte = p.cte
+        kept = 0  # leading bytes of the body that stay as they are
         if cte == "base64":
-            data = b64_encode(new, self.eol, ending)
+            kept, data = b64_reencode(body, decoded, new, self.eol, ending)
         elif cte == "quoted-printable":
             data = qp_encode(new, self.eol)
         else:
@@ -782,7 +822,9 @@ class ParsedMessage:
                 if line.search(data):
                     raise NotDecoratable("malformed", "footer would read as a MIME boundary")
             a = self.parts[a].parent
-        if data.startswith(body):
+        if kept:
+            edits.append(_Edit(p.body_start + kept, p.end, data))
+        elif data.startswith(body):
             # The footer was only appended (a text part kept in its encoding): insert just that, so that the
             # copy is not scanned again for the body's own bytes (splice).
             edits.append(_Edit(p.end, p.end, data[len(body) :]))

@@ -20,6 +20,7 @@ from mailrelay.message import (
     _b64_decode,
     _header_end,
     b64_encode,
+    b64_reencode,
     crlf_only,
     decode_header_value,
     html_insert_position,
@@ -70,6 +71,78 @@ def test_b64_with_crlf_is_clean_lines_as_it_claims(data: bytes, final: bool) -> 
     assert type(out) is CleanLines
     assert crlf_only(out) and not starts_a_line_with_dot(out)
     assert type(b64_encode(data, b"\n", final)) is bytes
+
+
+def _reencoded(body: bytes, old: bytes, new: bytes, eol: bytes, final: bool) -> tuple[int, bytes]:
+    kept, data = b64_reencode(body, old, new, eol, final)
+    assert body[:kept] + data == b64_encode(new, eol, final)
+    return kept, data
+
+
+@given(
+    st.binary(max_size=2000),
+    st.integers(min_value=0),
+    st.binary(max_size=200),
+    st.sampled_from([b"\r\n", b"\n"]),
+    st.booleans(),
+)
+def test_b64_reencode_is_the_whole_encoding_and_keeps_the_lines_before_the_change(
+    old: bytes, at: int, inserted: bytes, eol: bytes, final: bool
+) -> None:
+    """Issue 8: only the lines from the first changed octet on are encoded again, and the result is what
+    encoding the whole new content gives, byte for byte."""
+    at = at % (len(old) + 1)
+    new = old[:at] + inserted + old[at:]
+    body = b64_encode(old, eol, final)
+    kept, _data = _reencoded(body, old, new, eol, final)
+    same = next(
+        (i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), min(len(old), len(new))
+    )
+    assert kept == (same // 57) * (76 + len(eol))
+
+
+def test_b64_reencode_encodes_everything_again_when_the_lines_are_not_its_own() -> None:
+    old = bytes(range(256)) * 8
+    new = old + b"<p>footer</p>"
+    canonical = b64_encode(old, b"\r\n", True)
+    assert _reencoded(canonical, old, new, b"\r\n", True)[0] == (len(old) // 57) * 78
+    text = base64.b64encode(old)
+    others = {
+        "72-character lines": b"\r\n".join(text[i : i + 72] for i in range(0, len(text), 72)) + b"\r\n",
+        "LF line ends": canonical.replace(b"\r\n", b"\n"),
+        "a space at a line end": canonical.replace(b"\r\n", b" \r\n", 1),
+        "a blank line": canonical.replace(b"\r\n", b"\r\n\r\n", 1),
+        "one line": text + b"\r\n",
+        # As long as the canonical body, every full line's end in place, but a space in the first line and
+        # the last line's end cut to a CR: the first line encodes 56 octets, not 57.
+        "a space for the last line end": text[:75]
+        + b" \r\n"
+        + b"\r\n".join(text[75 + 76 * j : 151 + 76 * j] for j in range(34))
+        + b"\r\n"
+        + text[75 + 34 * 76 :]
+        + b"\r",
+    }
+    assert len(others["a space for the last line end"]) == len(canonical)
+    for name, body in others.items():
+        assert base64.b64decode(body) == old, name
+        assert _reencoded(body, old, new, b"\r\n", True)[0] == 0, name
+    assert _reencoded(b"", b"", b"x", b"\r\n", True) == (0, b"eA==\r\n")
+
+
+def test_decorating_a_base64_html_part_keeps_its_lines_before_the_footer() -> None:
+    html = ("<html><body>" + "<p>選考の結果、誠に残念ながら</p>\n" * 300 + "</body></html>\n").encode()
+    encoded = b64_encode(html, b"\r\n", True)
+    raw = (
+        b"From: hr@example.co.jp\r\nTo: a@example.net\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n" + encoded
+    )
+    out = parse(raw).decorate(Footer(text="t", html="<p>footer</p>"))
+    body = out[out.index(b"\r\n\r\n") + 4 :]
+    changed = (len(html) - len(b"</body></html>\n")) // 57 * 78
+    assert body[:changed] == encoded[:changed] and body != encoded
+    decoded = base64.b64decode(body)
+    assert decoded.endswith(b"<p>footer</p>\n</body></html>\n") and decoded.startswith(html[:-15])
+    assert body == b64_encode(decoded, b"\r\n", True)
 
 
 def sjis_to_jis(data: bytes) -> bytes:

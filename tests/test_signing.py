@@ -122,6 +122,20 @@ def test_signature_over_a_chunked_body_is_dkimpys(keys: dict[str, tuple[bytes, s
     assert ours(message, "rsa-sha256", private) == dkimpys(message, "rsa-sha256", private)
 
 
+def test_b_tag_emptied_by_dkimpys_pattern_when_the_placeholder_does_not_end_the_field(
+    keys: dict[str, tuple[bytes, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dkim_signature cuts the b= placeholder off the end of the folded field; should a fold ever leave it
+    elsewhere, dkimpy's own RE_BTAG substitution empties it instead, with the same result."""
+    message = b"".join(HEADER_LINES[:3]) + b"\r\n" + b"body \r\n"
+    private, _ = keys["rsa-sha256"]
+    expected = dkimpys(message, "rsa-sha256", private)
+    monkeypatch.setattr(signing, "_B_TAG_PLACEHOLDER", b"b=not what the field ends with")
+    with mock.patch.object(signing.dkim, "RE_BTAG", wraps=signing.dkim.RE_BTAG) as pattern:
+        assert ours(message, "rsa-sha256", private) == expected
+    pattern.sub.assert_called_once()
+
+
 @pytest.mark.parametrize("algorithm", ["rsa-sha256", "ed25519-sha256"])
 def test_signature_verifies_with_mail_dkim(keys: dict[str, tuple[bytes, str]], algorithm: str) -> None:
     headers = b"".join(line for line in HEADER_LINES if b" :" not in line)

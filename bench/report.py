@@ -51,6 +51,14 @@ class _Index:
         a, b = self.rate(contestant, shape, sessions, tool), self.rate(other, shape, sessions, tool)
         return a / b if a and b else None
 
+    def round_ratios(self, contestant: str, other: str, shape: str, sessions: int) -> list[float]:
+        """Each round's own ratio: the contestant's run against `other`'s run of the same round (the runs
+        are recorded in round order); empty where the two did not run the same number of rounds."""
+        a, b = self.get(contestant, shape, sessions), self.get(other, shape, sessions)
+        if not (a and b and a.rates and len(a.rates) == len(b.rates) and all(b.rates)):
+            return []
+        return [x / y for x, y in zip(a.rates, b.rates, strict=True)]
+
 
 def _interpreter(machine: dict[str, str]) -> str:
     """Which interpreter build ran the Python contestants (RESULTS.json of a run before it was recorded
@@ -91,6 +99,13 @@ def _ordinal(n: int) -> str:
 
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value * 100:.0f} %"
+
+
+def _ratio_with_rounds(ratio: float | None, rounds: list[float]) -> str:
+    """A ratio to the floor, with the spread of the rounds' own ratios where there were several."""
+    if ratio is None or len(rounds) < 2:
+        return _pct(ratio)
+    return f"{ratio * 100:.0f} % [{min(rounds) * 100:.0f}–{max(rounds) * 100:.0f}]"
 
 
 def render(bench: Bench, command: str, elapsed: float, *, generated: str) -> str:
@@ -162,6 +177,15 @@ def render(bench: Bench, command: str, elapsed: float, *, generated: str) -> str
         "",
         "### Ratios to the floor (same message, same sessions)",
         "",
+    ]
+    if bench.side_by_side:
+        lines += [
+            "The median msg/s over the floor's median msg/s, the figure the targets read; in brackets, the "
+            "lowest and the highest ratio of a single round (a round's run against the floor's run in the "
+            "same round): how much one side-by-side comparison moved from round to round.",
+            "",
+        ]
+    lines += [
         "| contestant | message | " + " | ".join(f"{s}" for s in sessions) + " |",
         "|---|---|" + "---:|" * len(sessions),
     ]
@@ -170,7 +194,11 @@ def render(bench: Bench, command: str, elapsed: float, *, generated: str) -> str
             continue
         for shape in SHAPES:
             row = [contestant, shape.name] + [
-                _pct(idx.ratio(contestant, FLOOR, shape.name, s)) for s in sessions
+                _ratio_with_rounds(
+                    idx.ratio(contestant, FLOOR, shape.name, s),
+                    idx.round_ratios(contestant, FLOOR, shape.name, s) if bench.side_by_side else [],
+                )
+                for s in sessions
             ]
             lines.append("| " + " | ".join(row) + " |")
 

@@ -281,6 +281,30 @@ def test_the_report_says_the_runs_alternated_only_for_a_run_that_made_them_so() 
     assert sentence in report.render(after, data["command"], data["elapsed"], generated="x")
 
 
+def test_a_ratio_to_the_floor_gives_the_spread_of_the_rounds_own_ratios_for_runs_made_side_by_side() -> None:
+    floor = Cell("floor", "plain-5k", 10, "smtp-source", rates=[1000.0, 1200.0, 1500.0])
+    relay = Cell("mailrelay (rejection)", "plain-5k", 10, "smtp-source", rates=[400.0, 660.0, 600.0])
+    idx = report._Index([floor, relay])
+    rounds = idx.round_ratios(relay.contestant, "floor", "plain-5k", 10)
+    assert rounds == pytest.approx([0.40, 0.55, 0.40])
+    # The median over the median (600 / 1200) is what the targets read; the rounds' own bracket it.
+    assert report._ratio_with_rounds(idx.ratio(relay.contestant, "floor", "plain-5k", 10), rounds) == (
+        "50 % [40–55]"
+    )
+    assert report._ratio_with_rounds(0.5, [0.5]) == "50 %"
+    # Runs that cannot be paired round by round (a run missing on one side) give no spread.
+    relay.rates.pop()
+    assert idx.round_ratios(relay.contestant, "floor", "plain-5k", 10) == []
+    data = json.loads(RESULTS.read_text())
+    before = Recorded({**data, "args": {k: v for k, v in data["args"].items() if k != "side_by_side"}})
+    after = Recorded({**data, "args": {**data["args"], "side_by_side": True}})
+    for bench, bracketed in ((before, False), (after, True)):
+        text = report.render(bench, data["command"], data["elapsed"], generated="x")
+        table = text.split("### Ratios to the floor")[1].split("## Latency")[0]
+        rows = [line for line in table.splitlines() if line.startswith("| mailrelay")]
+        assert rows and all(("% [" in row) == bracketed for row in rows), rows
+
+
 def test_the_machine_line_names_the_interpreter_only_for_a_run_that_recorded_it() -> None:
     data = json.loads(RESULTS.read_text())
     before = Recorded({**data, "machine": {k: v for k, v in data["machine"].items() if k != "interpreter"}})

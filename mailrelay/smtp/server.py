@@ -290,6 +290,14 @@ class RelaySMTP(OneBufferDataSMTP):
             return None, None
         return addr, rest
 
+    def eof_received(self) -> bool:
+        # aiosmtpd cancels the session's handler at EOF, then asks to keep the transport half-open (True).
+        # With the handler gone, nothing closes it before the idle timeout: a client that hung up before its
+        # handler first ran (queued while the relay started, say) kept its descriptor for `smtp.timeout`.
+        # False closes it now.
+        super().eof_received()
+        return False
+
     def connection_lost(self, error: Exception | None) -> None:
         session = self.session
         super().connection_lost(error)

@@ -375,21 +375,26 @@ def b64_reencode(body: bytes, old: bytes, new: bytes, eol: bytes, final_eol: boo
         and all(body[76 + i :: width] == eol[i : i + 1] * min(lines, ends) for i in range(len(eol)))
         and (not final_eol or body.endswith(eol))  # the last line's end, when it is not a full line
     )
-    if canonical and lines:
+    # The lines that can be kept hold 57 octets each and end in a line end. A last line of 76 characters
+    # may hold 55 or 56 and end in padding (len(old) % 57 of 55 or 56), and without `final_eol` the last
+    # line has no end: kept, `new`'s next characters would have followed its "=" or run on in it (a footer
+    # appended to a text part was corrupt so).
+    kept = min(len(old) // _B64_LINE_OCTETS, ends)
+    if canonical and kept:
         shared = memoryview(old)
-        if not new.startswith(shared[: lines * _B64_LINE_OCTETS]):
+        if not new.startswith(shared[: kept * _B64_LINE_OCTETS]):
             # Bisect for the last full line whose octets `new` still starts with: a memcmp a step.
-            same, differs = 0, lines
+            same, differs = 0, kept
             while differs - same > 1:
                 middle = (same + differs) // 2
                 if new.startswith(shared[: middle * _B64_LINE_OCTETS]):
                     same = middle
                 else:
                     differs = middle
-            lines = same
-    if not canonical or not lines:
+            kept = same
+    if not canonical or not kept:
         return 0, b64_encode(new, eol, final_eol)
-    return lines * width, b64_encode(new[lines * _B64_LINE_OCTETS :], eol, final_eol)
+    return kept * width, b64_encode(new[kept * _B64_LINE_OCTETS :], eol, final_eol)
 
 
 # An "=" that is neither "=XX" nor a soft line break (RFC 2045 §6.7 rules 1 and 5).

@@ -98,7 +98,22 @@ def test_b64_reencode_is_the_whole_encoding_and_keeps_the_lines_before_the_chang
     same = next(
         (i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), min(len(old), len(new))
     )
-    assert kept == (same // 57) * (76 + len(eol))
+    assert kept == min(same // 57, body.count(eol)) * (76 + len(eol))
+
+
+@pytest.mark.parametrize("size", [55, 56, 57, 57 * 3 + 55, 57 * 3 + 56, 57 * 4])
+@pytest.mark.parametrize("final", [True, False])
+def test_b64_reencode_never_keeps_a_last_line_that_ends_in_padding(size: int, final: bool) -> None:
+    """55 or 56 octets (mod 57) fill a last line of 76 characters, padding included, and without a final
+    line end the last line has none: a footer appended after them was encoded after the kept "==", or on
+    the kept line (found by tests/test_message_property.py)."""
+    old = bytes(range(size))
+    new = old + "――― https://r.example/t/AbC123\r\n".encode()
+    body = b64_encode(old, b"\r\n", final)
+    kept, data = _reencoded(body, old, new, b"\r\n", final)
+    # Whole lines of 57 octets with their line end: without `final`, the last line has none.
+    assert kept == min(size // 57, body.count(b"\r\n")) * 78
+    assert base64.b64decode(body[:kept] + data) == new
 
 
 def test_b64_reencode_encodes_everything_again_when_the_lines_are_not_its_own() -> None:

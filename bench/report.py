@@ -125,8 +125,10 @@ def render(bench: Bench, command: str, elapsed: float, *, generated: str) -> str
         f"Python {machine['python']}{_interpreter(machine)}. Load generator, next hop and contestant share "
         "these CPUs.",
         "",
-        f"Setup: floor and mailrelay each run {bench.args.workers} worker process(es) on one port "
-        "(SO_REUSEPORT), on uvloop; Postfix runs its own process model. Next hop: Postfix `smtp-sink`. "
+        f"Setup: floor and mailrelay each run {bench.args.workers} worker process(es) on one port, on uvloop "
+        "(the floor's with SO_REUSEPORT; mailrelay's share the parent's socket, each taking a new session "
+        "while it serves no more than the others); Postfix runs its own process model. Next hop: Postfix "
+        "`smtp-sink`. "
         f"mailrelay logs at {bench.args.log_level} to a file, SQLite event store (WAL, synchronous=FULL), "
         "one RSA-2048 DKIM key. Every figure is the median of "
         f"{bench.profile.runs} counted run(s) after a warm-up run, with [min–max] over those runs. "

@@ -32,7 +32,8 @@ from mailrelay.journal import EventJournal, replay_forever
 from mailrelay.metrics import Metrics
 from mailrelay.relay import Relay
 from mailrelay.signing import DkimSigner
-from mailrelay.smtp.server import RelayHandler, start_smtp_server
+from mailrelay.smtp.balance import BalancedListener, SharedListen, bind
+from mailrelay.smtp.server import LISTEN_BACKLOG, RelayHandler, start_shared_smtp_server, start_smtp_server
 from mailrelay.stages import StageContext, build_pipeline
 from mailrelay.store import EventStore
 from mailrelay.tracking.http import start_tracking_server
@@ -217,13 +218,16 @@ async def drain(handler: RelayHandler, grace: float) -> None:
             log.warning("%d transaction(s) cut after %.0f s; their senders retry", len(late), grace)
 
 
-async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
+async def serve(settings: Settings, *, shared: SharedListen | None = None) -> int:
+    """One process serving everything; with `shared`, one of the workers of `serve --workers N`."""
     components = build(settings)
-    # Socket activation (systemd/mailrelay.socket): port 25 without any capability for the daemon.
-    passed = sdnotify.passed_smtp_socket()
-    smtp_server = await start_smtp_server(
-        settings, components.handler, components.metrics, sock=passed, reuse_port=reuse_port
-    )
+    smtp_server: asyncio.Server | BalancedListener
+    if shared is not None:
+        smtp_server = start_shared_smtp_server(settings, components.handler, components.metrics, shared)
+    else:
+        # Socket activation (systemd/mailrelay.socket): port 25 without any capability for the daemon.
+        passed = sdnotify.passed_smtp_socket()
+        smtp_server = await start_smtp_server(settings, components.handler, components.metrics, sock=passed)
     runner = None
     if settings.metrics_listen is not None:
         runner = await start_metrics_server(
@@ -232,7 +236,11 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     tracking = None
     if settings.http.listen is not None:
         tracking = await start_tracking_server(
-            settings, components.store, components.metrics, settings.http.listen, reuse_port=reuse_port
+            settings,
+            components.store,
+            components.metrics,
+            settings.http.listen,
+            reuse_port=shared is not None,
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -299,8 +307,10 @@ def run_on_loop(main: Coroutine[Any, Any, int], choice: str) -> int:
         return runner.run(main)
 
 
-def _worker(config: Path, index: int, log_level: str | None, loop: str) -> None:
-    """One process of `serve --workers N` (multiprocessing "spawn": a fresh interpreter, no shared state)."""
+def _worker(config: Path, shared: SharedListen, log_level: str | None, loop: str) -> None:
+    """One process of `serve --workers N` (multiprocessing "spawn": a fresh interpreter; it shares only the
+    SMTP sockets and the session counts)."""
+    index = shared.index
     limit_malloc_arenas()
     settings = load_settings(config)
     setup_logging(log_level or settings.log_level, settings.log_format)
@@ -308,22 +318,29 @@ def _worker(config: Path, index: int, log_level: str | None, loop: str) -> None:
         # Each worker has its own registry, hence its own port: metrics port + index (scrape N targets).
         listen = settings.metrics_listen
         settings = dataclasses.replace(settings, metrics_listen=Listen(listen.host, listen.port + index))
-    sys.exit(run_on_loop(serve(settings, reuse_port=True), loop))
+    sys.exit(run_on_loop(serve(settings, shared=shared), loop))
 
 
 def serve_workers(settings: Settings, workers: int, log_level: str | None, loop: str = "auto") -> int:
-    """N processes share the SMTP port with SO_REUSEPORT, so the CPU work of N messages runs on N cores
-    (one Python process uses one core, issue 8). This parent only starts them, forwards SIGTERM, SIGINT and
-    SIGHUP (rule reload) to them, and stops them all when one dies, so that the service manager restarts
-    the whole set."""
+    """N processes share the SMTP port, so the CPU work of N messages runs on N cores (one Python process
+    uses one core, issue 8). This parent binds the port (or takes systemd's socket), starts them, forwards
+    SIGTERM, SIGINT and SIGHUP (rule reload) to them, and stops them all when one dies, so that the service
+    manager restarts the whole set. Each worker takes a new session only while it serves no more than the
+    others (smtp/balance.py)."""
     # Built once here first: a broken config fails before any fork, and the demo DKIM key, the hash key and
     # the schema are made by one process instead of N racing ones.
     build(settings).store.close()
+    passed = sdnotify.passed_smtp_socket()
+    if passed is not None:
+        sockets = [passed]
+    else:
+        sockets = bind(settings.smtp.listen, LISTEN_BACKLOG, str(settings.source))
     context = multiprocessing.get_context("spawn")
+    slots = context.RawArray("i", workers)
     children = [
         context.Process(
             target=_worker,
-            args=(settings.source, i, log_level, loop),
+            args=(settings.source, SharedListen(sockets, slots, i), log_level, loop),
             name=f"mailrelay-worker-{i}",
             daemon=False,
         )
@@ -342,6 +359,8 @@ def serve_workers(settings: Settings, workers: int, log_level: str | None, loop:
         signal.signal(signum, forward)
     for child in children:
         child.start()
+    for sock in sockets:
+        sock.close()  # the workers have their own descriptors: the port closes when the last of them exits
     log.info("started %d workers: %s", workers, ", ".join(str(c.pid) for c in children))
     status = 0
     # One look at which workers run, then wait for those: each look at `exitcode` may reap a worker, so a

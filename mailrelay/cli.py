@@ -289,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=1,
         metavar="N",
-        help="processes sharing the SMTP port (SO_REUSEPORT), one per core; worker i serves metrics on "
-        "metrics port + i (default: 1)",
+        help="processes sharing the SMTP port, one per core, each taking new sessions while it serves no "
+        "more than the others; worker i serves metrics on metrics port + i (default: 1)",
     )
     p.add_argument(
         "--loop",

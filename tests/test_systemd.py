@@ -245,9 +245,12 @@ os.execv(sys.argv[2], sys.argv[2:])
 """
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_socket_activation_serves_on_the_passed_socket(
-    tmp_path: Path, keys: Keys, notify_socket: Notifications
+    tmp_path: Path, keys: Keys, notify_socket: Notifications, workers: int
 ) -> None:
+    """With `--workers 2` the parent takes the socket and shares it with the workers, each of which reports
+    readiness (the unit's NotifyAccess=all)."""
     configured_port = free_port()
     config = write_config(tmp_path, keys, smtp_port=configured_port, metrics_port=None)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -258,12 +261,14 @@ def test_socket_activation_serves_on_the_passed_socket(
     env = {**os.environ, "NOTIFY_SOCKET": notify_socket.address}
     with listener, log.open("wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-c", WRAPPER, str(listener.fileno()), *unit_command(config)],
+            [sys.executable, "-c", WRAPPER, str(listener.fileno()), *unit_command(config),
+             "--workers", str(workers)],
             env=env, cwd=tmp_path, stdout=err, stderr=err, pass_fds=[listener.fileno()],
         )  # fmt: skip
     try:
-        ready = notify_socket.wait_for("READY=1", process)
-        assert f"STATUS=listening on 127.0.0.1:{passed_port}" in ready
+        for _ in range(workers):
+            ready = notify_socket.wait_for("READY=1", process)
+            assert f"STATUS=listening on 127.0.0.1:{passed_port}" in ready
         assert accepts_smtp(passed_port)
         # The configured [smtp] listen is not opened: the socket from systemd replaces it.
         with pytest.raises(ConnectionRefusedError):

@@ -10,6 +10,7 @@ import secrets
 import socket
 import ssl
 import weakref
+from collections.abc import Callable
 from email._header_value_parser import get_addr_spec, get_angle_addr  # what aiosmtpd parses addresses with
 from email.errors import HeaderParseError
 from typing import Any
@@ -21,6 +22,7 @@ from mailrelay.metrics import Metrics
 from mailrelay.relay import Mirrored, Relay, RelaySession, Transaction, mask
 from mailrelay.smtp import replies
 from mailrelay.smtp.auth import Authenticator, load_users
+from mailrelay.smtp.balance import BalancedListener, SharedListen
 from mailrelay.smtp.data import OneBufferDataSMTP
 
 log = logging.getLogger("mailrelay.smtp")
@@ -241,10 +243,17 @@ _background: set[asyncio.Future[Any]] = set()
 class RelaySMTP(OneBufferDataSMTP):
     """aiosmtpd's SMTP with admission control (connection caps, shutdown) and session bookkeeping."""
 
-    def __init__(self, handler: RelayHandler, metrics: Metrics, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: RelayHandler,
+        metrics: Metrics,
+        on_lost: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self._relay_handler = handler
         self._metrics = metrics
+        self._on_lost = on_lost  # `serve --workers N`: gives the session's place back (smtp/balance.py)
         self._client: str | None = None  # the address counted against the caps, once admitted
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -307,19 +316,13 @@ class RelaySMTP(OneBufferDataSMTP):
         self._relay_handler.release(self)
         if session is not None:
             self._relay_handler.session_closed(session)
+        if self._on_lost is not None:
+            self._on_lost()
 
 
-async def start_smtp_server(
-    settings: Settings,
-    handler: RelayHandler,
-    metrics: Metrics,
-    *,
-    host: str | None = None,
-    port: int | None = None,
-    sock: socket.socket | None = None,
-    reuse_port: bool = False,
-) -> asyncio.Server:
-    """Listen on settings.smtp.listen (or host/port), or on `sock`, a socket passed by systemd."""
+def _protocol_factory(
+    settings: Settings, handler: RelayHandler, metrics: Metrics
+) -> Callable[[Callable[[], None] | None], RelaySMTP]:
     s = settings.smtp
     loop = asyncio.get_running_loop()
     tls_context = None
@@ -331,10 +334,11 @@ async def start_smtp_server(
         users = load_users(s.auth_users_file, str(settings.source))
         authenticator = Authenticator(users, s.auth_max_failures)
 
-    def factory() -> RelaySMTP:
+    def factory(on_lost: Callable[[], None] | None) -> RelaySMTP:
         return RelaySMTP(
             handler,
             metrics,
+            on_lost,
             hostname=s.hostname,
             ident="mailrelay",
             data_size_limit=s.max_message_size,
@@ -353,13 +357,41 @@ async def start_smtp_server(
             loop=loop,
         )
 
+    return factory
+
+
+async def start_smtp_server(
+    settings: Settings,
+    handler: RelayHandler,
+    metrics: Metrics,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    sock: socket.socket | None = None,
+) -> asyncio.Server:
+    """Listen on settings.smtp.listen (or host/port), or on `sock`, a socket passed by systemd."""
+    s = settings.smtp
+    loop = asyncio.get_running_loop()
+    make = _protocol_factory(settings, handler, metrics)
+
+    def factory() -> RelaySMTP:
+        return make(None)
+
     if sock is not None:
         return await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG)
-    # `serve --workers N`: N processes bind one port and the kernel spreads connections (SO_REUSEPORT).
     return await loop.create_server(
         factory,
         host or s.listen.host,
         s.listen.port if port is None else port,
-        reuse_port=reuse_port,
         backlog=LISTEN_BACKLOG,
     )
+
+
+def start_shared_smtp_server(
+    settings: Settings, handler: RelayHandler, metrics: Metrics, shared: SharedListen
+) -> BalancedListener:
+    """`serve --workers N`: accept on the sockets the parent bound, balanced over the workers."""
+    make = _protocol_factory(settings, handler, metrics)
+    listener = BalancedListener(shared, make, asyncio.get_running_loop())
+    listener.start()
+    return listener

@@ -18,9 +18,9 @@ log = logging.getLogger("mailrelay.smtp")
 # Why not SO_REUSEPORT: the kernel hashes each connection to one worker when it is made, whatever that
 # worker already serves. An MTA keeps a few sessions open for many messages (Postfix's connection cache
 # toward a relayhost), so the split stays as it fell: 10 sessions fall 8:2 or worse in about 1 start in 9,
-# and then one core waits while the other queues (issue 8 bench, 20 KB rejections: 377 msg/s at 8:2 against
-# 549 at 5:5). nginx has the same remedy for the same reason (ngx_accept_disabled); Postfix's smtpd serves
-# one session per process and only accepts when free.
+# and then one core waits while the other queues (issue 8, by hand: a round of 20 KB rejections split 8:2
+# relayed 377 msg/s, rounds split 5:5 507-549; bench/README.md). nginx has the same remedy for the same
+# reason (ngx_accept_disabled); Postfix's smtpd serves one session per process and accepts only when free.
 
 # How long a connection waits for the least busy worker before a busier one takes it (a sibling whose loop
 # is held up must not hold up new sessions), and how often a busier worker looks again meanwhile.

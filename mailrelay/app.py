@@ -32,7 +32,7 @@ from mailrelay.journal import EventJournal, replay_forever
 from mailrelay.metrics import Metrics
 from mailrelay.relay import Relay
 from mailrelay.signing import DkimSigner
-from mailrelay.smtp.balance import BalancedListener, SharedListen, bind
+from mailrelay.smtp.balance import BalancedListener, SessionCounts, SharedListen, bind
 from mailrelay.smtp.server import LISTEN_BACKLOG, RelayHandler, start_shared_smtp_server, start_smtp_server
 from mailrelay.stages import StageContext, build_pipeline
 from mailrelay.store import EventStore
@@ -310,7 +310,7 @@ def run_on_loop(main: Coroutine[Any, Any, int], choice: str) -> int:
 def _worker(config: Path, shared: SharedListen, log_level: str | None, loop: str) -> None:
     """One process of `serve --workers N` (multiprocessing "spawn": a fresh interpreter; it shares only the
     SMTP sockets and the session counts)."""
-    index = shared.index
+    index = shared.counts.index
     limit_malloc_arenas()
     settings = load_settings(config)
     setup_logging(log_level or settings.log_level, settings.log_format)
@@ -340,7 +340,7 @@ def serve_workers(settings: Settings, workers: int, log_level: str | None, loop:
     children = [
         context.Process(
             target=_worker,
-            args=(settings.source, SharedListen(sockets, slots, i), log_level, loop),
+            args=(settings.source, SharedListen(sockets, SessionCounts(slots, i)), log_level, loop),
             name=f"mailrelay-worker-{i}",
             daemon=False,
         )

@@ -20,11 +20,12 @@ from typing import Any, ClassVar
 
 import pytest
 
+from bench.servers import free_ports
 from conftest import SettingsFactory
 from mailrelay import app
 from mailrelay.config import Listen
 from mailrelay.errors import ConfigError
-from mailrelay.smtp.balance import BalancedListener, SharedListen, bind
+from mailrelay.smtp.balance import BalancedListener, SessionCounts, SharedListen, bind
 from support.sinks import free_port
 
 
@@ -84,18 +85,6 @@ def serve_command(config: Path, workers: int = 2) -> list[str]:
     return [sys.executable, "-m", "mailrelay", "serve", "--config", str(config), "--workers", str(workers)]
 
 
-def two_free_ports() -> int:
-    """A port p with p + 1 free too: worker i serves its metrics on the configured port + i."""
-    while True:
-        port = free_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-
-
 def active_sessions(metrics_port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
         text = response.read().decode()
@@ -109,7 +98,7 @@ def test_sessions_are_spread_evenly_over_the_workers(make_settings: SettingsFact
     fell 8:2 or worse in about 1 start in 9, and one core waited (issue 8). Now 10 sessions are 5 and 5,
     also after clients that hung up while the workers started (they used to hold a place until
     smtp.timeout: aiosmtpd kept their half-closed transports open)."""
-    smtp_port, metrics_port = free_port(), two_free_ports()
+    smtp_port, metrics_port = free_port(), free_ports(2)
     config = make_settings().source
     text = config.read_text(encoding="utf-8")
     text = text.replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{smtp_port}"', 1)
@@ -208,8 +197,8 @@ async def test_a_worker_takes_sessions_only_while_it_is_the_least_busy() -> None
     loop = asyncio.get_running_loop()
     [sock] = bind(Listen("127.0.0.1", 0), 16, "config.toml")
     slots = multiprocessing.get_context("spawn").RawArray("i", 2)
-    second = BalancedListener(SharedListen([sock.dup()], slots, 1), Served, loop)
-    first = BalancedListener(SharedListen([sock], slots, 0), Served, loop)
+    second = BalancedListener(SharedListen([sock.dup()], SessionCounts(slots, 1)), Served, loop)
+    first = BalancedListener(SharedListen([sock], SessionCounts(slots, 0)), Served, loop)
     first.start()
     second.start()
     port = sock.getsockname()[1]
@@ -232,7 +221,7 @@ async def test_a_busier_worker_takes_a_session_its_sibling_leaves_waiting() -> N
     loop = asyncio.get_running_loop()
     [sock] = bind(Listen("127.0.0.1", 0), 16, "config.toml")
     slots = multiprocessing.get_context("spawn").RawArray("i", 2)
-    only = BalancedListener(SharedListen([sock], slots, 0), Served, loop)
+    only = BalancedListener(SharedListen([sock], SessionCounts(slots, 0)), Served, loop)
     only.start()
     port = sock.getsockname()[1]
     sessions = [await connect_and_greet(port) for _ in range(3)]  # the sibling (slot 1) never accepts

@@ -82,8 +82,7 @@ class SharedListen:
     """What a worker gets from the parent: the listening sockets and the session counts."""
 
     sockets: list[socket.socket]
-    slots: MutableSequence[int]
-    index: int
+    counts: SessionCounts
 
 
 class _Seat:
@@ -113,7 +112,7 @@ class BalancedListener:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.sockets = shared.sockets
-        self._counts = SessionCounts(shared.slots, shared.index)
+        self._counts = shared.counts
         self._factory = factory
         self._loop = loop
         self._waiting_since: float | None = None

@@ -93,11 +93,15 @@ _WRITE = {"mailrelay_sqlite_begin": "BEGIN IMMEDIATE"}
 # the timeout (issue 8: "database is locked", then journalling).
 WRITE_LOCK_WAIT = BUSY_TIMEOUT_MS / 1000
 WRITE_LOCK_POLL = 0.0005
-# How long a commit waits for writes announced as coming (EventStore.expect_write). About one next-hop
-# transaction of a rejection at 10 sessions; 1 and 3 ms measured alike (issue 8: 20 KB rejections at 10
-# sessions +8 to +10 % msg/s, CPU per message -8 %, p99 latency no worse, closed loop or paced; 5 KB
-# rejections unchanged within the noise, though their batches grew as much: 1.4 -> 2.5 messages a commit).
-SIBLING_WAIT = 0.001
+# How long a commit waits for writes announced as coming (EventStore.expect_write). The wait ends when they
+# have all arrived, so the cap only matters while the relay is busy: then a rejection already at the next
+# hop can take several ms to come back to the store, and a commit that gives up on it earlier costs a commit
+# more. Issue 8, 20 KB rejections at 10 sessions: waiting at all gave +8 to +10 % msg/s and -8 % CPU per
+# message against none (1 and 3 ms alike, on a machine whose fsync took 1.5 ms). On one whose fsync took
+# 0.12 ms, in 4 interleaved rounds: 0 / 0.3 / 1 ms gave 825 / 888 / 930 msg/s, and 1 / 2 / 4 / 8 / 16 ms
+# 947 / 956 / 972 / 975 / 977 at 1.76 / 1.72 / 1.69 / 1.69 / 1.68 ms of CPU per message; 4 ms against 1,
+# 5 KB rejections 1,213 against 1,173 msg/s; p99 latency alike, paced (3.0-3.5 ms) or closed loop.
+SIBLING_WAIT = 0.004
 
 
 def _sqlite_begin(connection: Any) -> None:

@@ -3,12 +3,13 @@ byte we do not mean to change."""
 
 from __future__ import annotations
 
-import base64
 import binascii
 import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import pybase64
 
 from mailrelay.charsets import (
     ASCII,
@@ -340,14 +341,17 @@ def _b64_decode(data: bytes, strict: bool) -> bytes:
         outside = compact.translate(None, _B64_ALPHABET)
         if len(compact) % 4 or outside not in (b"", b"=", b"==") or not compact.endswith(outside):
             raise NotDecoratable("encoding", "invalid base64")
-        return binascii.a2b_base64(compact, strict_mode=True)
+        # pybase64 (libbase64, SIMD) decodes what binascii does, byte for byte, ~20 times as fast: 0.7 against
+        # 16 µs for 9.7 KB; in the relay, 20 KB mail with two base64 text parts at 10 sessions took 4 % less
+        # CPU per message (issue 8).
+        return pybase64.b64decode(compact, validate=True)
     compact = compact.translate(None, _NOT_B64)
     return binascii.a2b_base64(compact[: len(compact) - len(compact) % 4] or b"")
 
 
 def b64_encode(data: bytes, eol: bytes, final_eol: bool) -> bytes:
     """RFC 2045 §6.8: 76-character lines; CleanLines with CRLF (the base64 alphabet has no CR, LF or ".")."""
-    text = base64.b64encode(data)
+    text = pybase64.b64encode(data)
     lines = [text[i : i + 76] for i in range(0, len(text), 76)]
     encoded = eol.join(lines) + (eol if final_eol and lines else b"")
     return CleanLines(encoded) if eol == b"\r\n" else encoded

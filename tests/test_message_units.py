@@ -377,6 +377,17 @@ def test_base64_decoding_is_what_it_was(data: bytes, strict: bool) -> None:
     assert got == expected
 
 
+@pytest.mark.parametrize("padding", [b"=", b"=="])
+def test_base64_decoding_ignores_the_last_characters_unused_bits_as_binascii_does(padding: bytes) -> None:
+    """pybase64 decodes the strict path (issue 8): a last character whose bits beyond the data are not zero
+    (\"QR==\" for \"QQ==\") decodes as binascii decodes it, with every character of the alphabet there."""
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    stem = b"QUJD" + (b"QU" if padding == b"=" else b"Q")
+    for last in alphabet:
+        data = stem + bytes([last]) + padding + b"\r\n"
+        assert _b64_decode(data, strict=True) == _b64_decode_as_first_written(data, strict=True), data
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [

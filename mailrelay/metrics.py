@@ -146,7 +146,7 @@ class Metrics:
         self.recording_seconds = Histogram(
             "mailrelay_recording_duration_seconds",
             "Recording one message's referral events durably (group commit: the wait for the batch, and"
-            " up to 1 ms for other rejections already on their way to the next hop, its statements and"
+            " up to 4 ms for other rejections already on their way to the next hop, its statements and"
             " fsync), after the next hop accepted and before the client's reply.",
             buckets=LATENCY_BUCKETS,
             registry=r,

@@ -73,6 +73,9 @@ class Ablated:
     sessions: int
     cpu_ms: list[float] = field(default_factory=list)  # server CPU per message, run by run (rounds align)
     rates: list[float] = field(default_factory=list)
+    # cores that no process and no kernel work used during each run, as Cell.idle_cores: a stage can cost
+    # the relay waiting as well as CPU (issue 8: the record's group commit); empty in runs from before
+    idle_cores: list[float] = field(default_factory=list)
     messages: int = 0
     errors: int = 0
     detail: str = ""
@@ -355,15 +358,18 @@ class Bench:
                         unique = self.unique(self.messages[shape.name, rejection], f"ablation-{round_}")
                         total = count if round_ else 3 * sessions
                         cpu0 = procs.cpu_seconds(server.root_pid)
+                        idle0 = procs.machine_idle_seconds()
                         started = time.perf_counter()
                         result = load.smtp_source(server.port, unique, SENDER, RECIPIENT, sessions, total)
                         seconds = time.perf_counter() - started
+                        idle = procs.machine_idle_seconds() - idle0
                         cpu = procs.cpu_seconds(server.root_pid) - cpu0
                         cell.errors += result.errors
                         cell.detail = cell.detail or result.detail
                         if round_:
                             cell.cpu_ms.append(cpu / total * 1000)
                             cell.rates.append(total / seconds)
+                            cell.idle_cores.append(idle / seconds)
                             cell.messages += total
                 for cell in runs.values():
                     self.ablated.append(cell)

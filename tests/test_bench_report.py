@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bench import report
-from bench.__main__ import Cell, Recorded, this_machine
+from bench.__main__ import Ablated, Cell, Recorded, this_machine
 from bench.messages import SHAPES
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "RESULTS.json"
@@ -432,3 +432,64 @@ def test_a_rejection_miss_the_bound_does_not_explain_says_what_its_stages_cost_i
         # Only where the bound leaves the miss unexplained: an out-of-reach bound needs no more.
         unexplained = line.startswith((head + "not explained", head + "within the CPU budget"))
         assert (said in line) == unexplained, line
+        # And, where the run measured them, the stage that the relay waits for with cores idle.
+        cells = report._waits_measured(bench.ablated, shape.name)
+        waiting = cells is not None and report._waiting_stage(idx, shape.name, cells)[0]
+        assert ("In the same phase, the relay as shipped left" in line) == (unexplained and waiting), line
+
+
+def _ablation_runs(idle: dict[str, float], shape: str = "multipart-ja-20k") -> list[Ablated]:
+    """The ablation phase's relays for one message: the unchanged one (rejections, other mail) and one
+    without each stage, with the idle cores given by variant and msg/s that rise as idle cores fall."""
+    from bench.ablation import VARIANTS
+
+    return [
+        Ablated(shape, name, 10, cpu_ms=[1.7, 1.7], rates=[1000 - 500 * cores] * 2, idle_cores=[cores] * 2)
+        for name, cores in (
+            {"rejection": 0.18, "other mail": 0.08} | {v: 0.17 for v in VARIANTS} | idle
+        ).items()
+    ]
+
+
+def test_a_stage_the_relay_waits_for_with_cores_idle_is_named_beside_the_floors_idle_cores() -> None:
+    floor = Cell(report.FLOOR, "multipart-ja-20k", 10, "smtp-source", [2000], [0.8], idle_cores=[0.07])
+    idx = report._Index([floor])
+    runs = _ablation_runs({"record": 0.06})
+    lines = report._in_place_waits(idx, runs)
+    assert "| multipart-ja-20k | 910 (0.18) | 960 (0.08) | " in "\n".join(lines)
+    assert lines[-1] == (
+        "- multipart-ja-20k: the relay as shipped left 0.18 cores idle at 910 msg/s; without the referral "
+        "record, 0.06, no more than the floor's runs at 10 sessions (0.07), at 970 msg/s (+7 %). Besides its "
+        "CPU, the relay waits for the referral record with cores idle."
+    )
+    # Within 0.02 of the floor's, "about as many"; more, "against"; no floor run, nothing beside it.
+    cells = report._waits_measured(_ablation_runs({"record": 0.09}), "multipart-ja-20k")
+    assert cells is not None
+    assert (
+        ", 0.09, about as many as the floor's runs at 10 sessions (0.07), "
+        in (report._waiting_stage(idx, "multipart-ja-20k", cells)[1])
+    )
+    cells = report._waits_measured(_ablation_runs({"record": 0.12}), "multipart-ja-20k")
+    assert cells is not None
+    assert (
+        ", 0.12, against the floor's runs at 10 sessions (0.07), "
+        in (report._waiting_stage(idx, "multipart-ja-20k", cells)[1])
+    )
+    assert ", 0.12, at 940 msg/s " in report._waiting_stage(report._Index([]), "multipart-ja-20k", cells)[1]
+
+
+def test_stages_that_leave_as_many_cores_idle_cost_cpu_and_runs_without_idle_cores_say_nothing() -> None:
+    idx = report._Index([])
+    cells = report._waits_measured(_ablation_runs({"record": 0.14}), "multipart-ja-20k")
+    assert cells is not None
+    assert report._waiting_stage(idx, "multipart-ja-20k", cells) == (
+        False,
+        "no stage taken out left 0.05 cores fewer idle than the relay as shipped (0.18): what the stages "
+        "cost is their CPU.",
+    )
+    # A RESULTS.json from before the ablation measured idle cores renders without the table.
+    before = _ablation_runs({})
+    for run in before:
+        run.idle_cores = []
+    assert report._waits_measured(before, "multipart-ja-20k") is None
+    assert report._in_place_waits(idx, before) == []

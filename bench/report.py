@@ -506,8 +506,8 @@ def _in_place(idx: _Index, bench: Bench, micros: dict[str, float]) -> list[str]:
     ]
 
 
-# A stage whose removal leaves at least this many fewer cores idle is said to keep the relay waiting: the
-# rounds of one relay moved by about 0.01-0.02 cores on a quiet machine (issue 8).
+# A stage whose removal leaves at least this many fewer cores idle is said to keep the relay waiting: in
+# the hand runs of bench/README.md ("The record's idle cores") one relay's rounds moved by up to 0.04 cores.
 _WAITING_CORES = 0.05
 
 

@@ -66,7 +66,8 @@ class Cell:
 @dataclass
 class Ablated:
     """Runs of one message at 10 sessions through a relay of the ablation phase: `variant` is "rejection"
-    or "other mail" (an unchanged relay), or an ablation.VARIANTS key (rejections, that stage taken out)."""
+    or "other mail" (an unchanged relay), an ablation.VARIANTS key (rejections, that stage taken out), or
+    "floor" (the bare proxy in the same rounds; absent from runs before it was added)."""
 
     shape: str
     variant: str
@@ -334,10 +335,16 @@ class Bench:
         """A rejection's stages taken out one at a time (bench/ablation.py), at 10 sessions: a relay started
         afresh unchanged and one without each stage, all running at once, their runs interleaved round by
         round, so the machine's drift and the store's growth reach each alike. A stage's cost in place is
-        what the relay without it saves per message against the unchanged one, in the same round."""
+        what the relay without it saves per message against the unchanged one, in the same round. The floor
+        runs in the same rounds, so that each relay's msg/s reads as a share of the floor's: whether a relay
+        without a stage would meet the target, measured rather than inferred from another phase."""
         sessions = self.target_sessions
         relays: dict[str, servers.Server] = {}
         try:
+            (self.workdir / "ablation-floor").mkdir(exist_ok=True)
+            relays[report.FLOOR] = servers.start_floor(
+                self.workdir / "ablation-floor", sink_port, self.args.workers
+            )
             for variant in ("", *ablation.VARIANTS):
                 relays[variant] = servers.start_mailrelay(
                     self.workdir / f"ablation-{variant or 'none'}",
@@ -348,6 +355,7 @@ class Bench:
                 )
             plan = [("rejection", "", True), ("other mail", "", False)]
             plan += [(variant, variant, True) for variant in ablation.VARIANTS]
+            plan += [(report.FLOOR, report.FLOOR, True)]
             for shape in SHAPES:
                 count = self.count_like(report.REJECTION, shape.name, sessions)
                 runs = {name: Ablated(shape.name, name, sessions) for name, _v, _r in plan}

@@ -518,32 +518,43 @@ def _in_place_waits(idx: _Index, ablated: list[Ablated]) -> list[str]:
     from bench.ablation import VARIANTS
     from bench.messages import SHAPES
 
-    rows, said = [], []
-    for shape in SHAPES:
-        cells = _waits_measured(ablated, shape.name)
-        if cells is None:
-            continue
-        rows.append(
-            f"| {shape.name} | "
-            + " | ".join(
-                f"{_med(cells[name].rates):.0f} ({_med(cells[name].idle_cores):.2f})"
-                for name in ("rejection", "other mail", *VARIANTS)
-            )
-            + " |"
-        )
-        said.append(f"{shape.name}: {_waiting_stage(idx, shape.name, cells)[1]}")
-    if not rows:
+    measured = [(shape.name, _waits_measured(ablated, shape.name)) for shape in SHAPES]
+    shown = [(shape, cells) for shape, cells in measured if cells is not None]
+    if not shown:
         return []
+    # The floor in the same rounds, in runs since it was added: each relay's msg/s as a share of its.
+    with_floor = all(FLOOR in cells for _shape, cells in shown)
+    rows, said = [], []
+    for shape, cells in shown:
+        floor_rate = _med(cells[FLOOR].rates) if with_floor else None
+
+        def cell(name: str, floor_rate: float | None = floor_rate, cells: dict[str, Ablated] = cells) -> str:
+            rate, idle = _med(cells[name].rates), _med(cells[name].idle_cores)
+            share = f", {_pct(rate / floor_rate)}" if floor_rate else ""
+            return f"{rate:.0f}{share} ({idle:.2f})"
+
+        names = ["rejection", "other mail", *VARIANTS]
+        floor_cell = [f"{floor_rate:.0f} ({_med(cells[FLOOR].idle_cores):.2f})"] if with_floor else []
+        rows.append(f"| {shape} | " + " | ".join([cell(name) for name in names] + floor_cell) + " |")
+        said.append(f"{shape}: {_waiting_stage(idx, shape, cells)[1]}")
+    share = (
+        ", its share of the floor's msg/s in the same rounds after the comma (medians over medians)"
+        if with_floor
+        else ""
+    )
     return [
         "",
-        "The same runs in msg/s, with the cores that no process and no kernel work used in brackets (idle; "
+        "The same runs in msg/s"
+        + share
+        + ", with the cores that no process and no kernel work used in brackets (idle; "
         "medians over the rounds). A stage can cost the relay waiting as well as CPU: a reply that waits for "
         "it with nothing else to run leaves a core idle, which the CPU per message above does not show.",
         "",
         "| message | rejection | other mail | "
         + " | ".join(f"without {VARIANTS[v]}" for v in VARIANTS)
+        + (" | floor" if with_floor else "")
         + " |",
-        "|---|" + "---:|" * (len(VARIANTS) + 2),
+        "|---|" + "---:|" * (len(VARIANTS) + 2 + with_floor),
         *rows,
         "",
         *[f"- {line}" for line in said],
@@ -576,21 +587,35 @@ def _waiting_stage(idx: _Index, shape: str, cells: dict[str, Ablated]) -> tuple[
             f"no stage taken out left {_WAITING_CORES:.2f} cores fewer idle than the relay as shipped "
             f"({idle:.2f}): what the stages cost is their CPU."
         )
-    floor = idx.get(FLOOR, shape, shipped.sessions)
-    beside = ""
+    # The floor of the same rounds where the run has it; before, the throughput phase's.
+    same_rounds = cells.get(FLOOR)
+    floor = same_rounds if same_rounds is not None else idx.get(FLOOR, shape, shipped.sessions)
+    beside, shares, verdict, idle_as_floor = "", "", "", False
     if floor is not None and floor.idle_cores:
         floor_idle = _med(floor.idle_cores)
+        idle_as_floor = best_idle <= floor_idle + 0.02
         if best_idle <= floor_idle:
             than = "no more than"
         elif best_idle <= floor_idle + 0.02:
             than = "about as many as"
         else:
             than = "against"
-        beside = f", {than} the floor's runs at {shipped.sessions} sessions ({floor_idle:.2f})"
+        runs = "in the same rounds" if same_rounds is not None else f"at {shipped.sessions} sessions"
+        beside = f", {than} the floor's runs {runs} ({floor_idle:.2f})"
+    if same_rounds is not None and same_rounds.rates:
+        floor_rate = _med(same_rounds.rates)
+        shipped_share, best_share = rate / floor_rate, best_rate / floor_rate
+        shares = f"; {_pct(shipped_share)} and {_pct(best_share)} of the floor's msg/s in the same rounds"
+        if shipped_share < 0.5 <= best_share:
+            verdict = " Without it, these rounds would meet 50 % of the floor's msg/s."
+        elif best_share < 0.5:
+            # With no more cores idle than the floor's, what is left of the miss is CPU per message.
+            rest = ": the rest of the miss is CPU" if idle_as_floor else ""
+            verdict = f" Even without it, these rounds stay under 50 % of the floor's msg/s{rest}."
     return True, (
         f"the relay as shipped left {idle:.2f} cores idle at {rate:.0f} msg/s; without {VARIANTS[best]}, "
-        f"{best_idle:.2f}{beside}, at {best_rate:.0f} msg/s ({(best_rate / rate - 1) * 100:+.0f} %). "
-        f"Besides its CPU, the relay waits for {VARIANTS[best]} with cores idle."
+        f"{best_idle:.2f}{beside}, at {best_rate:.0f} msg/s ({(best_rate / rate - 1) * 100:+.0f} %{shares}). "
+        f"Besides its CPU, the relay waits for {VARIANTS[best]} with cores idle.{verdict}"
     )
 
 

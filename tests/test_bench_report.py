@@ -493,3 +493,44 @@ def test_stages_that_leave_as_many_cores_idle_cost_cpu_and_runs_without_idle_cor
         run.idle_cores = []
     assert report._waits_measured(before, "multipart-ja-20k") is None
     assert report._in_place_waits(idx, before) == []
+
+
+def test_the_ablations_own_floor_gives_each_relay_its_share_and_whether_a_stage_explains_a_miss() -> None:
+    # The throughput phase's floor is not used where the ablation ran its own beside the relays.
+    other_phase = Cell(report.FLOOR, "multipart-ja-20k", 10, "smtp-source", [1500], [0.8], idle_cores=[0.02])
+    idx = report._Index([other_phase])
+    floor = Ablated(
+        "multipart-ja-20k", report.FLOOR, 10, cpu_ms=[0.8] * 2, rates=[1900] * 2, idle_cores=[0.07] * 2
+    )
+    runs = [*_ablation_runs({"record": 0.06}), floor]
+    lines = report._in_place_waits(idx, runs)
+    text = "\n".join(lines)
+    assert "msg/s, its share of the floor's msg/s in the same rounds after the comma" in text
+    assert "| without the retry check | floor |" in text
+    assert "| multipart-ja-20k | 910, 48 % (0.18) | 960, 51 % (0.08) | " in text
+    assert text.splitlines()[-3].endswith(" | 1900 (0.07) |")
+    assert lines[-1] == (
+        "- multipart-ja-20k: the relay as shipped left 0.18 cores idle at 910 msg/s; without the referral "
+        "record, 0.06, no more than the floor's runs in the same rounds (0.07), at 970 msg/s (+7 %; 48 % and "
+        "51 % of the floor's msg/s in the same rounds). Besides its CPU, the relay waits for the referral "
+        "record with cores idle. Without it, these rounds would meet 50 % of the floor's msg/s."
+    )
+    # Still under 50 % without it: with the floor's idle cores, the rest is CPU; with more, only the share.
+    floor.rates = [2000] * 2
+    cells = report._waits_measured(runs, "multipart-ja-20k")
+    assert cells is not None
+    assert report._waiting_stage(idx, "multipart-ja-20k", cells)[1].endswith(
+        "with cores idle. Even without it, these rounds stay under 50 % of the floor's msg/s: the rest of "
+        "the miss is CPU."
+    )
+    cells = report._waits_measured([*_ablation_runs({"record": 0.12}), floor], "multipart-ja-20k")
+    assert cells is not None
+    assert report._waiting_stage(idx, "multipart-ja-20k", cells)[1].endswith(
+        "with cores idle. Even without it, these rounds stay under 50 % of the floor's msg/s."
+    )
+    # Already at 50 % as shipped: nothing to add.
+    floor.rates = [1800] * 2
+    said = report._waiting_stage(
+        idx, "multipart-ja-20k", report._waits_measured(runs, "multipart-ja-20k") or {}
+    )[1]
+    assert said.endswith("Besides its CPU, the relay waits for the referral record with cores idle.")

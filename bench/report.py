@@ -523,7 +523,9 @@ def _in_place_waits(idx: _Index, ablated: list[Ablated]) -> list[str]:
     if not shown:
         return []
     # The floor in the same rounds, in runs since it was added: each relay's msg/s as a share of its.
-    with_floor = all(FLOOR in cells for _shape, cells in shown)
+    with_floor = all(
+        FLOOR in cells and cells[FLOOR].rates and cells[FLOOR].idle_cores for _shape, cells in shown
+    )
     rows, said = [], []
     for shape, cells in shown:
         floor_rate = _med(cells[FLOOR].rates) if with_floor else None
@@ -574,8 +576,10 @@ def _waits_measured(ablated: list[Ablated], shape: str) -> dict[str, Ablated] | 
 
 def _waiting_stage(idx: _Index, shape: str, cells: dict[str, Ablated]) -> tuple[bool, str]:
     """Whether a stage, taken out, leaves _WAITING_CORES fewer cores idle than the relay as shipped, and
-    what the runs say: the one that leaves fewest idle, beside the floor's idle cores at the same sessions,
-    where the run has them."""
+    what the runs say: the one that leaves fewest idle, beside the floor's idle cores (the ablation's own
+    floor where the run has one, else the throughput phase's at the same sessions, where measured); with
+    the ablation's floor, both relays' shares of its msg/s, and whether the one without the stage meets
+    50 %."""
     from bench.ablation import VARIANTS
 
     shipped = cells["rejection"]

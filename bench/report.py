@@ -529,15 +529,10 @@ def _in_place_waits(idx: _Index, ablated: list[Ablated]) -> list[str]:
     rows, said = [], []
     for shape, cells in shown:
         floor_rate = _med(cells[FLOOR].rates) if with_floor else None
-
-        def cell(name: str, floor_rate: float | None = floor_rate, cells: dict[str, Ablated] = cells) -> str:
-            rate, idle = _med(cells[name].rates), _med(cells[name].idle_cores)
-            share = f", {_pct(rate / floor_rate)}" if floor_rate else ""
-            return f"{rate:.0f}{share} ({idle:.2f})"
-
-        names = ["rejection", "other mail", *VARIANTS]
-        floor_cell = [f"{floor_rate:.0f} ({_med(cells[FLOOR].idle_cores):.2f})"] if with_floor else []
-        rows.append(f"| {shape} | " + " | ".join([cell(name) for name in names] + floor_cell) + " |")
+        row = [_rate_and_idle(cells[name], floor_rate) for name in ("rejection", "other mail", *VARIANTS)]
+        if with_floor:
+            row.append(_rate_and_idle(cells[FLOOR], None))
+        rows.append(f"| {shape} | " + " | ".join(row) + " |")
         said.append(f"{shape}: {_waiting_stage(idx, shape, cells)[1]}")
     share = (
         ", its share of the floor's msg/s in the same rounds after the comma (medians over medians)"
@@ -561,6 +556,13 @@ def _in_place_waits(idx: _Index, ablated: list[Ablated]) -> list[str]:
         "",
         *[f"- {line}" for line in said],
     ]
+
+
+def _rate_and_idle(run: Ablated, floor_rate: float | None) -> str:
+    """A cell of the table of idle cores: msg/s, its share of `floor_rate` if given, idle cores."""
+    rate = _med(run.rates)
+    share = f", {_pct(rate / floor_rate)}" if floor_rate else ""
+    return f"{rate:.0f}{share} ({_med(run.idle_cores):.2f})"
 
 
 def _waits_measured(ablated: list[Ablated], shape: str) -> dict[str, Ablated] | None:
@@ -600,7 +602,7 @@ def _waiting_stage(idx: _Index, shape: str, cells: dict[str, Ablated]) -> tuple[
         idle_as_floor = best_idle <= floor_idle + 0.02
         if best_idle <= floor_idle:
             than = "no more than"
-        elif best_idle <= floor_idle + 0.02:
+        elif idle_as_floor:
             than = "about as many as"
         else:
             than = "against"

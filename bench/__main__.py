@@ -47,6 +47,9 @@ class Cell:
     # cores that no process and no kernel work used during each run (smtp-source runs; /proc/stat idle and
     # iowait): tells a server that waits from one whose cores went to the kernel's own work (issue 8)
     idle_cores: list[float] = field(default_factory=list)
+    # cores the hypervisor gave to others during each run (smtp-source runs; /proc/stat steal): on a shared
+    # host, what none of the 2 cores' figures above can show; empty in runs from before (issue 8)
+    stolen_cores: list[float] = field(default_factory=list)
     p50_ms: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
     peak_rss: int = 0
@@ -77,6 +80,7 @@ class Ablated:
     # cores that no process and no kernel work used during each run, as Cell.idle_cores: a stage can cost
     # the relay waiting as well as CPU (issue 8: the record's group commit); empty in runs from before
     idle_cores: list[float] = field(default_factory=list)
+    stolen_cores: list[float] = field(default_factory=list)  # as Cell.stolen_cores
     messages: int = 0
     errors: int = 0
     detail: str = ""
@@ -266,7 +270,7 @@ class Bench:
             cpu0 = procs.cpu_seconds(server.root_pid)
             store0 = procs.thread_cpu_seconds(server.root_pid, STORE_THREADS)
             load0 = procs.cpu_seconds(self.sink_pid) + procs.children_cpu_seconds()
-            idle0 = procs.machine_idle_seconds()
+            idle0, stolen0 = procs.machine_idle_seconds(), procs.machine_stolen_seconds()
             started = time.perf_counter()
             result = load.smtp_source(server.port, unique, SENDER, RECIPIENT, cell.sessions, count)
             if not self._drain(server):
@@ -274,6 +278,7 @@ class Bench:
                 result.detail = "postfix did not deliver everything within 120 s"
             seconds = time.perf_counter() - started
             idle = procs.machine_idle_seconds() - idle0
+            stolen = procs.machine_stolen_seconds() - stolen0
             cpu = procs.cpu_seconds(server.root_pid) - cpu0
             store = procs.thread_cpu_seconds(server.root_pid, STORE_THREADS) - store0
             load_cpu = procs.cpu_seconds(self.sink_pid) + procs.children_cpu_seconds() - load0
@@ -288,6 +293,7 @@ class Bench:
                 stage_seconds[key] = stage_seconds.get(key, 0.0) + after[key] - sums[key]
         cell.load_cpu_ms.append(load_cpu / count * 1000)
         cell.idle_cores.append(idle / seconds)
+        cell.stolen_cores.append(stolen / seconds)
         cell.rates.append(count / seconds)
         cell.cpu_ms.append(cpu / count * 1000)
         cell.messages += count
@@ -366,11 +372,12 @@ class Bench:
                         unique = self.unique(self.messages[shape.name, rejection], f"ablation-{round_}")
                         total = count if round_ else 3 * sessions
                         cpu0 = procs.cpu_seconds(server.root_pid)
-                        idle0 = procs.machine_idle_seconds()
+                        idle0, stolen0 = procs.machine_idle_seconds(), procs.machine_stolen_seconds()
                         started = time.perf_counter()
                         result = load.smtp_source(server.port, unique, SENDER, RECIPIENT, sessions, total)
                         seconds = time.perf_counter() - started
                         idle = procs.machine_idle_seconds() - idle0
+                        stolen = procs.machine_stolen_seconds() - stolen0
                         cpu = procs.cpu_seconds(server.root_pid) - cpu0
                         cell.errors += result.errors
                         cell.detail = cell.detail or result.detail
@@ -378,6 +385,7 @@ class Bench:
                             cell.cpu_ms.append(cpu / total * 1000)
                             cell.rates.append(total / seconds)
                             cell.idle_cores.append(idle / seconds)
+                            cell.stolen_cores.append(stolen / seconds)
                             cell.messages += total
                 for cell in runs.values():
                     self.ablated.append(cell)

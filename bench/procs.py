@@ -70,6 +70,13 @@ def machine_idle_seconds() -> float:
     return (int(fields[4]) + int(fields[5])) / _TICK
 
 
+def machine_stolen_seconds() -> float:
+    """Seconds the hypervisor ran other machines while this one's CPUs had work (/proc/stat: steal, all CPUs
+    added): a delta over a run, divided by its wall time, is how many of the cores the run did not get."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / _TICK if len(fields) > 8 else 0.0
+
+
 def children_cpu_seconds() -> float:
     """utime+stime of this process's children that have been waited for (smtp-source runs)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)

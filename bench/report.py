@@ -67,6 +67,19 @@ def _interpreter(machine: dict[str, str]) -> str:
     return f' (`{interpreter}`; see bench/README.md, "The interpreter")' if interpreter else ""
 
 
+def _stolen(bench: Bench) -> str:
+    """How much of the 2 cores the hypervisor gave to others during the throughput runs (RESULTS.json of a
+    run before steal was measured says nothing of it): every table below counts on both cores."""
+    stolen = [value for cell in bench.cells for value in cell.stolen_cores]
+    if not stolen:
+        return ""
+    return (
+        f" The hypervisor gave the cores to other machines for {statistics.median(stolen):.2f} of the 2 "
+        f"during a throughput run, median [{min(stolen):.2f}–{max(stolen):.2f}] (steal, from /proc/stat): "
+        "the contestants shared what was left."
+    )
+
+
 def _side_by_side(bench: Bench) -> str:
     """How the runs were ordered (RESULTS.json of a run before they alternated says nothing of it)."""
     if not bench.side_by_side:
@@ -123,7 +136,7 @@ def render(bench: Bench, command: str, elapsed: float, *, generated: str) -> str
         "",
         f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), Linux {machine['kernel']}, "
         f"Python {machine['python']}{_interpreter(machine)}. Load generator, next hop and contestant share "
-        "these CPUs.",
+        "these CPUs." + _stolen(bench),
         "",
         f"Setup: floor and mailrelay each run {bench.args.workers} worker process(es) on one port, on uvloop "
         "(the floor's with SO_REUSEPORT; mailrelay's share the parent's socket, each taking a new session "
@@ -717,6 +730,9 @@ class Bound:
     # floor's did (floor and load ÷ 0.5); Postfix's msg/s, for one that keeps all 2 busy.
     cores: float | None = None
     cores_idle: float | None = None
+    # how many of the 2 the hypervisor gave to others during the run (None for a run recorded before that
+    # was measured)
+    stolen: float | None = None
 
 
 def _half_floor(idx: _Index, micros: dict[str, float], shape: str, sessions: int) -> Bound | None:
@@ -731,7 +747,14 @@ def _half_floor(idx: _Index, micros: dict[str, float], shape: str, sessions: int
     bound = _med(other.cpu_ms) + extra + _decoration_ms(ms) + ms["sign"] + _store_ms(rejection, ms)
     budget = _med(floor.cpu_ms) + _room(floor, 0.5)
     return Bound(
-        bound, budget, _med(rejection.cpu_ms), _busy(rejection), _idle(rejection), _busy(floor), _idle(floor)
+        bound,
+        budget,
+        _med(rejection.cpu_ms),
+        _busy(rejection),
+        _idle(rejection),
+        _busy(floor),
+        _idle(floor),
+        _stolen_cores(rejection),
     )
 
 
@@ -757,7 +780,7 @@ def _above_postfix(
             + _store_ms(cell, ms)
         )
     budget = 2000 / postfix - _med(cell.load_cpu_ms)
-    return Bound(bound, budget, _med(cell.cpu_ms), _busy(cell), _idle(cell), 2.0)
+    return Bound(bound, budget, _med(cell.cpu_ms), _busy(cell), _idle(cell), 2.0, stolen=_stolen_cores(cell))
 
 
 def _busy(cell: Cell) -> float:
@@ -770,10 +793,15 @@ def _idle(cell: Cell) -> float | None:
     return _med(cell.idle_cores) if cell.idle_cores else None
 
 
+def _stolen_cores(cell: Cell) -> float | None:
+    """Cores the hypervisor gave to others during the run; None if the run did not measure it."""
+    return _med(cell.stolen_cores) if cell.stolen_cores else None
+
+
 def _other_cores(bound: Bound) -> float:
-    """Of the 2 cores, what went neither to the server and the load nor unused: the kernel's own work
-    (interrupts, loopback networking, its threads) and other processes."""
-    return max(0.0, 2 - bound.busy - (bound.idle or 0.0))
+    """Of the 2 cores, what went neither to the server and the load nor unused nor to other machines: the
+    kernel's own work (interrupts, loopback networking, its threads) and other processes."""
+    return max(0.0, 2 - bound.busy - (bound.idle or 0.0) - (bound.stolen or 0.0))
 
 
 def _cores(bound: Bound) -> str:
@@ -781,7 +809,8 @@ def _cores(bound: Bound) -> str:
     busy = f"{bound.busy:.1f} of 2"
     if bound.idle is None:
         return busy
-    return f"{busy}, {bound.idle:.1f} idle, {_other_cores(bound):.1f} other"
+    stolen = "" if bound.stolen is None else f", {bound.stolen:.1f} stolen"
+    return f"{busy}, {bound.idle:.1f} idle{stolen}, {_other_cores(bound):.1f} other"
 
 
 def _one_session_rates(idx: _Index, ms: dict[str, float], shape: str) -> tuple[float, float] | None:
@@ -1031,7 +1060,13 @@ def _against_postfix(idx: _Index, bench: Bench) -> list[str]:
         "**10 and 50 sessions** are limited by CPU: the load generator, the sink and the relay share the 2 "
         "cores. The last column shows how many of them mailrelay's rejection run kept busy (its processes "
         "and the load's), and, where measured, how many nothing used (idle or waiting for the disk, from "
-        "/proc/stat) and how many went to other work: the kernel's own (interrupts, loopback networking, "
+        "/proc/stat)"
+        + (
+            ", how many the hypervisor gave to other machines (stolen: steal, from /proc/stat)"
+            if any(cell.stolen_cores for cell in bench.cells)
+            else ""
+        )
+        + " and how many went to other work: the kernel's own (interrupts, loopback networking, "
         "its threads) and other processes. The budget assumes all 2, so it is generous. To relay as many "
         "rejections per second as Postfix, mailrelay may spend at most 2 cores ÷ Postfix's msg/s, less what "
         "smtp-source and smtp-sink spend per message. The bound is the cheapest CPU per message this run "
@@ -1347,8 +1382,9 @@ def _why_bound(bound: Bound | None, target: str) -> str:
     how_busy = (
         "."
         if bound.idle is None
-        else f"; {bound.idle:.1f} stayed idle and {_other_cores(bound):.1f} went to other work (the "
-        "kernel's own, other processes)."
+        else f"; {bound.idle:.1f} stayed idle"
+        + ("" if bound.stolen is None else f", the hypervisor gave {bound.stolen:.1f} to other machines")
+        + f" and {_other_cores(bound):.1f} went to other work (the kernel's own, other processes)."
     )
     if bound.cores is not None and bound.used <= bound.budget:
         # mailrelay's own CPU per message fits the budget: what the run fell short of is busy cores.

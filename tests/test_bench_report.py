@@ -218,6 +218,35 @@ def test_idle_time_is_read_from_the_machine_and_only_grows() -> None:
     assert 0 < first <= procs.machine_idle_seconds()
 
 
+def test_cores_the_hypervisor_gave_to_other_machines_are_named_apart_from_the_kernels_own_work() -> None:
+    from bench import procs
+
+    first = procs.machine_stolen_seconds()
+    assert 0 <= first <= procs.machine_stolen_seconds()
+    stolen = report.Bound(bound=1.0, budget=1.5, used=1.6, busy=1.2, idle=0.1, stolen=0.6)
+    assert report._cores(stolen) == "1.2 of 2, 0.1 idle, 0.6 stolen, 0.1 other"
+    assert report._why_bound(stolen, "50 %").endswith(
+        "kept 1.2 of the 2 cores busy; 0.1 stayed idle, the hypervisor gave 0.6 to other machines and 0.1 "
+        "went to other work (the kernel's own, other processes)."
+    )
+    # The machine line says how much steal the throughput runs saw, only for a run that measured it, and the
+    # bounds take it from the run they come from.
+    data = json.loads(RESULTS.read_text())
+    before = Recorded(data)
+    cells = [{**cell, "stolen_cores": [0.5, 0.7, 0.6]} for cell in data["cells"]]
+    after = Recorded({**data, "cells": cells})
+    assert "hypervisor" not in report.render(before, data["command"], data["elapsed"], generated="x")
+    text = report.render(after, data["command"], data["elapsed"], generated="x")
+    machine = next(line for line in text.splitlines() if line.startswith("Machine: "))
+    assert machine.endswith(
+        "share these CPUs. The hypervisor gave the cores to other machines for 0.60 of the 2 during a "
+        "throughput run, median [0.50–0.70] (steal, from /proc/stat): the contestants shared what was left."
+    )
+    assert "how many the hypervisor gave to other machines (stolen: steal, from /proc/stat)" in text
+    bound = report._half_floor(report._Index(after.cells), report._micros(after), "multipart-ja-20k", 10)
+    assert bound is not None and bound.stolen == 0.6
+
+
 def test_against_postfix_other_mail_is_bounded_by_the_floor_and_a_rejection_by_its_stages_too() -> None:
     def cell(contestant: str, rate: float, cpu: float) -> Cell:
         return Cell(contestant, "plain-5k", 10, "smtp-source", [rate], [cpu], load_cpu_ms=[0.1])

@@ -80,7 +80,9 @@ class Ablated:
     # cores that no process and no kernel work used during each run, as Cell.idle_cores: a stage can cost
     # the relay waiting as well as CPU (issue 8: the record's group commit); empty in runs from before
     idle_cores: list[float] = field(default_factory=list)
-    stolen_cores: list[float] = field(default_factory=list)  # as Cell.stolen_cores
+    # as Cell.stolen_cores: kept in RESULTS.json for whoever weighs these rounds; the report reads steal from
+    # the throughput runs
+    stolen_cores: list[float] = field(default_factory=list)
     messages: int = 0
     errors: int = 0
     detail: str = ""

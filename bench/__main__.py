@@ -272,15 +272,15 @@ class Bench:
             cpu0 = procs.cpu_seconds(server.root_pid)
             store0 = procs.thread_cpu_seconds(server.root_pid, STORE_THREADS)
             load0 = procs.cpu_seconds(self.sink_pid) + procs.children_cpu_seconds()
-            idle0, stolen0 = procs.machine_idle_seconds(), procs.machine_stolen_seconds()
+            machine0 = procs.machine_seconds()
             started = time.perf_counter()
             result = load.smtp_source(server.port, unique, SENDER, RECIPIENT, cell.sessions, count)
             if not self._drain(server):
                 result.errors += 1
                 result.detail = "postfix did not deliver everything within 120 s"
             seconds = time.perf_counter() - started
-            idle = procs.machine_idle_seconds() - idle0
-            stolen = procs.machine_stolen_seconds() - stolen0
+            machine = procs.machine_seconds()
+            idle, stolen = machine.idle - machine0.idle, machine.stolen - machine0.stolen
             cpu = procs.cpu_seconds(server.root_pid) - cpu0
             store = procs.thread_cpu_seconds(server.root_pid, STORE_THREADS) - store0
             load_cpu = procs.cpu_seconds(self.sink_pid) + procs.children_cpu_seconds() - load0
@@ -374,12 +374,12 @@ class Bench:
                         unique = self.unique(self.messages[shape.name, rejection], f"ablation-{round_}")
                         total = count if round_ else 3 * sessions
                         cpu0 = procs.cpu_seconds(server.root_pid)
-                        idle0, stolen0 = procs.machine_idle_seconds(), procs.machine_stolen_seconds()
+                        machine0 = procs.machine_seconds()
                         started = time.perf_counter()
                         result = load.smtp_source(server.port, unique, SENDER, RECIPIENT, sessions, total)
                         seconds = time.perf_counter() - started
-                        idle = procs.machine_idle_seconds() - idle0
-                        stolen = procs.machine_stolen_seconds() - stolen0
+                        machine = procs.machine_seconds()
+                        idle, stolen = machine.idle - machine0.idle, machine.stolen - machine0.stolen
                         cpu = procs.cpu_seconds(server.root_pid) - cpu0
                         cell.errors += result.errors
                         cell.detail = cell.detail or result.detail

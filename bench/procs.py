@@ -8,6 +8,7 @@ import resource
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -62,19 +63,19 @@ def thread_cpu_seconds(root: int, names: tuple[str, ...]) -> float:
     return total / _TICK
 
 
-def machine_idle_seconds() -> float:
-    """Seconds the machine's CPUs spent idle or waiting for I/O (/proc/stat: idle + iowait, all CPUs added):
-    a delta over a run, divided by its wall time, is how many cores no process and no kernel work used."""
+class MachineSeconds(NamedTuple):
+    """The machine's CPU time, all CPUs added, from one read of /proc/stat: a delta over a run, divided by
+    its wall time, is a number of cores."""
+
+    idle: float  # idle + iowait: cores no process and no kernel work used
+    stolen: float  # steal: cores the hypervisor gave to other machines while this one's had work
+
+
+def machine_seconds() -> MachineSeconds:
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
     # "cpu user nice system idle iowait irq softirq steal ...", in ticks of SC_CLK_TCK.
-    return (int(fields[4]) + int(fields[5])) / _TICK
-
-
-def machine_stolen_seconds() -> float:
-    """Seconds the hypervisor ran other machines while this one's CPUs had work (/proc/stat: steal, all CPUs
-    added): a delta over a run, divided by its wall time, is how many of the cores the run did not get."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    return int(fields[8]) / _TICK if len(fields) > 8 else 0.0
+    stolen = int(fields[8]) if len(fields) > 8 else 0
+    return MachineSeconds((int(fields[4]) + int(fields[5])) / _TICK, stolen / _TICK)
 
 
 def children_cpu_seconds() -> float:

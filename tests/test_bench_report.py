@@ -214,15 +214,15 @@ def test_a_rejection_throughput_miss_says_what_the_control_relay_on_tmpfs_makes_
 def test_idle_time_is_read_from_the_machine_and_only_grows() -> None:
     from bench import procs
 
-    first = procs.machine_idle_seconds()
-    assert 0 < first <= procs.machine_idle_seconds()
+    first = procs.machine_seconds().idle
+    assert 0 < first <= procs.machine_seconds().idle
 
 
 def test_cores_the_hypervisor_gave_to_other_machines_are_named_apart_from_the_kernels_own_work() -> None:
     from bench import procs
 
-    first = procs.machine_stolen_seconds()
-    assert 0 <= first <= procs.machine_stolen_seconds()
+    first = procs.machine_seconds().stolen
+    assert 0 <= first <= procs.machine_seconds().stolen
     stolen = report.Bound(bound=1.0, budget=1.5, used=1.6, busy=1.2, idle=0.1, stolen=0.6)
     assert report._cores(stolen) == "1.2 of 2, 0.1 idle, 0.6 stolen, 0.1 other"
     assert report._why_bound(stolen, "50 %").endswith(

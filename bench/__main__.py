@@ -279,8 +279,7 @@ class Bench:
                 result.errors += 1
                 result.detail = "postfix did not deliver everything within 120 s"
             seconds = time.perf_counter() - started
-            machine = procs.machine_seconds()
-            idle, stolen = machine.idle - machine0.idle, machine.stolen - machine0.stolen
+            idle, stolen = procs.machine_seconds().since(machine0)
             cpu = procs.cpu_seconds(server.root_pid) - cpu0
             store = procs.thread_cpu_seconds(server.root_pid, STORE_THREADS) - store0
             load_cpu = procs.cpu_seconds(self.sink_pid) + procs.children_cpu_seconds() - load0
@@ -378,8 +377,7 @@ class Bench:
                         started = time.perf_counter()
                         result = load.smtp_source(server.port, unique, SENDER, RECIPIENT, sessions, total)
                         seconds = time.perf_counter() - started
-                        machine = procs.machine_seconds()
-                        idle, stolen = machine.idle - machine0.idle, machine.stolen - machine0.stolen
+                        idle, stolen = procs.machine_seconds().since(machine0)
                         cpu = procs.cpu_seconds(server.root_pid) - cpu0
                         cell.errors += result.errors
                         cell.detail = cell.detail or result.detail

@@ -70,6 +70,9 @@ class MachineSeconds(NamedTuple):
     idle: float  # idle + iowait: cores no process and no kernel work used
     stolen: float  # steal: cores the hypervisor gave to other machines while this one's had work
 
+    def since(self, earlier: MachineSeconds) -> MachineSeconds:
+        return MachineSeconds(self.idle - earlier.idle, self.stolen - earlier.stolen)
+
 
 def machine_seconds() -> MachineSeconds:
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()

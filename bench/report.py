@@ -749,12 +749,12 @@ def _half_floor(idx: _Index, micros: dict[str, float], shape: str, sessions: int
     return Bound(
         bound,
         budget,
-        _med(rejection.cpu_ms),
-        _busy(rejection),
-        _idle(rejection),
-        _busy(floor),
-        _idle(floor),
-        _stolen_cores(rejection),
+        used=_med(rejection.cpu_ms),
+        busy=_busy(rejection),
+        idle=_idle(rejection),
+        cores=_busy(floor),
+        cores_idle=_idle(floor),
+        stolen=_stolen_cores(rejection),
     )
 
 
@@ -780,7 +780,15 @@ def _above_postfix(
             + _store_ms(cell, ms)
         )
     budget = 2000 / postfix - _med(cell.load_cpu_ms)
-    return Bound(bound, budget, _med(cell.cpu_ms), _busy(cell), _idle(cell), 2.0, stolen=_stolen_cores(cell))
+    return Bound(
+        bound,
+        budget,
+        used=_med(cell.cpu_ms),
+        busy=_busy(cell),
+        idle=_idle(cell),
+        cores=2.0,
+        stolen=_stolen_cores(cell),
+    )
 
 
 def _busy(cell: Cell) -> float:

@@ -204,7 +204,9 @@ _AFTER_PIVOT = 2  # a window is the pivot, what stands before it in the key, and
 
 
 def _present(keys: Pivoted, text: str) -> set[str]:
-    """The keys that occur in `text`."""
+    """The keys that occur in `text`. An Aho-Corasick automaton in C (pyahocorasick 2.3.1) over the same 361
+    body keys found the same keys in a 20 KB mail's 2,700-character body in 78 µs against these pivots' 62,
+    and in its non-matching variant in 81 against 57 (issue 8, 2026-12-03), so it is not used."""
     found: set[str] = set()
     find = text.find
     candidates: Iterable[tuple[str, PivotGroup]] = keys.groups

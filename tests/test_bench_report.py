@@ -216,6 +216,9 @@ def test_idle_time_is_read_from_the_machine_and_only_grows() -> None:
 
     first = procs.machine_seconds().idle
     assert 0 < first <= procs.machine_seconds().idle
+    # A run's cores are the difference of two reads, field by field: idle never taken for steal.
+    earlier = procs.MachineSeconds(idle=1.5, stolen=1.0)
+    assert procs.MachineSeconds(idle=5.0, stolen=2.0).since(earlier) == (3.5, 1.0)
 
 
 def test_cores_the_hypervisor_gave_to_other_machines_are_named_apart_from_the_kernels_own_work() -> None:

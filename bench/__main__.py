@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from bench import ablation, load, micro, procs, report, sampling, servers
 from bench.load import PACED_RATE
 from bench.messages import RECIPIENT, SENDER, SHAPES, wire_bytes, write_all
+from bench.ports import free_port
 from mailrelay.store.events import CHECKPOINTER, READER, WRITER
 
 # How many counted runs' worth of messages the py-spy run of each message sends.
@@ -551,7 +552,7 @@ class Bench:
             self._contestants(sink.port)
         finally:
             sink.stop()
-        config = servers.mailrelay_config(self.workdir / "micro", servers.free_port(), sink.port)
+        config = servers.mailrelay_config(self.workdir / "micro", free_port(), sink.port)
         self.say("micro-benchmarks")
         self.micros = micro.run_all(config, self.messages, self.workdir, self.profile.micro_budget)
         for m in self.micros:

@@ -14,15 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.ablation import ABLATE
+from bench.ports import free_port, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for_banner(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -168,20 +162,6 @@ def mailrelay_config(
         encoding="utf-8",
     )
     return path
-
-
-def free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports (mailrelay's worker i serves metrics on the first + i)."""
-    for _ in range(100):
-        first = free_port()
-        try:
-            for port in range(first, first + count):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
-    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 # mailrelay's histograms that split one message's time (docs/metrics.md), by what the report calls them.

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import aiosmtplib
 
+from bench.ports import free_port
 from conftest import SettingsFactory
 from support.sinks import RecordingSink
 
@@ -62,18 +62,12 @@ async def test_slots_are_given_back_when_connections_close(
     assert len(sink.messages) == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_sigterm_refuses_new_sessions_finishes_the_transaction_in_flight_and_exits_0(
     make_settings: SettingsFactory, tmp_path: Path
 ) -> None:
     async with RecordingSink(stall=set()) as sink:
         settings = make_settings(sink.port)
-        port = _free_port()
+        port = free_port()
         config = settings.source.read_text(encoding="utf-8").replace(
             'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"'
         )

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
+from bench.ports import free_port
 from conftest import SettingsFactory
 from mailrelay import allocator
-from support.sinks import free_port
 
 # Eight threads allocate and stay alive together; glibc's malloc_stats then lists the arenas (on stderr).
 THREADS = """

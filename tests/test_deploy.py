@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
-from test_systemd import DEADLINE, Keys, free_port, stop, unit_command, write_config
+from test_systemd import DEADLINE, Keys, stop, unit_command, write_config
 
+from bench.ports import free_port
 from conftest import REPO
 from mailrelay import metrics as metrics_module
 from mailrelay.metrics import Metrics

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import pytest
 
+from bench.ports import free_port
 from conftest import SettingsFactory
 from mailrelay import __version__
 from mailrelay.cli import main
@@ -25,13 +26,6 @@ class Keys(Protocol):
 
     rsa_txt: str
     ed_txt: str
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -27,10 +27,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from bench.ports import free_port
 from conftest import REPO, KeyPairs, RunningRelay, SettingsFactory
 from mailrelay.config import Settings
 from support.dkim import verify_dkim
-from support.sinks import RecordingSink, free_port, require_tool
+from support.sinks import RecordingSink, require_tool
 
 E2E = Path(__file__).resolve().parent / "e2e"
 LINK_PREFIX = b"https://careerrelay.jp/r/"

@@ -20,13 +20,12 @@ from typing import Any, ClassVar
 
 import pytest
 
-from bench.servers import free_ports
+from bench.ports import free_port, free_ports
 from conftest import SettingsFactory
 from mailrelay import app
 from mailrelay.config import Listen
 from mailrelay.errors import ConfigError
 from mailrelay.smtp.balance import BalancedListener, SessionCounts, SharedListen, bind
-from support.sinks import free_port
 
 
 class ExitingWorker:

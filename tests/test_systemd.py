@@ -19,6 +19,7 @@ from typing import Protocol
 
 import pytest
 
+from bench.ports import free_port
 from conftest import REPO
 from mailrelay import sdnotify
 
@@ -70,13 +71,6 @@ class Keys(Protocol):
     """What these tests use of conftest's `keys` fixture."""
 
     rsa_key: Path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def write_config(tmp_path: Path, keys: Keys, *, smtp_port: int, metrics_port: int | None) -> Path:

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from bench.ports import free_port
 from mailrelay.relay import Relay
 from mailrelay.store.events import WRITE_LOCK_WAIT
 from tests.reliability.common import (
@@ -16,7 +17,6 @@ from tests.reliability.common import (
     Scale,
     Section,
     SinkProcess,
-    free_port,
     workdir,
     write_config,
 )

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from tests.reliability.common import SENDER, Scale, Section, free_port, message, message_id_of, workdir
+from bench.ports import free_port
+from tests.reliability.common import SENDER, Scale, Section, message, message_id_of, workdir
 from tests.reliability.inproc import SmtpSink, relay_in_process
 
 NEXT_HOP_TIMEOUT = 2.0

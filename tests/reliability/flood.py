@@ -7,11 +7,11 @@ import asyncio
 import time
 from collections import Counter
 
+from bench.ports import free_port
 from tests.reliability.common import (
     RelayProcess,
     Scale,
     Section,
-    free_port,
     raise_nofile,
     workdir,
     write_config,

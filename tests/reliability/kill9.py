@@ -8,12 +8,12 @@ import sqlite3
 from collections import Counter
 from pathlib import Path
 
+from bench.ports import free_port
 from tests.reliability.common import (
     RelayProcess,
     Scale,
     Section,
     SinkProcess,
-    free_port,
     workdir,
     write_config,
 )

@@ -9,7 +9,8 @@ import os
 import time
 from pathlib import Path
 
-from tests.reliability.common import PYTHON, REPO, Scale, Section, free_port, workdir
+from bench.ports import free_port
+from tests.reliability.common import PYTHON, REPO, Scale, Section, workdir
 from tests.reliability.inproc import SmtpSink, relay_in_process
 
 TARGET_MS = 100.0

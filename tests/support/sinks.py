@@ -9,7 +9,6 @@ import functools
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,6 +19,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from bench.ports import free_port
 
 SMTP_SINK = Path("/usr/sbin/smtp-sink")
 SMTP_SOURCE = Path("/usr/sbin/smtp-source")
@@ -293,13 +294,6 @@ class SinkDump:
     rcpt_tos: list[str]
     content: bytes  # header and body as received, LF line ends, without smtp-sink's own headers
     raw: bytes
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _listening(port: int) -> bool:

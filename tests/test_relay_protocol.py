@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import aiohttp
@@ -11,6 +10,7 @@ import aiosmtplib
 import dkim
 import pytest
 
+from bench.ports import free_port
 from conftest import KeyPairs, SettingsFactory
 from mailrelay.app import start_metrics_server
 from mailrelay.cli import main
@@ -52,9 +52,7 @@ async def test_metrics_endpoint_counts_received_decorated_and_events(
         await relay.send(
             "recruit@acme.co.jp", ["applicant@gmail.example"], (E2E / "offer_ja.eml").read_bytes()
         )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     runner = await start_metrics_server(relay.components.metrics, "127.0.0.1", port)
     try:
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as response:

@@ -21,10 +21,13 @@ def _outside_the_ephemeral_range() -> range:
     ones first, and keeps it 60 s in TIME_WAIT after a close): a worker of `serve --workers 2` then died at
     start on its metrics port, the first free port + 1, and the bench ablation test failed in CI."""
     try:
-        low = int(EPHEMERAL_RANGE.read_text(encoding="ascii").split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768  # Linux's default
-    return range(max(1024, low - 16384), low)
+        low, high = (int(bound) for bound in EPHEMERAL_RANGE.read_text(encoding="ascii").split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    below, above = range(max(1024, low - 16384), low), range(high + 1, 65536)
+    # A machine whose range leaves little on either side gets the larger side, or, with none, every port.
+    widest = max(below, above, key=len)
+    return widest if len(widest) >= 1024 else range(1024, 65536)
 
 
 def free_ports(count: int) -> int:

@@ -14,7 +14,8 @@ def test_ports_are_outside_the_ephemeral_range_and_handed_out_once() -> None:
     singles = [free_port() for _ in range(50)]
     handed_out = [port for first in firsts for port in (first, first + 1)] + singles
     assert len(set(handed_out)) == len(handed_out)
-    assert not [port for port in handed_out if low <= port <= high]
+    if low - 1024 >= 1024 or 65535 - high >= 1024:  # room outside the range (Linux's default: 32768-60999)
+        assert not [port for port in handed_out if low <= port <= high]
     # Free when handed out: each binds.
     for port in handed_out[:10]:
         with socket.socket() as sock:

@@ -1,5 +1,7 @@
 """Issue 5, security: STARTTLS for clients, AUTH only after it, attempts capped per connection and failures
-throttled per client, no password in any log, and no command injected before STARTTLS ever runs."""
+throttled per client, no password in any log, and no command injected before STARTTLS ever runs. Issue 8:
+connections made from one template (RelaySMTP.factory) are what aiosmtpd's own __init__ makes, TLS and AUTH
+included, and share nothing a session changes."""
 
 from __future__ import annotations
 
@@ -8,15 +10,20 @@ import dataclasses
 import logging
 import ssl
 import subprocess
+import traceback
+import weakref
 from pathlib import Path
+from types import MethodType
 from typing import Any
 
 import aiosmtplib
 import pytest
 
 from conftest import SettingsFactory
+from mailrelay.app import build
 from mailrelay.config import Settings, load_settings
 from mailrelay.smtp.auth import hash_password
+from mailrelay.smtp.server import RelaySMTP, _protocol_factory
 from mailrelay.transport import SmtpNextHop
 from support.sinks import RecordingSink
 
@@ -247,3 +254,87 @@ async def test_next_hop_tls_modes_with_a_self_signed_certificate(
         hop.close()
     assert len(seen) == (1 if delivered else 0)
     assert all(s is not None for s in seen)  # what was delivered went encrypted
+
+
+def _comparable(conn: object, value: object) -> object:
+    """An attribute's value as two connections can have it alike: a method by its function and by whether
+    it is bound to the connection itself, asyncio's per-connection objects by their type."""
+    if isinstance(value, MethodType):
+        return value.__func__, True if value.__self__ is conn else value.__self__
+    if isinstance(value, dict):
+        return {key: _comparable(conn, item) for key, item in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # aiosmtpd's _AuthMechAttr
+        return tuple(_comparable(conn, item) for item in value)
+    if isinstance(value, asyncio.Future | asyncio.StreamReader | weakref.ref | traceback.StackSummary):
+        return type(value)
+    return value
+
+
+@pytest.mark.parametrize("secured", [False, True], ids=["plain", "tls-and-auth"])
+async def test_a_connection_made_from_the_template_has_what_aiosmtpds_init_gives(
+    make_settings: SettingsFactory, certificate: tuple[Path, Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, secured: bool,
+) -> None:  # fmt: skip
+    settings = (
+        tls_settings(make_settings, 25, certificate, tmp_path, '["127.0.0.0/8"]')
+        if secured
+        else make_settings(25)
+    )
+    components = build(settings)
+    made_with: dict[str, Any] = {}
+    factory = RelaySMTP.factory.__func__  # type: ignore[attr-defined]
+
+    def recording(cls: type[RelaySMTP], *args: Any, **kwargs: Any) -> Any:
+        made_with.update(kwargs)
+        return factory(cls, *args, **kwargs)
+
+    monkeypatch.setattr(RelaySMTP, "factory", classmethod(recording))
+
+    def on_lost() -> None:
+        pass
+
+    try:
+        make = _protocol_factory(settings, components.handler, components.metrics)
+        made, other = make(on_lost), make(None)
+        # aiosmtpd's __init__, as every connection ran it before the template
+        initialised = RelaySMTP(components.handler, components.metrics, on_lost, **made_with)
+    finally:
+        components.relay.journal.close()
+        components.store.close()
+    made_state = {name: _comparable(made, value) for name, value in vars(made).items()}
+    initialised_state = {name: _comparable(initialised, value) for name, value in vars(initialised).items()}
+    # The one difference, by design: aiosmtpd keeps these limits on its class (RelaySMTP.factory says why).
+    assert made_state.pop("command_size_limits") == {}
+    assert "command_size_limits" not in initialised_state
+    assert made_state == initialised_state
+    assert "PLAIN" in made._auth_methods and "LOGIN" not in made._auth_methods
+    # Nothing a session changes is shared with another connection.
+    assert made._smtp_methods["MAIL"].__self__ is made and other._smtp_methods["MAIL"].__self__ is other
+    assert made._auth_methods["PLAIN"].method.__self__ is made
+    assert made.command_size_limits is not other.command_size_limits
+    assert made._closed is not other._closed and made._stream_reader is not other._stream_reader
+
+
+async def test_a_connection_opened_meanwhile_leaves_a_sessions_command_limits_alone(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    # EHLO raises the limit on a MAIL line by the 36 characters its SIZE and SMTPUTF8 parameters may take
+    # (aiosmtpd); aiosmtpd kept that on its class, and every new connection set it back for all sessions.
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port))
+        first = aiosmtplib.SMTP(hostname=relay.host, port=relay.port)
+        await first.connect()  # and EHLO
+        reader, writer = await asyncio.open_connection(relay.host, relay.port)
+        assert (await reader.readline()).startswith(b"220 ")
+        # 530 characters with its CRLF: over the 512 of a command line, under the 548 EHLO allows MAIL.
+        padding = b"XPAD=" + b"x" * (530 - 2 - len(b"MAIL FROM:<hr@acme.co.jp> SIZE=100 XPAD="))
+        line = b" ".join((b"MAIL", b"FROM:<hr@acme.co.jp>", b"SIZE=100", padding)) + b"\r\n"
+        assert len(line) == 530
+        after_ehlo = await first.execute_command(*line[:-2].split(b" "))
+        writer.write(b"HELO client.test\r\n" + line + b"QUIT\r\n")
+        after_helo = [await reader.readline() for _ in range(3)][1]
+        writer.close()
+        await first.quit()
+    # Read, so refused for the parameter it does not know, not for its length; without EHLO, for its length.
+    assert after_ehlo.code == 555 and after_ehlo.message.startswith("MAIL FROM parameters not recognized")
+    assert after_helo == b"500 Command line too long\r\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import logging
 import re
@@ -13,7 +14,8 @@ import weakref
 from collections.abc import Callable
 from email._header_value_parser import get_addr_spec, get_angle_addr  # what aiosmtpd parses addresses with
 from email.errors import HeaderParseError
-from typing import Any
+from types import MethodType
+from typing import Any, cast
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -38,6 +40,10 @@ _BAD_ADDRESS = re.compile(r"[\x00-\x20\x7f<>]")
 # parser's answer for it is the address as written, and what follows with the blanks after `>` stripped.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
+
+
+def _command_size_limit() -> int:
+    return int(SMTP.command_size_limit)  # aiosmtpd's default for a command's line (RFC 5321 §4.5.3.1.4)
 
 
 def _address_ok(address: str) -> bool:
@@ -256,6 +262,56 @@ class RelaySMTP(OneBufferDataSMTP):
         self._on_lost = on_lost  # `serve --workers N`: gives the session's place back (smtp/balance.py)
         self._client: str | None = None  # the address counted against the caps, once admitted
 
+    @classmethod
+    def factory(
+        cls, handler: RelayHandler, metrics: Metrics, **kwargs: Any
+    ) -> Callable[[Callable[[], None] | None], RelaySMTP]:
+        """Connections made from one template. aiosmtpd 1.4.6's __init__ looks its own methods and the
+        handler's up again for every connection (inspect.getmembers, dir, inspect.signature): 121 µs of CPU
+        a connection, the cost of a rule evaluation, paid per message by a client that sends one message a
+        connection, as smtp-source -d and many MTAs do (issue 8). It runs once here, and each connection
+        gets the template's settings, fresh asyncio protocol state, and the template's bound methods bound
+        to itself: the same attributes as aiosmtpd's __init__ gives, which tests/test_tls_auth.py checks.
+        """
+        template = cls(handler, metrics, None, **kwargs)
+        loop = template.loop
+        limit = template.line_length_limit
+        # What asyncio's StreamReaderProtocol.__init__ sets (reader, futures, transport) is per connection.
+        probe = cls.__new__(cls)
+        asyncio.StreamReaderProtocol.__init__(
+            probe, asyncio.StreamReader(loop=loop, limit=limit), probe._cb_client_connected, loop=loop
+        )
+        fresh = set(vars(probe))
+        rebound = {"_smtp_methods", "_auth_methods", "_on_lost"}
+        shared = {name: value for name, value in vars(template).items() if name not in fresh | rebound}
+        smtp_methods = [(name, method.__func__) for name, method in template._smtp_methods.items()]
+        # The handler's AUTH mechanisms stay bound to the handler; aiosmtpd's own (builtin) to the protocol.
+        auth_methods = [
+            (name, attr, cast(MethodType, attr.method).__func__ if attr.is_builtin else None)
+            for name, attr in template._auth_methods.items()
+        ]
+
+        def make(on_lost: Callable[[], None] | None) -> RelaySMTP:
+            conn = cls.__new__(cls)
+            asyncio.StreamReaderProtocol.__init__(
+                conn, asyncio.StreamReader(loop=loop, limit=limit), conn._cb_client_connected, loop=loop
+            )
+            state = vars(conn)
+            state.update(shared)
+            state["_smtp_methods"] = {name: MethodType(func, conn) for name, func in smtp_methods}
+            state["_auth_methods"] = {
+                name: attr if func is None else attr._replace(method=MethodType(func, conn))
+                for name, attr, func in auth_methods
+            }
+            # aiosmtpd keeps these on the class, cleared by every new connection's __init__ and raised by
+            # every EHLO (its SIZE and SMTPUTF8 parameters lengthen MAIL): one connection's EHLO changed
+            # the limit of the others, and a connection opened meanwhile undid it. Each has its own here.
+            state["command_size_limits"] = collections.defaultdict(_command_size_limit)
+            state["_on_lost"] = on_lost
+            return conn
+
+        return make
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None  # connection_made runs again after STARTTLS
         super().connection_made(transport)
@@ -334,30 +390,26 @@ def _protocol_factory(
         users = load_users(s.auth_users_file, str(settings.source))
         authenticator = Authenticator(users, s.auth_max_failures)
 
-    def factory(on_lost: Callable[[], None] | None) -> RelaySMTP:
-        return RelaySMTP(
-            handler,
-            metrics,
-            on_lost,
-            hostname=s.hostname,
-            ident="mailrelay",
-            data_size_limit=s.max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            timeout=s.timeout,
-            tls_context=tls_context,
-            require_starttls=s.require_starttls,
-            authenticator=authenticator,
-            # AUTH only inside TLS (538 otherwise), and at most 3 attempts per connection (then 421).
-            auth_require_tls=True,
-            command_call_limit={"AUTH": 3} if authenticator else None,
-            # PLAIN only: inside TLS it is all a submission client needs, and one mechanism less to get wrong.
-            auth_exclude_mechanism=["LOGIN"],
-            # aiosmtpd logs every address at INFO on the "mail.log" logger; ours are masked instead.
-            loop=loop,
-        )
-
-    return factory
+    return RelaySMTP.factory(
+        handler,
+        metrics,
+        hostname=s.hostname,
+        ident="mailrelay",
+        data_size_limit=s.max_message_size,
+        enable_SMTPUTF8=True,
+        decode_data=False,
+        timeout=s.timeout,
+        tls_context=tls_context,
+        require_starttls=s.require_starttls,
+        authenticator=authenticator,
+        # AUTH only inside TLS (538 otherwise), and at most 3 attempts per connection (then 421).
+        auth_require_tls=True,
+        command_call_limit={"AUTH": 3} if authenticator else None,
+        # PLAIN only: inside TLS it is all a submission client needs, and one mechanism less to get wrong.
+        auth_exclude_mechanism=["LOGIN"],
+        # aiosmtpd logs every address at INFO on the "mail.log" logger; ours are masked instead.
+        loop=loop,
+    )
 
 
 async def start_smtp_server(

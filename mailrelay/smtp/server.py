@@ -305,7 +305,8 @@ class RelaySMTP(OneBufferDataSMTP):
             }
             # aiosmtpd keeps these on the class, cleared by every new connection's __init__ and raised by
             # every EHLO (its SIZE and SMTPUTF8 parameters lengthen MAIL): one connection's EHLO changed
-            # the limit of the others, and a connection opened meanwhile undid it. Each has its own here.
+            # the limit of the others, and a connection opened meanwhile undid it. Each has its own here,
+            # the instance attribute its maintainers wanted in its place (aio-libs/aiosmtpd#56, #58).
             state["command_size_limits"] = collections.defaultdict(_command_size_limit)
             state["_on_lost"] = on_lost
             return conn

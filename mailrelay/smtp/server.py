@@ -267,11 +267,12 @@ class RelaySMTP(OneBufferDataSMTP):
         cls, handler: RelayHandler, metrics: Metrics, **kwargs: Any
     ) -> Callable[[Callable[[], None] | None], RelaySMTP]:
         """Connections made from one template. aiosmtpd 1.4.6's __init__ looks its own methods and the
-        handler's up again for every connection (inspect.getmembers, dir, inspect.signature): 121 µs of CPU
-        a connection, the cost of a rule evaluation, paid per message by a client that sends one message a
-        connection, as smtp-source -d and many MTAs do (issue 8). It runs once here, and each connection
-        gets the template's settings, fresh asyncio protocol state, and the template's bound methods bound
-        to itself: the same attributes as aiosmtpd's __init__ gives, which tests/test_tls_auth.py checks.
+        handler's up again for every connection (inspect.getmembers, dir, inspect.signature): 121 µs of CPU a
+        connection, the cost of a rule evaluation, paid per message by a client that sends one message a
+        connection, as smtp-source without -d does and an MTA with no backlog for us (issue 8;
+        bench/README.md, "Connections"). It runs once here, and each connection gets the template's settings,
+        fresh asyncio protocol state, and the template's bound methods bound to itself: the same attributes as
+        aiosmtpd's __init__ gives, which tests/test_tls_auth.py checks.
         """
         template = cls(handler, metrics, None, **kwargs)
         loop = template.loop

@@ -277,14 +277,17 @@ class RelaySMTP(OneBufferDataSMTP):
         template = cls(handler, metrics, None, **kwargs)
         loop = template.loop
         limit = template.line_length_limit
-        # What asyncio's StreamReaderProtocol.__init__ sets (reader, futures, transport) is per connection.
-        probe = cls.__new__(cls)
-        asyncio.StreamReaderProtocol.__init__(
-            probe, asyncio.StreamReader(loop=loop, limit=limit), probe._cb_client_connected, loop=loop
-        )
-        fresh = set(vars(probe))
-        rebound = {"_smtp_methods", "_auth_methods", "_on_lost"}
-        shared = {name: value for name, value in vars(template).items() if name not in fresh | rebound}
+
+        def protocol() -> RelaySMTP:
+            # What asyncio's StreamReaderProtocol.__init__ sets (reader, futures, transport): per connection.
+            conn = cls.__new__(cls)
+            asyncio.StreamReaderProtocol.__init__(
+                conn, asyncio.StreamReader(loop=loop, limit=limit), conn._cb_client_connected, loop=loop
+            )
+            return conn
+
+        per_connection = {*vars(protocol()), "_smtp_methods", "_auth_methods", "_on_lost"}
+        shared = {name: value for name, value in vars(template).items() if name not in per_connection}
         smtp_methods = [(name, method.__func__) for name, method in template._smtp_methods.items()]
         # The handler's AUTH mechanisms stay bound to the handler; aiosmtpd's own (builtin) to the protocol.
         auth_methods = [
@@ -293,10 +296,7 @@ class RelaySMTP(OneBufferDataSMTP):
         ]
 
         def make(on_lost: Callable[[], None] | None) -> RelaySMTP:
-            conn = cls.__new__(cls)
-            asyncio.StreamReaderProtocol.__init__(
-                conn, asyncio.StreamReader(loop=loop, limit=limit), conn._cb_client_connected, loop=loop
-            )
+            conn = protocol()
             state = vars(conn)
             state.update(shared)
             state["_smtp_methods"] = {name: MethodType(func, conn) for name, func in smtp_methods}

@@ -93,8 +93,9 @@ _WRITE = {"mailrelay_sqlite_begin": "BEGIN IMMEDIATE"}
 # the timeout (issue 8: "database is locked", then journalling). Handing the lock over at once instead (an
 # flock held from BEGIN IMMEDIATE to COMMIT, which wakes the waiting worker as it is released) gained
 # nothing measurable: 20 KB rejections at 10 sessions on a 2-vCPU AMD EPYC, 8 and 16 interleaved rounds,
-# paired msg/s ratios median 0.99 and 0.97, idle cores 0.15 against 0.14. The poll waited 0.15-0.16 ms a
-# commit on average (0.20-0.23 polls a commit found the lock taken), the flock 0.10-0.20 ms (9-12 %).
+# paired msg/s ratios median 0.99 and 0.97, idle cores 0.15 with it and 0.14 without. The poll waited
+# 0.15-0.16 ms a commit on average (0.20-0.23 polls a commit found the lock taken), the flock 0.10-0.20 ms
+# (9-12 % of the commits found it taken).
 WRITE_LOCK_WAIT = BUSY_TIMEOUT_MS / 1000
 WRITE_LOCK_POLL = 0.0005
 # How long a commit waits for writes announced as coming (EventStore.expect_write). The wait ends when they

@@ -445,6 +445,24 @@ def test_the_stages_in_place_against_the_budget_say_over_under_or_all_of_it() ->
         assert said(accounted, 1.70).startswith("all of the 1.80 ms that 50 % of the floor leaves (to within")
 
 
+def test_the_stages_in_place_say_when_single_rounds_fall_on_both_sides_of_the_budget() -> None:
+    # Each stage's cost is the difference of two relays' runs in one round; the four stages' noise adds up.
+    saved = {"sign": [0.50, 0.55, 0.40], "record": [0.10, 0.12, 0.05]}
+    straddling = report.InPlace([1.85, 1.82, 1.80], [0.95, 0.93, 0.91], saved, 1.50)
+    assert straddling.accounted_by_round == pytest.approx([1.55, 1.60, 1.36])
+    said = report._in_place_verdict(straddling, 1.50)
+    assert said.startswith("over the 1.50 ms that 50 % of the floor leaves: reaching it takes one")
+    assert said.endswith(
+        " (single rounds of the same sum came to 1.36–1.60 ms, on both sides of the 1.50: "
+        "within this run's noise)"
+    )
+    # Every round on one side: the medians' verdict stands alone.
+    assert "single rounds" not in report._in_place_verdict(straddling, 1.30)
+    assert "single rounds" not in report._in_place_verdict(straddling, 1.70)
+    # One round is no spread.
+    assert "single rounds" not in report._in_place_verdict(report.InPlace([1.9], [1.5], {}, 1.6), 1.6)
+
+
 def test_a_rejection_miss_the_bound_does_not_explain_says_what_its_stages_cost_in_place() -> None:
     data = json.loads(RESULTS.read_text())
     bench = Recorded(data)

@@ -471,7 +471,8 @@ def _in_place_noise(costs: InPlace, budget: float) -> str:
     of two relays' runs, so its noise adds up over the four (issue 8: in c37d1c7's run, on a quiet machine,
     the 20 KB rejection's rounds came to 1.45-1.83 ms, about its 1.64 budget)."""
     rounds = costs.accounted_by_round
-    if len(rounds) < 2 or not min(rounds) < budget < max(rounds):
+    # One round has no spread: min and max are the same, and the budget cannot lie between them.
+    if not rounds or not min(rounds) < budget < max(rounds):
         return ""
     return (
         f" (single rounds of the same sum came to {min(rounds):.2f}–{max(rounds):.2f} ms, on both sides of "

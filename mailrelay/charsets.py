@@ -170,12 +170,11 @@ def _decode_run(run: bytes, mode: str, shifted: bool, errors: str) -> str:
     return "".join(out)
 
 
-def ends_in_ascii(data: bytes) -> bool:
-    """Whether ISO-2022-JP `data` ends in ASCII (or JIS-Roman) mode: RFC 1468 §3 wants ASCII at the end of
-    every line, so a footer appended after JIS mode would read as kanji."""
-    # The last escape decides. Every escape starts with ESC and holds no other, so the last match is at the
-    # last ESC that starts one: look back from the end instead of scanning a whole part (~35 µs per 10 KB,
-    # issue 8 profile). Many stray ESC bytes are left to the regex, which skips them in C.
+def _last_escape(data: bytes) -> bytes | None:
+    """The last ISO-2022-JP escape sequence of `data`, or None."""
+    # Every escape starts with ESC and holds no other, so the last match is at the last ESC that starts
+    # one: look back from the end instead of scanning a whole part (~35 µs per 10 KB, issue 8 profile).
+    # Many stray ESC bytes are left to the regex, which skips them in C.
     last: bytes | None = None
     end = len(data)
     for _try in range(16):
@@ -184,15 +183,25 @@ def ends_in_ascii(data: bytes) -> bool:
             break
         m = JIS_ESCAPE_RE.match(data, esc)
         if m is not None:
-            last = m.group()
-            break
+            return m.group()
         end = esc
     else:
         for m in JIS_ESCAPE_RE.finditer(data, 0, end):
             last = m.group()
-    if last is None:
-        return data.rfind(b"\x0e") <= data.rfind(b"\x0f")
-    return last in (b"\x1b(B", b"\x1b(J") and data.rfind(b"\x0e") <= data.rfind(b"\x0f")
+    return last
+
+
+def _shifted_out(data: bytes) -> bool:
+    """Whether `data` ends inside an SO … SI run of half-width kana (CP50221)."""
+    return data.rfind(b"\x0e") > data.rfind(b"\x0f")
+
+
+def back_to_ascii(data: bytes) -> bytes:
+    """What to write after ISO-2022-JP `data` so that ASCII follows it: SI if an SO run of half-width kana
+    is open (an escape does not end it), then ESC ( B unless ASCII is already designated. JIS-Roman is not
+    enough for text we add: it reads "~" as an overline and "\\" as a yen sign (RFC 1468 §3, JIS X 0201)."""
+    shift_in = b"\x0f" if _shifted_out(data) else b""
+    return shift_in + (b"" if _last_escape(data) in (None, b"\x1b(B") else b"\x1b(B")
 
 
 def ascii_mode_view(data: bytes) -> bytes:

@@ -18,8 +18,8 @@ from mailrelay.charsets import (
     Charset,
     CharsetError,
     ascii_mode_view,
+    back_to_ascii,
     decode_iso2022jp,
-    ends_in_ascii,
     lookup,
 )
 
@@ -270,7 +270,10 @@ def _scan(raw: bytes, limits: Limits) -> tuple[list[Part], bool]:
             part.cte = _field_text(raw, cte).strip().lower() or "7bit"
         disp = mime.get(b"content-disposition")
         if disp is not None:
-            kind, _, dparams = _parse_content_type(_field_text(raw, disp) + "/x")
+            # RFC 2183 §2: a disposition type, then parameters; read as a type "<kind>/x" with them, so
+            # "attachment; size=42" stays an attachment.
+            kind, sep, rest = _field_text(raw, disp).partition(";")
+            kind, _, dparams = _parse_content_type(kind.strip() + "/x" + sep + rest)
             part.attachment = kind == "attachment" or "filename" in dparams
         part.attachment = part.attachment or "name" in part.params
         if part.maintype != "multipart":
@@ -437,12 +440,15 @@ def qp_encode(data: bytes, eol: bytes) -> bytes:
     out: list[bytes] = []
     for line in _LINE_BREAK.split(data):
         if _QP_LITERAL.fullmatch(line):
-            tokens = [line[i : i + 1] for i in range(len(line))] if len(line) > 76 else None
-            if tokens is None:
-                if line and line[-1] in (32, 9):
+            # A trailing space or tab becomes "=20" or "=09", two characters longer (rule 3): a line of 75
+            # or 76 that ends in one is no longer short enough to stay whole (rule 5).
+            blank_end = bool(line) and line[-1] in (32, 9)
+            if len(line) + 2 * blank_end <= 76:
+                if blank_end:
                     line = line[:-1] + b"=%02X" % line[-1]
                 out.append(line)
                 continue
+            tokens = [line[i : i + 1] for i in range(len(line))]
         else:
             tokens = [_QP_TOKEN[b] for b in line]
         if line[-1] in (32, 9):
@@ -777,6 +783,10 @@ class ParsedMessage:
         return splice(self.raw, [(e.start, e.end, e.data) for e in edits])
 
     def _decorate_part(self, p: Part, footer: Footer, html: bool) -> list[_Edit]:
+        if p.body_start == p.header_end and p.end > p.start:
+            # No blank line ends this header (RFC 5322 §2.1, RFC 2046 §5.1.1): the part has no body, and
+            # a footer appended to it would land in its last header field.
+            raise NotDecoratable("malformed", "no blank line after a header")
         body = self.raw[p.body_start : p.end]
         decoded = self._strict_body(p)
         cs = self._charset(p, decoded)
@@ -831,6 +841,10 @@ class ParsedMessage:
                 if line.search(data):
                     raise NotDecoratable("malformed", "footer would read as a MIME boundary")
             a = self.parts[a].parent
+        if edits and p.parent < 0 and not any(f.name == b"mime-version" for f in p.fields):
+            # RFC 2045 §4: a reader may ignore Content-Type and Content-Transfer-Encoding fields without
+            # MIME-Version, and show the quoted-printable as it stands.
+            edits.insert(0, _Edit(p.header_end, p.header_end, b"MIME-Version: 1.0" + self.eol))
         if kept:
             edits.append(_Edit(p.body_start + kept, p.end, data))
         elif data.startswith(body):
@@ -843,9 +857,9 @@ class ParsedMessage:
 
     def _with_text_footer(self, decoded: bytes, cs: Charset, footer: Footer, eol: bytes, p: Part) -> bytes:
         add: list[bytes] = []
-        if cs.iso2022 and not ends_in_ascii(decoded):
-            # RFC 1468 §3: a line must end in ASCII; the footer must not be read as kanji.
-            add.append(b"\x1b(B")
+        if cs.iso2022:
+            # RFC 1468 §3: a line must end in ASCII; the footer must not be read as kanji, kana or JIS-Roman.
+            add.append(back_to_ascii(decoded))
         if decoded:
             if not decoded.endswith(b"\n"):
                 add.append(eol)
@@ -863,14 +877,17 @@ class ParsedMessage:
         view = ascii_mode_view(decoded) if cs.iso2022 else decoded
         pos = html_insert_position(view)
         markup = re.sub(r"\r?\n", eol.decode("ascii"), footer.html)
-        ins = b""
-        if cs.iso2022 and not ends_in_ascii(decoded[:pos]):
-            ins = b"\x1b(B"
-        ins += cs.encode_html(markup)
+        ins = cs.encode_html(markup)
+        # RFC 1468 §3: ASCII before the footer, and before the end of the line it may have to close.
+        to_ascii = back_to_ascii(decoded[:pos]) if cs.iso2022 else b""
         if pos < len(decoded):
-            ins += eol
+            # The view only finds </body> in ASCII or JIS-Roman mode: after the footer, the rest of the
+            # document reads in the mode it was written in.
+            ins = to_ascii + ins + (b"\x1b(J" if to_ascii else b"") + eol
         elif decoded and not decoded.endswith(b"\n"):
-            ins = eol + ins
+            ins = to_ascii + eol + ins
+        else:
+            ins = to_ascii + ins
         return decoded[:pos] + ins + decoded[pos:]
 
     def _cte_edit(self, p: Part, cte: str) -> _Edit:

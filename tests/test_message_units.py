@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from messages.checks import FOOTER, LINK, check_decorated
 
-from mailrelay.charsets import JIS_ESCAPE_RE, ascii_mode_view, decode_iso2022jp, ends_in_ascii, lookup
+from mailrelay.charsets import JIS_ESCAPE_RE, ascii_mode_view, back_to_ascii, decode_iso2022jp, lookup
 from mailrelay.message import (
     CleanLines,
     Footer,
@@ -189,7 +189,7 @@ jis_text = st.text(
 def test_iso2022jp_matches_python_on_standard_text(text: str) -> None:
     data = text.encode("iso2022_jp")
     assert decode_iso2022jp(data) == data.decode("iso2022_jp")
-    assert ends_in_ascii(data)
+    assert back_to_ascii(data) == b""
     assert len(ascii_mode_view(data)) == len(data)
 
 
@@ -206,19 +206,25 @@ def test_iso2022jp_strictness() -> None:
         cs.decode(bad, "replace")
 
 
-def test_ends_in_jis_mode() -> None:
-    assert not ends_in_ascii(b'\x1b$B$"')
-    assert ends_in_ascii(b'\x1b$B$"\x1b(J')
+def test_back_to_ascii_closes_what_is_open() -> None:
+    assert back_to_ascii(b'\x1b$B$"') == b"\x1b(B"
+    assert back_to_ascii(b'\x1b$B$"\x1b(B') == b""
+    assert back_to_ascii(b"plain") == b""
+    # JIS-Roman reads "~" and "\\" otherwise (JIS X 0201).
+    assert back_to_ascii(b'\x1b$B$"\x1b(J') == b"\x1b(B"
+    # An SO run of half-width kana (CP50221) outlives escapes: SI ends it.
+    assert back_to_ascii(b"a\x0e12") == b"\x0f"
+    assert back_to_ascii(b"\x1b(Ia\x0e12") == b"\x0f\x1b(B"
+    assert back_to_ascii(b"a\x0e12\x0f") == b""
 
 
-def _ends_in_ascii_as_first_written(data: bytes) -> bool:
-    """ends_in_ascii before issue 8 made it look back from the end: the last escape of a full scan."""
+def _back_to_ascii_by_full_scan(data: bytes) -> bytes:
+    """back_to_ascii from the last escape of a full scan (before issue 8 made it look back from the end)."""
     last = None
     for m in JIS_ESCAPE_RE.finditer(data):
         last = m.group()
-    if last is None:
-        return data.rfind(b"\x0e") <= data.rfind(b"\x0f")
-    return last in (b"\x1b(B", b"\x1b(J") and data.rfind(b"\x0e") <= data.rfind(b"\x0f")
+    shift_in = b"\x0f" if data.rfind(b"\x0e") > data.rfind(b"\x0f") else b""
+    return shift_in + (b"" if last in (None, b"\x1b(B") else b"\x1b(B")
 
 
 # Escapes, their pieces and stray ESC bytes, often many of them: more than the 16 looked back at.
@@ -229,10 +235,10 @@ _jis_pieces = st.sampled_from([*_JIS_PIECES, b"\x0e", b"\x0f", b"a", b'$"', b"\r
 
 @settings(max_examples=500, deadline=None)
 @given(st.lists(_jis_pieces, max_size=60).map(b"".join))
-def test_ends_in_ascii_matches_a_full_scan(data: bytes) -> None:
-    assert ends_in_ascii(data) == _ends_in_ascii_as_first_written(data)
+def test_back_to_ascii_matches_a_full_scan(data: bytes) -> None:
+    assert back_to_ascii(data) == _back_to_ascii_by_full_scan(data)
     stray = b"\x1b" * 40 + data + b"\x1b" * 20
-    assert ends_in_ascii(stray) == _ends_in_ascii_as_first_written(stray)
+    assert back_to_ascii(stray) == _back_to_ascii_by_full_scan(stray)
 
 
 def test_header_decoding() -> None:
@@ -410,3 +416,117 @@ def test_text_of_a_padded_base64_part_keeps_its_last_bytes() -> None:
         b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.b64encode(b"we regret to say you were rejected")
     )
     assert parse(raw + b"\r\n").text().plain == "we regret to say you were rejected"
+
+
+@pytest.mark.parametrize("length", [74, 75, 76])
+@pytest.mark.parametrize("blank", [b" ", b"\t"])
+def test_qp_line_that_ends_in_a_blank_stays_within_76(length: int, blank: bytes) -> None:
+    # Found by review: a literal line of 75 or 76 ending in a space came out as 77 or 78 characters.
+    data = b"a" * (length - 1) + blank
+    encoded = qp_encode(data + b"\r\nnext", b"\r\n")
+    assert all(len(line) <= 76 for line in encoded.split(b"\r\n"))  # RFC 2045 §6.7 rule 5
+    assert qp_decode(encoded, strict=True) == quopri.decodestring(encoded) == data + b"\r\nnext"
+
+
+TILDE_LINK = "https://r.example/~t/AbC123"
+TILDE_FOOTER = Footer(
+    text="Refer a friend: " + TILDE_LINK + "\n", html='<p class="mr-footer">' + TILDE_LINK + "</p>"
+)
+_JIS_HEAD = b"Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: text/%s; charset=ISO-2022-JP\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x1b$B?M;vIt\x1b(J",  # JIS-Roman at the end: "~" would read as an overline
+        b"\x1b$B?M;vIt\x1b(J\r\n",
+        b"\x1b$B?M;vIt\x1b(B \x0e6>3",  # an SO run of half-width kana left open (CP50221)
+        b"\x1b(I12\x1b(B \x0e6>3\r\n",
+        b"\x1b$B?M;vIt",  # JIS X 0208
+    ],
+)
+def test_a_text_footer_after_iso2022jp_reads_as_ascii_whatever_mode_the_text_ends_in(body: bytes) -> None:
+    raw = _JIS_HEAD % b"plain" + body
+    out = parse(raw).decorate(TILDE_FOOTER)
+    check_decorated(raw, out, TILDE_FOOTER, TILDE_LINK)
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        b"<html><body>\x1b$B?M;vIt\x1b(J~</body></html>\r\n",  # </body> in JIS-Roman: the rest stays so
+        b"<p>\x1b$B?M;vIt",  # no </body>, ends in JIS X 0208 without a line break
+        b"<p>x \x0e6>3",  # ... in an SO run of half-width kana
+    ],
+)
+def test_an_html_footer_in_iso2022jp_is_written_in_ascii_and_the_rest_reads_as_before(html: bytes) -> None:
+    raw = _JIS_HEAD % b"html" + html
+    out = parse(raw).decorate(TILDE_FOOTER)
+    body = out[out.index(b"\r\n\r\n") + 4 :]
+    # Our decoder, not Python's: iso2022_jp reads SO and SI as ASCII control characters.
+    text = decode_iso2022jp(body, "strict")
+    assert text.count(TILDE_FOOTER.html) == 1
+    without = text.replace(TILDE_FOOTER.html + "\r\n", "", 1).replace("\r\n" + TILDE_FOOTER.html, "", 1)
+    assert without == decode_iso2022jp(html, "strict")
+    # RFC 1468 §3: every line ends in ASCII or JIS-Roman.
+    for end in (m.start() for m in re.finditer(rb"\r\n", body)):
+        escapes = JIS_ESCAPE_RE.findall(body[:end])
+        assert not escapes or escapes[-1] in (b"\x1b(B", b"\x1b(J")
+        assert body.rfind(b"\x0e", 0, end) <= body.rfind(b"\x0f", 0, end)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"Subject: x\r\nContent-Type: text/plain; charset=utf-8",
+        b"Subject: x\r\nContent-Type: text/plain; charset=utf-8\r\n",
+        b'Subject: x\r\nContent-Type: multipart/alternative; boundary="b"\r\n\r\n--b\r\n'
+        b"Content-Type: text/plain; charset=utf-8\r\n--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        b"<p>x</p>\r\n--b--\r\n",
+    ],
+)
+def test_a_part_whose_header_no_blank_line_ends_is_not_decorated(raw: bytes) -> None:
+    # RFC 2046 §5.1.1 lets a part have no body; found by review: the footer went into its last header field.
+    with pytest.raises(NotDecoratable) as info:
+        parse(raw).decorate(FOOTER)
+    assert info.value.reason == "malformed"
+
+
+def test_an_attachment_with_parameters_other_than_a_filename_stays_an_attachment() -> None:
+    attachment = (
+        b"Content-Type: text/plain; charset=us-ascii\r\nContent-Disposition: attachment; size=42;\r\n"
+        b' creation-date="Wed, 12 Feb 1997 16:29:51 -0500"\r\n\r\nINTERVIEW NOTES\r\n'
+    )
+    raw = (
+        b'Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+        + attachment
+        + b"--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<html><body>x</body></html>\r\n--b--\r\n"
+    )
+    m = parse(raw)
+    assert [p.attachment for p in m.parts] == [False, True, False]
+    out = m.decorate(FOOTER)
+    check_decorated(raw, out)
+    assert attachment in out and out.count(LINK.encode()) == 1
+
+
+@pytest.mark.parametrize("mime_version", [b"", b"MIME-Version: 1.0\r\n"])
+def test_a_message_that_becomes_mime_says_so(mime_version: bytes) -> None:
+    # RFC 2045 §4: Content-Type and Content-Transfer-Encoding count only under MIME-Version.
+    raw = b"From: hr@acme.co.jp\r\n" + mime_version + b"Subject: x\r\n\r\nWe regret to inform you.\r\n"
+    out = parse(raw).decorate(FOOTER)  # a Japanese footer: the part becomes UTF-8, quoted-printable
+    head, _, body = out.partition(b"\r\n\r\n")
+    mime = (b"MIME-Version:", b"Content-Type:", b"Content-Transfer-Encoding:")
+    assert [line for line in head.split(b"\r\n") if not line.startswith(mime)] == [
+        b"From: hr@acme.co.jp",
+        b"Subject: x",
+    ]
+    assert head.count(b"MIME-Version: 1.0") == 1
+    assert b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable" in head
+    text = quopri.decodestring(body).decode("utf-8")
+    assert text.startswith("We regret to inform you.\r\n") and text.count(LINK) == 1
+
+
+def test_an_ascii_footer_on_a_message_without_mime_changes_no_header() -> None:
+    raw = b"From: hr@acme.co.jp\r\nSubject: x\r\n\r\nWe regret to inform you.\r\n"
+    out = parse(raw).decorate(Footer(text="Refer a friend: " + LINK + "\n", html=""))
+    assert out.startswith(raw)

@@ -332,7 +332,9 @@ class Relay:
         self.metrics.detected.labels(rule=verdict.rule).inc()
         self.metrics.rule_matches.labels(rule=verdict.rule, mode="decorate").inc()
 
-        applicants = [r for r in txn.rcpt_tos if not self.is_internal(r, tenant)]
+        # A recipient given twice gets one copy (and one link), as the next hop would make of one
+        # transaction (Postfix's cleanup drops duplicate recipients); each copy is a transaction of its own.
+        applicants = list(dict.fromkeys(r for r in txn.rcpt_tos if not self.is_internal(r, tenant)))
         if not applicants:
             return passthrough("no_applicant", verdict)
         if parsed.protected:
@@ -374,6 +376,18 @@ class Relay:
             self.metrics.failed_open.labels(stage="decorate").inc()
             return Plan(everyone, f"failed-open:{stage_name}:{reason}", verdict)
         return Plan(groups, "decorated", verdict, tenant.id)
+
+
+def _defer_unanswered(groups: list[Group], results: list[GroupResult]) -> None:
+    """After the transaction's time ran out: each recipient the next hop has not answered for is deferred,
+    with no reply, in the group it was sent in, and the groups not yet tried with it."""
+    for result in results:
+        answered = {*result.delivered, *(r for r, _ in result.deferred), *(r for r, _ in result.refused)}
+        result.deferred.extend((r, None) for r in result.group.recipients if r not in answered)
+    tried = {id(result.group) for result in results}
+    results.extend(
+        GroupResult(g, deferred=[(r, None) for r in g.recipients]) for g in groups if id(g) not in tried
+    )
 
 
 @dataclass(frozen=True)
@@ -566,13 +580,18 @@ class RelaySession:
                     groups.append(Group(left, g.content, g.copy))
 
             started = time.perf_counter()
+            results: list[GroupResult] = []
             try:
-                results = await asyncio.wait_for(
-                    self._forward(txn, groups), relay.settings.next_hop.transaction_timeout
+                await asyncio.wait_for(
+                    self._forward(txn, groups, results), relay.settings.next_hop.transaction_timeout
                 )
             except TimeoutError:
                 self.conn = None
-                results = [GroupResult(g, deferred=[(r, None) for r in g.recipients]) for g in groups]
+                self.in_transaction = False
+                log.warning("%s: next hop unavailable (transaction timeout)", txn.txn_id)
+                # What the next hop accepted before the time ran out stays delivered: recorded, and not sent
+                # again on the sender's retry. The rest waits for that retry.
+                _defer_unanswered(groups, results)
             metrics.forwarding_seconds.observe(time.perf_counter() - started)
             # A transaction opened live at MAIL/RCPT may be left unused (every copy had been delivered by an
             # earlier attempt): close it, or the client's next MAIL would meet "503 nested MAIL" downstream.
@@ -619,8 +638,8 @@ class RelaySession:
                 relay.store_failed(txn.txn_id, "reading delivered copies", exc)
         return already
 
-    async def _forward(self, txn: Transaction, groups: list[Group]) -> list[GroupResult]:
-        results: list[GroupResult] = []
+    async def _forward(self, txn: Transaction, groups: list[Group], results: list[GroupResult]) -> None:
+        """Each group to the next hop, its outcome into `results` as it comes (kept if time runs out)."""
         # One group whose recipients are exactly those the next hop accepted live: send DATA on the open
         # transaction (the common case: pass-through, or one applicant). Otherwise a transaction per group.
         reuse = (
@@ -638,7 +657,10 @@ class RelaySession:
                     if not result.group.recipients:
                         continue
                 reply = await self._conn().data(group.content)
-                self.in_transaction = False
+                # A refusal may answer the DATA command itself, which leaves the next hop's transaction
+                # open (only the reply to the final dot ends it, RFC 5321 §4.1.1.4): RSET before the next
+                # MAIL, or it meets "503 nested MAIL". After a refused final dot, RSET does no harm.
+                self.in_transaction = not reply.ok
                 result.data_reply = reply
                 if reply.ok:
                     result.delivered = list(group.recipients)
@@ -656,7 +678,6 @@ class RelaySession:
                 for later in groups[index + 1 :]:
                     results.append(GroupResult(later, deferred=[(r, None) for r in later.recipients]))
                 break
-        return results
 
     def _conn(self) -> HopConnection:
         if self.conn is None:

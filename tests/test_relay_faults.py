@@ -157,6 +157,70 @@ def fail_final_dot_once_for(monkeypatch: pytest.MonkeyPatch, recipient: str) -> 
     return failed
 
 
+async def test_copies_delivered_before_the_transaction_timeout_stay_delivered_and_are_not_sent_again(
+    start_relay, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: when next_hop.transaction_timeout ran out after a's copy was accepted, the relay
+    forgot it (nothing recorded), and the sender's retry sent a a second copy."""
+    applicants = ["a@gmail.example", "b@gmail.example"]
+    release = asyncio.Event()
+    original = _SinkHandler.handle_DATA
+
+    async def handle_data(self: _SinkHandler, server: object, session: object, envelope: Any) -> str:
+        if "b@gmail.example" in envelope.rcpt_tos and not release.is_set():
+            await release.wait()  # b's first copy is not answered in time
+            return "451 4.3.0 Too late"
+        # a's copy takes a while, so that b's DATA, though no longer than a command may take, is still
+        # unanswered when the transaction's time runs out.
+        await asyncio.sleep(0.3)
+        return await original(self, server, session, envelope)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_SinkHandler, "handle_DATA", handle_data)
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port, timeout=1, transaction_timeout=1))
+        error = await send_expecting_error(relay, applicants, REJECTION)
+        release.set()
+        assert isinstance(error, aiosmtplib.SMTPDataError) and error.code == 451
+        assert [m.rcpt_tos for m in sink.messages] == [["a@gmail.example"]]
+        assert event_count(relay) == 1  # a's referral, made when its copy was accepted
+        refused, reply = await relay.send(SENDER, applicants, REJECTION)
+    assert refused == {} and reply.startswith("2")
+    assert [m.rcpt_tos for m in sink.messages] == [["a@gmail.example"], ["b@gmail.example"]]
+    assert event_count(relay) == 2
+
+
+@pytest.mark.parametrize("content", [REJECTION, OFFER], ids=["decorated", "passthrough"])
+async def test_a_refused_data_command_leaves_the_session_usable(
+    start_relay, make_settings: SettingsFactory, content: bytes
+) -> None:
+    """Found by review: a refusal of the DATA command itself leaves the next hop's transaction open; the
+    relay took it as ended, so every later MAIL of the session met "503 nested MAIL", a 5xx of our own."""
+    async with RecordingSink(replies={"DATA": "451 4.7.1 Try again later"}) as sink:
+        relay = await start_relay(make_settings(sink.port))
+        client = aiosmtplib.SMTP(hostname=relay.host, port=relay.port)
+        await client.connect()
+        errors = []
+        for recipients in (["a@gmail.example"], ["a@gmail.example", "b@gmail.example"], ["c@gmail.example"]):
+            with pytest.raises(aiosmtplib.SMTPDataError) as info:
+                await client.sendmail(SENDER, recipients, content)
+            errors.append((info.value.code, info.value.message))
+        await client.quit()
+    assert errors == [(451, "4.7.1 Try again later")] * 3
+    assert [e for e in sink.events if e[0] == "MAIL"] and sink.messages == []
+
+
+async def test_a_recipient_given_twice_gets_one_decorated_copy(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    """Found by review: each RCPT of the same applicant became a copy of its own, with a link of its own."""
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port))
+        refused, reply = await relay.send(SENDER, ["a@gmail.example", "a@gmail.example"], REJECTION)
+    assert refused == {} and reply.startswith("2")
+    assert [m.rcpt_tos for m in sink.messages] == [["a@gmail.example"]]
+    assert event_count(relay) == 1
+
+
 async def test_exception_inside_decoration_forwards_the_original(
     start_relay, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

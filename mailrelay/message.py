@@ -721,6 +721,10 @@ class ParsedMessage:
                 # Detection is best effort: what does not decode strictly is read as well as it can be.
                 data, strict = _decode_cte(self.raw[p.body_start : p.end], p.cte, strict=False), False
             cs = self._charset(p, data) or UTF8
+            if cs.codec == "ascii" and not data.isascii():
+                # 8-bit text declared as us-ascii or not at all, as swaks and many scripts send UTF-8:
+                # decoration writes such a text part as UTF-8 when it is (_decorate_part), so it is read so.
+                cs = UTF8
             if strict:
                 try:
                     text = cs.decode(data, "strict")

@@ -530,3 +530,14 @@ def test_an_ascii_footer_on_a_message_without_mime_changes_no_header() -> None:
     raw = b"From: hr@acme.co.jp\r\nSubject: x\r\n\r\nWe regret to inform you.\r\n"
     out = parse(raw).decorate(Footer(text="Refer a friend: " + LINK + "\n", html=""))
     assert out.startswith(raw)
+
+
+@pytest.mark.parametrize("declared", [b"", b"Content-Type: text/plain; charset=us-ascii\r\n"])
+def test_undeclared_8bit_utf8_text_is_read_as_utf8(declared: bytes) -> None:
+    # As swaks sends the README's "Try it" mail: decoration writes this part as UTF-8, so detection reads
+    # it so too (found by review: it read replacement characters and missed the rejection).
+    text = "今後のご活躍をお祈り申し上げます。"
+    raw = b"Subject: x\r\n" + declared + b"\r\n" + text.encode() + b"\r\n"
+    assert parse(raw).text().plain == text + "\r\n"
+    # Not UTF-8 (Shift_JIS): read as well as it can be, never as an exception.
+    assert "\ufffd" in parse(b"Subject: x\r\n\r\n" + text.encode("cp932")).text().plain

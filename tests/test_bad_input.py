@@ -167,6 +167,9 @@ async def test_ten_thousand_recipients_get_452_past_the_limit(
     [
         (b"MAIL FROM:<a\rb@acme.co.jp>\r\n", "501"),  # never silently rewritten to ab@acme.co.jp
         (b"RCPT TO:<a\x01b@gmail.example>\r\n", "501 5.1.3"),
+        # Not UTF-8 (RFC 6531 §3.3): a 501, not a 451 that the sender would retry forever (found by review).
+        (b"RCPT TO:<a\xffb@gmail.example>\r\n", "501 5.1.3"),
+        (b"MAIL FROM:<a\xffb@acme.co.jp>\r\n", "501 5.1.7"),
         (b"RCPT TO:<\xe5\xb1\xb1\xe7\x94\xb0@gmail.example>\r\n", "553 5.6.7"),  # needs SMTPUTF8 downstream
     ],
 )

@@ -35,7 +35,9 @@ log = logging.getLogger("mailrelay.smtp")
 # waits for the kernel's 1 s SYN retry (scripts/reliability, flood). The kernel caps it at somaxconn.
 LISTEN_BACKLOG = 1024
 
-_BAD_ADDRESS = re.compile(r"[\x00-\x20\x7f<>]")
+# Controls, blanks and brackets; and bytes that are not UTF-8 (RFC 6531 §3.3), which aiosmtpd hands over as
+# surrogate escapes: they cannot be passed on, and a 4xx would have the sender retry them forever.
+_BAD_ADDRESS = re.compile(r"[\x00-\x20\x7f<>\udc80-\udcff]")
 # The path nearly every MAIL FROM and RCPT TO carries: <dot-atom@dot-atom> (RFC 5321 §4.1.2). The email
 # parser's answer for it is the address as written, and what follows with the blanks after `>` stripped.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"

@@ -908,8 +908,14 @@ class ParsedMessage:
             return _Edit(p.header_end, p.header_end, line)
         value = self.raw[old.start : old.end]
         stripped = value.rstrip(b"\r\n")
+        # The charset parameter itself, not one whose name ends in "charset" (x-charset=); its RFC 2231 form
+        # (charset*=us-ascii'') becomes the plain one, or a second, conflicting charset would be added.
         new, count = re.subn(
-            rb"""(charset\s*=\s*)("?)[A-Za-z0-9_.:-]+\2""", rb"\1\2utf-8\2", stripped, flags=re.I
+            rb"""(;\s*charset)\*?(\s*=\s*)("?)[A-Za-z0-9_.:'%-]+\3""",
+            rb"\1\2\3utf-8\3",
+            stripped,
+            count=1,
+            flags=re.I,
         )
         if not count:
             new = stripped + b"; charset=utf-8"

@@ -541,3 +541,26 @@ def test_undeclared_8bit_utf8_text_is_read_as_utf8(declared: bytes) -> None:
     assert parse(raw).text().plain == text + "\r\n"
     # Not UTF-8 (Shift_JIS): read as well as it can be, never as an exception.
     assert "\ufffd" in parse(b"Subject: x\r\n\r\n" + text.encode("cp932")).text().plain
+
+
+@pytest.mark.parametrize(
+    ("content_type", "expected"),
+    [
+        (b"text/plain; charset=us-ascii", b"text/plain; charset=utf-8"),
+        (
+            b'text/plain;\r\n charset="US-ASCII"; format=flowed',
+            b'text/plain;\r\n charset="utf-8"; format=flowed',
+        ),
+        # Found by review: x-charset= was rewritten too, and charset*= got a second, conflicting charset.
+        (b"text/plain; x-charset=foo; charset=us-ascii", b"text/plain; x-charset=foo; charset=utf-8"),
+        (b"text/plain; charset*=us-ascii''", b"text/plain; charset=utf-8"),
+        (b"text/plain; x-charset=foo", b"text/plain; x-charset=foo; charset=utf-8"),
+    ],
+)
+def test_an_ascii_part_becomes_utf8_in_its_charset_parameter_alone(
+    content_type: bytes, expected: bytes
+) -> None:
+    raw = b"Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: " + content_type + b"\r\n\r\nWe regret.\r\n"
+    out = parse(raw).decorate(FOOTER)
+    assert b"Content-Type: " + expected + b"\r\nContent-Transfer-Encoding: quoted-printable\r\n" in out
+    assert parse(out).parts[0].params["charset"] == "utf-8"

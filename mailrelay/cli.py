@@ -202,11 +202,11 @@ def cmd_dkim_dns(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     status = 0
-    for tenant in settings.tenants:
+    for i, tenant in enumerate(settings.tenants):
         print(f"; tenant {tenant.id} ({tenant.name}): one record per signing domain and key")
-        for key in tenant.dkim:
-            signing.check_key_file(key, str(settings.source))
-            txt = signing.public_txt(key)
+        for j, key in enumerate(tenant.dkim):
+            # What the relay would load, with its checks (mode, readable, matches its algorithm).
+            txt = signing.public_txt(signing.read_key(key, str(settings.source), signing.key_where(i, j)))
             for domain in tenant.domains:
                 print(signing.dns_record(key.selector, domain, txt))
                 if args.verify:

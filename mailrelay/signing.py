@@ -16,6 +16,7 @@ from pathlib import Path
 
 import dkim
 import dkim.canonicalization
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 
@@ -238,31 +239,52 @@ def include_headers(raw: bytes) -> list[bytes]:
     return names
 
 
-def check_key_file(settings: DkimKeySettings, file: str) -> None:
+def key_where(tenant: int, key: int) -> str:
+    """Where a key_file is in config.toml, named as config.py names tables: tenants[0].dkim[1].key_file."""
+    return f"tenants[{tenant}].dkim[{key}].key_file"
+
+
+def check_key_file(settings: DkimKeySettings, file: str, where: str) -> None:
     """Refuse a key others can read: a DKIM key lets anyone send as the company."""
     try:
         mode = settings.key_file.stat().st_mode
     except FileNotFoundError as exc:
-        raise ConfigError(file, ("tenants.dkim.key_file",), f"{settings.key_file} does not exist") from exc
+        raise ConfigError(file, (where,), f"{settings.key_file} does not exist") from exc
+    except OSError as exc:
+        raise ConfigError(file, (where,), f"cannot read {settings.key_file}: {exc.strerror}") from exc
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(
             file,
-            ("tenants.dkim.key_file",),
+            (where,),
             f"{settings.key_file} is readable by group or others (mode {stat.S_IMODE(mode):o}); chmod 600 it",
         )
 
 
-def load_key(settings: DkimKeySettings, file: str) -> LoadedKey:
+def load_key(settings: DkimKeySettings, file: str, where: str) -> LoadedKey:
+    """read_key, after making the demo key when the settings ask for one and it does not exist yet."""
     if settings.create_if_missing and not settings.key_file.exists():
-        txt = make_key_pair(settings.key_file, settings.algorithm)
+        try:
+            txt = make_key_pair(settings.key_file, settings.algorithm)
+        except OSError as exc:
+            raise ConfigError(file, (where,), f"cannot make {settings.key_file}: {exc.strerror}") from exc
         log.warning(
             "made demo DKIM key %s; its DNS TXT record at %s._domainkey.<domain>: %s",
             settings.key_file,
             settings.selector,
             txt,
         )
-    check_key_file(settings, file)
-    data = settings.key_file.read_bytes()
+    return read_key(settings, file, where)
+
+
+def read_key(settings: DkimKeySettings, file: str, where: str) -> LoadedKey:
+    """The key of `settings`, or a ConfigError naming `file › where` if it cannot be read or used."""
+    check_key_file(settings, file, where)
+    try:
+        data = settings.key_file.read_bytes()
+    except OSError as exc:
+        # A root-owned key under User=mailrelay, a directory: a config problem (exit 2), not a crash, so
+        # that systemd's RestartPreventExitStatus=2 stops the restarts.
+        raise ConfigError(file, (where,), f"cannot read {settings.key_file}: {exc.strerror}") from exc
     try:
         if settings.algorithm == "rsa-sha256":
             key = serialization.load_pem_private_key(data, password=None)
@@ -277,10 +299,15 @@ def load_key(settings: DkimKeySettings, file: str) -> LoadedKey:
             seed = base64.b64decode(data.strip(), validate=True)
             ed25519.Ed25519PrivateKey.from_private_bytes(seed)
             private = data.strip()
-    except ValueError as exc:
+    except TypeError as exc:
+        # cryptography's answer to an encrypted PEM without a password; the relay has no passphrase to give.
+        raise ConfigError(
+            file, (where,), f"{settings.key_file} is encrypted: mailrelay needs the key without a passphrase"
+        ) from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:
         # The exception text of a key parser may quote key material: never put it in a message.
         raise ConfigError(
-            file, ("tenants.dkim.key_file",), f"{settings.key_file} is not a usable {settings.algorithm} key"
+            file, (where,), f"{settings.key_file} is not a usable {settings.algorithm} key"
         ) from exc
     return LoadedKey(selector=settings.selector, algorithm=settings.algorithm, private=private)
 
@@ -313,21 +340,15 @@ def make_key_pair(path: Path, algorithm: str) -> str:
     return txt
 
 
-def public_txt(settings: DkimKeySettings) -> str:
-    """The TXT record value for an existing private key."""
-    data = settings.key_file.read_bytes()
-    if settings.algorithm == "rsa-sha256":
-        key = serialization.load_pem_private_key(data, password=None)
-        public = key.public_key().public_bytes(
+def public_txt(key: LoadedKey) -> str:
+    """The TXT record value for a key read_key accepted (so it matches its algorithm)."""
+    private = private_key(key.algorithm, key.private)
+    if isinstance(private, rsa.RSAPrivateKey):
+        public = private.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         return f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}"
-    seed = base64.b64decode(data.strip())
-    raw = (
-        ed25519.Ed25519PrivateKey.from_private_bytes(seed)
-        .public_key()
-        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    )
+    raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
 
 
@@ -373,8 +394,10 @@ class DkimSigner:
     """Signs a copy for its tenant with every configured key: relaxed/relaxed, no l=, over-signed headers."""
 
     def __init__(self, tenants: tuple[TenantSettings, ...], config_file: str) -> None:
+        # `tenants` is Settings.tenants, in the file's order: its indexes are those of [[tenants]] there.
         self.keys: dict[str, tuple[LoadedKey, ...]] = {
-            t.id: tuple(load_key(k, config_file) for k in t.dkim) for t in tenants
+            t.id: tuple(load_key(k, config_file, key_where(i, j)) for j, k in enumerate(t.dkim))
+            for i, t in enumerate(tenants)
         }
 
     def signing_domain(self, tenant: TenantSettings, from_domain: str) -> str:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from bench.ports import free_port
-from conftest import SettingsFactory
+from conftest import REPO, SettingsFactory
 from mailrelay import __version__
 from mailrelay.cli import main
 from mailrelay.signing import dns_record
@@ -24,7 +27,9 @@ from mailrelay.signing import dns_record
 class Keys(Protocol):
     """What these tests use of conftest's `keys` fixture."""
 
+    rsa_key: Path
     rsa_txt: str
+    ed_key: Path
     ed_txt: str
 
 
@@ -162,3 +167,94 @@ def test_dkim_dns_prints_every_key_for_every_tenant_domain(
         dns_record("mr2", "acme.example", ed_txt),
     ]
     assert lines[0].startswith("; tenant acme")
+
+
+def _swap_key(path: Path, old: Path, new: Path, algorithm: str | None = None) -> None:
+    """Point the key_file `old` of the config at `path` to `new`, and maybe change its algorithm."""
+    text = path.read_text().replace(f'key_file = "{old}"', f'key_file = "{new}"')
+    if algorithm is not None:
+        text = text.replace(f'key_file = "{new}"', f'key_file = "{new}"\nalgorithm = "{algorithm}"', 1)
+    path.write_text(text)
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["dkim", "dns"]])
+def test_key_the_service_user_cannot_read_exits_2_naming_tenant_and_key(
+    command: list[str],
+    make_settings: SettingsFactory,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A root-owned key under User=mailrelay: a config error (systemd's RestartPreventExitStatus=2), not a
+    PermissionError traceback. Tests may run as root, whom mode 600 does not stop: the refusal is faked."""
+    path = make_settings(directory="outbox").source
+    read_bytes = Path.read_bytes
+
+    def refuse_the_key(self: Path) -> bytes:
+        if self == keys.rsa_key:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse_the_key)
+    status = main([*command, "--config", str(path)])
+    captured = capsys.readouterr()
+    assert status == 2
+    expected = f"{path} › tenants[0].dkim[0].key_file: cannot read {keys.rsa_key}: Permission denied"
+    assert expected in captured.out + captured.err
+
+
+def test_serve_refuses_a_key_it_cannot_read_with_exit_2(
+    make_settings: SettingsFactory, keys: Keys, tmp_path: Path
+) -> None:
+    """Any OSError reading a key (here: the path is a directory), on the second key of the tenant."""
+    path = make_settings(directory="outbox", ed25519=True).source
+    directory = tmp_path / "not-a-key"
+    directory.mkdir(mode=0o700)
+    _swap_key(path, keys.ed_key, directory)
+    result = subprocess.run(
+        [sys.executable, "-m", "mailrelay", "serve", "--config", str(path)],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"mailrelay: {path} › tenants[0].dkim[1].key_file: cannot read {directory}: Is a directory\n"
+    )
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["dkim", "dns"]])
+def test_key_of_another_algorithm_exits_2(
+    command: list[str], make_settings: SettingsFactory, keys: Keys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An Ed25519 key under the default rsa-sha256: `dkim dns` said so in a ValueError traceback."""
+    path = make_settings(directory="outbox").source
+    _swap_key(path, keys.rsa_key, keys.ed_key)
+    status = main([*command, "--config", str(path)])
+    captured = capsys.readouterr()
+    assert status == 2
+    expected = f"{path} › tenants[0].dkim[0].key_file: {keys.ed_key} is not a usable rsa-sha256 key"
+    assert expected in captured.out + captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_key_with_a_passphrase_exits_2(
+    make_settings: SettingsFactory, keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = make_settings(directory="outbox").source
+    private = serialization.load_pem_private_key(keys.rsa_key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.BestAvailableEncryption(b"a passphrase"),
+        )
+    )
+    encrypted.chmod(0o600)
+    _swap_key(path, keys.rsa_key, encrypted)
+    status, lines = run(["check-config", "--config", str(path)], capsys)
+    assert status == 2
+    assert lines[-1].split()[:2] == ["dkim:", "FAILED"]
+    assert lines[-1].endswith(
+        f"{path} › tenants[0].dkim[0].key_file: {encrypted} is encrypted: mailrelay needs the key without a "
+        "passphrase"
+    )

@@ -142,7 +142,11 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     relay = _offline_relay(settings)
-    raw = Path(args.eml).read_bytes()
+    try:
+        raw = Path(args.eml).read_bytes()
+    except OSError as exc:
+        print(f"{args.eml}: cannot read: {exc.strerror}", file=sys.stderr)  # as `check` says it
+        return 1
     sender = args.sender
     if sender is None:
         try:

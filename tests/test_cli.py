@@ -121,3 +121,18 @@ def test_preview_writes_the_exact_bytes_for_one_recipient(
         capture_output=True, cwd=REPO, timeout=60,
     )  # fmt: skip
     assert internal.stdout == (E2E / "rejection_en.eml").read_bytes()
+
+
+def test_preview_of_a_file_it_cannot_read_says_so_in_one_line(
+    make_settings: SettingsFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As `check` does; it was a FileNotFoundError traceback."""
+    settings = make_settings()
+    missing = tmp_path / "missing.eml"
+    status = main(["preview", "--config", str(settings.source), "--rcpt", "a@gmail.example", str(missing)])
+    captured = capsys.readouterr()
+    assert (status, captured.out, captured.err) == (
+        1,
+        "",
+        f"{missing}: cannot read: No such file or directory\n",
+    )

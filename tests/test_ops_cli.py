@@ -258,3 +258,15 @@ def test_key_with_a_passphrase_exits_2(
         f"{path} › tenants[0].dkim[0].key_file: {encrypted} is encrypted: mailrelay needs the key without a "
         "passphrase"
     )
+
+
+def test_report_into_a_missing_directory_says_so_in_one_line(
+    make_settings: SettingsFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was a FileNotFoundError traceback."""
+    path = make_settings(directory="outbox").source
+    output = tmp_path / "missing" / "report.csv"
+    status = main(["report", "--config", str(path), "--format", "csv", "-o", str(output)])
+    captured = capsys.readouterr()
+    assert (status, captured.out) == (1, "")
+    assert captured.err == f"mailrelay: cannot write {output}: No such file or directory\n"

@@ -206,8 +206,12 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         store.close()
     text = render(reports, args.format)
     if args.output:
-        with open(args.output, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        try:
+            with open(args.output, "w", encoding="utf-8", newline="") as fh:
+                fh.write(text)
+        except OSError as exc:
+            print(f"mailrelay: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+            return EXIT_REFUSED
     else:
         sys.stdout.write(text)
     return 0

@@ -270,3 +270,18 @@ def test_report_into_a_missing_directory_says_so_in_one_line(
     captured = capsys.readouterr()
     assert (status, captured.out) == (1, "")
     assert captured.err == f"mailrelay: cannot write {output}: No such file or directory\n"
+
+
+@pytest.mark.parametrize("days", ["0", "-5", "ten"])
+def test_purge_refuses_days_below_one_as_a_usage_error(
+    days: str, make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--days 0 and -5 printed "referral.retention_days is 0: nothing is purged" and exited 0."""
+    path = make_settings(directory="outbox").source
+    with pytest.raises(SystemExit) as exit_:
+        main(["purge", "--config", str(path), "--days", days])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 2 and captured.out == ""
+    assert captured.err.endswith(
+        f"mailrelay purge: error: argument --days: must be a whole number of days, at least 1, not {days!r}\n"
+    )

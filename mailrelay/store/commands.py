@@ -224,6 +224,17 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"must be a date YYYY-MM-DD, not {text!r}") from exc
 
 
+def _days(text: str) -> int:
+    # 0 or less would purge everything, or (as retention_days = 0 means) nothing: neither is what was asked.
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of days, at least 1, not {text!r}")
+    return value
+
+
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], add_config: AddConfig, load: LoadSettings
 ) -> None:
@@ -267,7 +278,9 @@ def register(
 
     p = sub.add_parser("purge", help="apply referral.retention_days: pseudonymise old event details")
     add_config(p)
-    p.add_argument("--days", type=int, default=None, help="override referral.retention_days")
+    p.add_argument(
+        "--days", type=_days, default=None, metavar="N", help="override referral.retention_days (N >= 1)"
+    )
     p.set_defaults(func=bind(cmd_purge))
 
     p = sub.add_parser("report", help="referrals, slots, clicks and registrations per company and month")

@@ -165,18 +165,42 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_key(key_file: Path, algorithm: str) -> str | None:
+    """make_key_pair's TXT record, or None after one line on stderr: the key exists (a key that may be
+    published is never overwritten), or cannot be written (a directory of root's, a file in the way)."""
+    from mailrelay.signing import make_key_pair
+
+    try:
+        # Inside the try: exists() too raises PermissionError, in a directory the user cannot search.
+        if key_file.exists():
+            print(f"{key_file} exists: refusing to overwrite a key", file=sys.stderr)
+            return None
+        return make_key_pair(key_file, algorithm)
+    except OSError as exc:
+        _cannot_write(exc, key_file)
+        return None
+
+
+def _cannot_write(exc: OSError, path: Path) -> None:
+    print(f"mailrelay: cannot write {exc.filename or path}: {exc.strerror}", file=sys.stderr)
+
+
 def cmd_dkim_keygen(args: argparse.Namespace) -> int:
-    from mailrelay.signing import dns_record, make_key_pair
+    from mailrelay.signing import dns_record
 
     algorithm = {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}[args.algorithm]
     out = Path(args.out)
     key_file = out / f"{args.selector}.{args.domain}.{args.algorithm}.key"
-    if key_file.exists():
-        print(f"{key_file} exists: refusing to overwrite a key", file=sys.stderr)
+    txt = _new_key(key_file, algorithm)
+    if txt is None:
         return 1
-    txt = make_key_pair(key_file, algorithm)
     record = dns_record(args.selector, args.domain, txt)
-    (out / f"{args.selector}.{args.domain}.{args.algorithm}.txt").write_text(record + "\n")
+    record_file = out / f"{args.selector}.{args.domain}.{args.algorithm}.txt"
+    try:
+        record_file.write_text(record + "\n")
+    except OSError as exc:
+        _cannot_write(exc, record_file)
+        return 1
     print(f"; private key: {key_file} (mode 600)\n; publish this record, then set key_file in config.toml:")
     print(record)
     return 0
@@ -244,10 +268,9 @@ def cmd_dkim_rotate(args: argparse.Namespace) -> int:
         return 1
     algorithm = {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}[args.algorithm]
     key_file = settings.state_dir / "dkim" / f"{tenant.id}.{args.selector}.{args.algorithm}.key"
-    if key_file.exists():
-        print(f"{key_file} exists: refusing to overwrite a key", file=sys.stderr)
+    txt = _new_key(key_file, algorithm)
+    if txt is None:
         return 1
-    txt = signing.make_key_pair(key_file, algorithm)
     print(f"; new {algorithm} key for tenant {tenant.id}: {key_file} (mode 600)")
     print("; 1. publish these records:")
     for domain in tenant.domains:

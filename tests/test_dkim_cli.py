@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import KeyPairs, SettingsFactory
@@ -44,3 +46,29 @@ def test_dns_verify_says_which_records_match(
     monkeypatch.setattr(signing, "published_txt", lambda name, timeout=3.0: None)
     assert main(["dkim", "dns", "--config", str(settings.source), "--verify"]) == 0
     assert "unknown: DNS could not be asked" in capsys.readouterr().out
+
+
+def test_keygen_where_it_cannot_write_says_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was a PermissionError traceback (--out a directory of root's); tests may run as root, whom
+    permissions do not stop, so a file stands where the directory should be."""
+    in_the_way = tmp_path / "dkim"
+    in_the_way.write_text("")
+    out = in_the_way / "keys"
+    status = main(["dkim", "keygen", "--domain", "acme.co.jp", "--selector", "mr", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert (status, captured.out) == (1, "")
+    assert captured.err == f"mailrelay: cannot write {out}: Not a directory\n"
+
+
+def test_rotate_where_it_cannot_write_says_so_in_one_line(
+    make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = make_settings()
+    settings.state_dir.write_text("")  # a file where state_dir, the key directory's parent, should be
+    args = ["dkim", "rotate", "--config", str(settings.source), "--tenant", "acme", "--selector", "mr2027"]
+    status = main(args)
+    captured = capsys.readouterr()
+    assert (status, captured.out) == (1, "")
+    assert captured.err == f"mailrelay: cannot write {settings.state_dir / 'dkim'}: Not a directory\n"

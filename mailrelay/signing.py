@@ -262,7 +262,7 @@ def check_key_file(settings: DkimKeySettings, file: str, where: str) -> None:
 
 def load_key(settings: DkimKeySettings, file: str, where: str) -> LoadedKey:
     """read_key, after making the demo key when the settings ask for one and it does not exist yet."""
-    if settings.create_if_missing and not settings.key_file.exists():
+    if settings.create_if_missing and _missing(settings.key_file):
         try:
             txt = make_key_pair(settings.key_file, settings.algorithm)
         except OSError as exc:
@@ -274,6 +274,15 @@ def load_key(settings: DkimKeySettings, file: str, where: str) -> LoadedKey:
             txt,
         )
     return read_key(settings, file, where)
+
+
+def _missing(path: Path) -> bool:
+    """Whether the file is known not to exist: exists() raises PermissionError in a directory the user
+    cannot search, and then read_key says so as a config error."""
+    try:
+        return not path.exists()
+    except OSError:
+        return False
 
 
 def read_key(settings: DkimKeySettings, file: str, where: str) -> LoadedKey:

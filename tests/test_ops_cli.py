@@ -203,6 +203,34 @@ def test_key_the_service_user_cannot_read_exits_2_naming_tenant_and_key(
     assert expected in captured.out + captured.err
 
 
+def test_demo_key_in_a_directory_the_user_cannot_search_exits_2(
+    make_settings: SettingsFactory,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """create_if_missing asks whether the key exists, and exists() raises PermissionError there."""
+    path = make_settings(directory="outbox").source
+    path.write_text(
+        path.read_text().replace(
+            f'key_file = "{keys.rsa_key}"', f'key_file = "{keys.rsa_key}"\ncreate_if_missing = true'
+        )
+    )
+    stat = Path.stat
+
+    def refuse_the_key(self: Path, **kwargs: bool) -> os.stat_result:
+        if self == keys.rsa_key:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return stat(self, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", refuse_the_key)
+    status, lines = run(["check-config", "--config", str(path)], capsys)
+    assert status == 2
+    assert lines[-1].endswith(
+        f"{path} › tenants[0].dkim[0].key_file: cannot read {keys.rsa_key}: Permission denied"
+    )
+
+
 def test_serve_refuses_a_key_it_cannot_read_with_exit_2(
     make_settings: SettingsFactory, keys: Keys, tmp_path: Path
 ) -> None:

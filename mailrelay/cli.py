@@ -68,6 +68,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _dkim_domain(text: str) -> str:
+    from mailrelay.signing import is_domain
+
+    domain = text.removesuffix(".")  # the root's dot, as zone files write names
+    if not is_domain(domain):
+        raise argparse.ArgumentTypeError(
+            "must be a domain name such as example.co.jp (labels of letters, digits and hyphens, "
+            f"an IDN in its xn-- form), not {text!r}"
+        )
+    return domain
+
+
+def _dkim_selector(text: str) -> str:
+    from mailrelay.signing import is_selector
+
+    if not is_selector(text):
+        raise argparse.ArgumentTypeError(
+            "must be a selector such as mr2027 (labels of letters, digits and hyphens, RFC 6376 §3.1), "
+            f"not {text!r}"
+        )
+    return text
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from mailrelay.allocator import limit_malloc_arenas
     from mailrelay.app import event_loop_factory, run_on_loop, serve, serve_workers, setup_logging
@@ -350,8 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dkim", help="DKIM keys")
     dkim_sub = p.add_subparsers(dest="dkim_command", required=True)
     k = dkim_sub.add_parser("keygen", help="make a key pair and print the DNS TXT record to publish")
-    k.add_argument("--domain", required=True)
-    k.add_argument("--selector", required=True)
+    k.add_argument("--domain", required=True, type=_dkim_domain)
+    k.add_argument("--selector", required=True, type=_dkim_selector)
     k.add_argument("--out", required=True, metavar="DIR")
     k.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa")
     k.set_defaults(func=cmd_dkim_keygen)
@@ -364,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     k = dkim_sub.add_parser("rotate", help="make a tenant's next key and print the records and the steps")
     _add_config(k)
     k.add_argument("--tenant", required=True)
-    k.add_argument("--selector", required=True, help="the new selector, e.g. mr2027")
+    k.add_argument("--selector", required=True, type=_dkim_selector, help="the new selector, e.g. mr2027")
     k.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa")
     k.set_defaults(func=cmd_dkim_rotate)
 

@@ -393,6 +393,22 @@ def verify_published(selector: str, domain: str, txt: str) -> str:
     return "matches" if any(_p_tag(value) == _p_tag(txt) for value in published) else "differs"
 
 
+# RFC 6376 §3.1: a selector is sub-domain *("." sub-domain), d= a domain name of two or more; a sub-domain
+# is letters, digits and hyphens, neither first nor last a hyphen (RFC 5321 §4.1.2), of at most 63
+# octets (RFC 1035 §2.3.4). Anything else makes a zone line no name server loads.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_SELECTOR = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")
+
+
+def is_selector(text: str) -> bool:
+    return _SELECTOR.fullmatch(text) is not None
+
+
+def is_domain(text: str) -> bool:
+    return len(text) <= 253 and _DOMAIN.fullmatch(text) is not None
+
+
 def dns_record(selector: str, domain: str, txt: str) -> str:
     """A zone-file line; TXT strings are split at 255 octets (RFC 1035 §3.3.14)."""
     chunks = " ".join(f'"{txt[i : i + 255]}"' for i in range(0, len(txt), 255))

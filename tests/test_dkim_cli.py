@@ -72,3 +72,51 @@ def test_rotate_where_it_cannot_write_says_so_in_one_line(
     captured = capsys.readouterr()
     assert (status, captured.out) == (1, "")
     assert captured.err == f"mailrelay: cannot write {settings.state_dir / 'dkim'}: Not a directory\n"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--domain", "a example", "must be a domain name such as example.co.jp"),
+        ("--domain", "example", "must be a domain name such as example.co.jp"),
+        ("--domain", "-acme.co.jp", "must be a domain name such as example.co.jp"),
+        ("--domain", "求人.jp", "must be a domain name such as example.co.jp"),
+        ("--selector", "my sel;x", "must be a selector such as mr2027"),
+        ("--selector", "../mr", "must be a selector such as mr2027"),
+        ("--selector", "x" * 64, "must be a selector such as mr2027"),
+    ],
+)
+def test_keygen_refuses_a_domain_or_selector_no_zone_can_hold(
+    option: str, value: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RFC 6376 §3.1; "a example" was written into the zone line it printed."""
+    args = {"--domain": "acme.co.jp", "--selector": "mr", option: value}
+    with pytest.raises(SystemExit) as exit_:
+        main(["dkim", "keygen", *(f"{name}={x}" for name, x in args.items()), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert f"mailrelay dkim keygen: error: argument {option}: {message}" in err
+    assert err.endswith(f"not {value!r}\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keygen_takes_a_dotted_selector_and_a_domain_with_the_root_dot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["dkim", "keygen", "--domain", "acme.co.jp.", "--selector", "mr.2027", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert 'mr.2027._domainkey.acme.co.jp. IN TXT ( "v=DKIM1; k=rsa; p=' in capsys.readouterr().out
+    assert (tmp_path / "mr.2027.acme.co.jp.rsa.key").exists()
+
+
+def test_rotate_refuses_a_selector_no_zone_can_hold(
+    make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = make_settings()
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            ["dkim", "rotate", "--config", str(settings.source), "--tenant", "acme", "--selector", "mr 2027"]
+        )
+    assert exit_.value.code == 2
+    assert "argument --selector: must be a selector such as mr2027" in capsys.readouterr().err
+    assert not (settings.state_dir / "dkim").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -197,6 +198,10 @@ class _Reader:
             raise self.error(key, "is required")
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             raise self.error(key, f"must be a number, not {type(raw).__name__} {raw!r}")
+        # TOML has nan and inf (TOML 1.0, Float): nan slips past every comparison below, and a nan or
+        # infinite timeout makes asyncio drop every connection or wait forever.
+        if not math.isfinite(raw):
+            raise self.error(key, f"must be a finite number, not {raw}")
         if raw <= low:
             raise self.error(key, f"must be greater than {low}, not {raw}")
         return float(raw)

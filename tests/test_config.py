@@ -72,6 +72,8 @@ key_file = "k"
         ('[smtp]\nlisen = "x"\n', "smtp.lisen: unknown key"),
         ('[footers.ja]\ntext = "no link"\nhtml = "{link}"\n', "footers.ja.text: must contain {link}"),
         ('[footers.ja]\ntext = "{link} {name}"\nhtml = "{link}"\n', "footers.ja.text: bad placeholder"),
+        ("[smtp]\ntimeout = nan\n", "smtp.timeout: must be a finite number, not nan"),
+        ("[processing]\ntime_budget = inf\n", "processing.time_budget: must be a finite number, not inf"),
     ],
 )
 def test_broken_config_names_file_key_and_problem(tmp_path: Path, extra: str, expected: str) -> None:

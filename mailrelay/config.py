@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import string
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -266,18 +267,34 @@ def _optional_path(r: _Reader, key: str, base: Path) -> Path | None:
     return _resolve(base, text) if text else None
 
 
+_FOOTER_FIELDS = ("link", "company")
+_FOOTER_RULE = "use only {link} and {company}, without attribute, index, conversion or format spec"
+
+
+def _footer_placeholders(r: _Reader, key: str, value: str) -> None:
+    """The footer is rendered with str.format, which would follow `{link.upper}` or `{company[0]}` into the
+    string's attributes: only the bare names are allowed, so that what reaches applicants is the text."""
+    try:
+        fields = [
+            (name, spec, conv) for _, name, spec, conv in string.Formatter().parse(value) if name is not None
+        ]
+    except ValueError as exc:  # a lone { or }
+        raise r.error(key, f"bad placeholder ({exc}): {_FOOTER_RULE} ({{{{ and }}}} for a brace)") from exc
+    for name, spec, conversion in fields:
+        if name not in _FOOTER_FIELDS or spec or conversion:
+            placeholder = (
+                "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            )
+            raise r.error(key, f"bad placeholder {placeholder}: {_FOOTER_RULE}")
+    if "link" not in (name for name, _, _ in fields):
+        raise r.error(key, "must contain {link}, the applicant's referral link")
+
+
 def _footer(r: _Reader) -> FooterTemplate:
     text = r.text("text")
     html = r.text("html")
     for key, value in (("text", text), ("html", html)):
-        if "{link}" not in value:
-            raise r.error(key, "must contain {link}, the applicant's referral link")
-        try:
-            value.format(link="", company="")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise r.error(
-                key, f"bad placeholder ({exc}); use {{link}} and {{company}}, {{{{ for a brace"
-            ) from exc
+        _footer_placeholders(r, key, value)
     r.finish()
     return FooterTemplate(text=text, html=html)
 

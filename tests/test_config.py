@@ -82,6 +82,46 @@ def test_broken_config_names_file_key_and_problem(tmp_path: Path, extra: str, ex
     assert expected in str(error)
 
 
+FOOTER_RULE = "use only {link} and {company}, without attribute, index, conversion or format spec"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("{link} {company.name}", "bad placeholder {company.name}: " + FOOTER_RULE),
+        ("{link} {link.upper}", "bad placeholder {link.upper}: " + FOOTER_RULE),
+        ("{link[0]}", "bad placeholder {link[0]}: " + FOOTER_RULE),
+        ("{link!r}", "bad placeholder {link!r}: " + FOOTER_RULE),
+        ("{link} {company:>40}", "bad placeholder {company:>40}: " + FOOTER_RULE),
+        ("{link} {}", "bad placeholder {}: " + FOOTER_RULE),
+        (
+            "{link} {company",
+            "bad placeholder (expected '}' before end of string): "
+            + FOOTER_RULE
+            + " ({{ and }} for a brace)",
+        ),
+        ("{{link}}", "must contain {link}, the applicant's referral link"),
+    ],
+)
+def test_footer_placeholders_are_only_link_and_company(tmp_path: Path, text: str, problem: str) -> None:
+    """str.format would look up attributes and indexes: {company.x} crashed the check, and {link.upper}
+    put a Python repr into applicants' mail."""
+    footer = f"[tenants.footers.ja]\ntext = '{text}'\nhtml = '<a href=\"{{link}}\">{{link}}</a>'\n"
+    error = _broken(tmp_path, BASE.replace("[[tenants.dkim]]", footer + "[[tenants.dkim]]"))
+    assert str(error) == f"{tmp_path / 'config.toml'} › tenants[0].footers.ja.text: {problem}"
+
+
+def test_check_config_refuses_a_bad_footer_placeholder_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[footers.ja]\ntext = "{link} {company.name}"\nhtml = "{link}"\n' + BASE, encoding="utf-8"
+    )
+    assert main(["check-config", "--config", str(path)]) == 2
+    assert f"{path} › footers.ja.text: bad placeholder {{company.name}}: " in capsys.readouterr().out
+
+
 def test_base_url_must_be_https(tmp_path: Path) -> None:
     error = _broken(tmp_path, BASE.replace("https://careerrelay.jp/r/", "http://careerrelay.jp/r/"))
     assert "referral.base_url: must be an https URL" in str(error)

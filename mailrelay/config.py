@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import ssl
 import string
 import tomllib
 from collections.abc import Mapping
@@ -271,6 +272,44 @@ _FOOTER_FIELDS = ("link", "company")
 _FOOTER_RULE = "use only {link} and {company}, without attribute, index, conversion or format spec"
 
 
+class _NeedsPassphrase(Exception):
+    pass
+
+
+def _ask_passphrase() -> bytes:
+    raise _NeedsPassphrase
+
+
+def _check_tls_pair(r: _Reader, cert: Path, key: Path) -> None:
+    """Load the pair as the SMTP server will, so that a missing file or a key of another certificate is a
+    config error at check-config, not a traceback when serve starts."""
+    for name, path in (("tls_cert_file", cert), ("tls_key_file", key)):
+        try:
+            path.open("rb").close()
+        except FileNotFoundError as exc:
+            raise r.error(name, f"{path} does not exist") from exc
+        except OSError as exc:
+            raise r.error(name, f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        # Without a callback OpenSSL would ask for a passphrase on the terminal.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=_ask_passphrase)
+    except _NeedsPassphrase as exc:
+        raise r.error(
+            "tls_key_file",
+            f"{key} needs a passphrase; mailrelay starts unattended, so give it the key without one"
+            " (openssl pkey -in KEY -out PLAIN_KEY)",
+        ) from exc
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise r.error("tls_key_file", f"{key} is not the private key of tls_cert_file") from exc
+        # OpenSSL says "PEM lib" for either file: the certificate alone tells which one it is.
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
+        except ssl.SSLError:
+            raise r.error("tls_cert_file", f"{cert} holds no PEM certificate") from exc
+        raise r.error("tls_key_file", f"{key} holds no PEM private key") from exc
+
+
 def _footer_placeholders(r: _Reader, key: str, value: str) -> None:
     """The footer is rendered with str.format, which would follow `{link.upper}` or `{company[0]}` into the
     string's attributes: only the bare names are allowed, so that what reaches applicants is the text."""
@@ -363,6 +402,8 @@ def load_settings(path: Path) -> Settings:
         raise s.error("tls_key_file", "tls_cert_file and tls_key_file go together")
     if (smtp.require_starttls or smtp.auth_users_file) and smtp.tls_cert_file is None:
         raise s.error("tls_cert_file", "STARTTLS needs a certificate (AUTH is only offered after STARTTLS)")
+    if smtp.tls_cert_file is not None and smtp.tls_key_file is not None:
+        _check_tls_pair(s, smtp.tls_cert_file, smtp.tls_key_file)
     s.finish()
 
     n = root.table("next_hop")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,59 @@ def test_check_config_refuses_a_bad_footer_placeholder_with_exit_2(
     )
     assert main(["check-config", "--config", str(path)]) == 2
     assert f"{path} › footers.ja.text: bad placeholder {{company.name}}: " in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """cert.pem + key.pem (a pair), other.key (another key), enc.key (key.pem under a passphrase)."""
+    base = tmp_path_factory.mktemp("tls")
+    for cert, key in (("cert.pem", "key.pem"), ("other.pem", "other.key")):
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-days", "2", "-subj", "/CN=relay.test", "-keyout", base / key, "-out", base / cert],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    encrypt = ["openssl", "pkey", "-in", base / "key.pem", "-aes256", "-passout", "pass:secret"]
+    subprocess.run([*encrypt, "-out", base / "enc.key"], check=True, capture_output=True)
+    (base / "junk.pem").write_text("not PEM\n", encoding="utf-8")
+    return base
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "problem"),
+    [
+        ("missing.pem", "key.pem", "smtp.tls_cert_file: {dir}/missing.pem does not exist"),
+        ("cert.pem", "missing.pem", "smtp.tls_key_file: {dir}/missing.pem does not exist"),
+        (
+            "cert.pem",
+            "other.key",
+            "smtp.tls_key_file: {dir}/other.key is not the private key of tls_cert_file",
+        ),
+        ("junk.pem", "key.pem", "smtp.tls_cert_file: {dir}/junk.pem holds no PEM certificate"),
+        ("key.pem", "key.pem", "smtp.tls_cert_file: {dir}/key.pem holds no PEM certificate"),
+        ("cert.pem", "junk.pem", "smtp.tls_key_file: {dir}/junk.pem holds no PEM private key"),
+        (
+            "cert.pem",
+            "enc.key",
+            "smtp.tls_key_file: {dir}/enc.key needs a passphrase; mailrelay starts unattended, so give it "
+            "the key without one (openssl pkey -in KEY -out PLAIN_KEY)",
+        ),
+    ],
+)
+def test_tls_files_must_exist_and_load_together(
+    tmp_path: Path, tls_files: Path, cert: str, key: str, problem: str
+) -> None:
+    """They were first opened by serve, which died with a traceback; check-config said ok."""
+    smtp = f'[smtp]\ntls_cert_file = "{tls_files / cert}"\ntls_key_file = "{tls_files / key}"\n'
+    error = _broken(tmp_path, smtp + BASE)
+    assert str(error) == f"{tmp_path / 'config.toml'} › " + problem.format(dir=tls_files)
+
+
+def test_a_matching_tls_pair_loads(tmp_path: Path, tls_files: Path) -> None:
+    path = tmp_path / "config.toml"
+    smtp = f'[smtp]\ntls_cert_file = "{tls_files}/cert.pem"\ntls_key_file = "{tls_files}/key.pem"\n'
+    path.write_text(smtp + BASE, encoding="utf-8")
+    assert load_settings(path).smtp.tls_key_file == tls_files / "key.pem"
 
 
 def test_base_url_must_be_https(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import ssl
 import string
 import tomllib
@@ -258,6 +259,30 @@ def _listen(r: _Reader, key: str, default: str | None) -> Listen:
     return Listen(host, int(port))
 
 
+# A host name label (RFC 1123 §2.1, which lets a label start with a digit): letters, digits and hyphens,
+# not a hyphen at either end, at most 63 octets (RFC 1035 §2.3.4). RFC 5321's sub-domain is the same.
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _is_host_name(text: str) -> bool:
+    return len(text) <= 253 and all(_LABEL.fullmatch(label) for label in text.split("."))
+
+
+def _is_address_literal(text: str) -> bool:
+    """RFC 5321 §4.1.3: [192.0.2.1] or [IPv6:2001:db8::1]."""
+    if not (text.startswith("[") and text.endswith("]")):
+        return False
+    inner = text[1:-1]
+    try:
+        if inner[:5].lower() == "ipv6:":
+            ipaddress.IPv6Address(inner[5:])
+        else:
+            ipaddress.IPv4Address(inner)
+    except ValueError:
+        return False
+    return True
+
+
 def _resolve(base: Path, value: str) -> Path:
     path = Path(os.path.expanduser(value))
     return path if path.is_absolute() else base / path
@@ -382,9 +407,18 @@ def load_settings(path: Path) -> Settings:
             networks.append(ipaddress.ip_network(text, strict=False))
         except ValueError as exc:
             raise s.error("client_networks", f"{text!r} is not an IP network ({exc})") from exc
+    hostname = s.text("hostname", "localhost")
+    # It goes verbatim into the 220 greeting, the EHLO reply and our EHLO to the next hop (RFC 5321
+    # §4.1.1.1: a domain or an address literal); CR LF in it would inject reply lines.
+    if not (_is_host_name(hostname) or _is_address_literal(hostname)):
+        raise s.error(
+            "hostname",
+            "must be a host name (letters, digits and hyphens in dot-separated labels, RFC 1123 §2.1)"
+            f" or an address literal such as [192.0.2.1], not {hostname!r}",
+        )
     smtp = SmtpSettings(
         listen=_listen(s, "listen", "127.0.0.1:10025"),
-        hostname=s.text("hostname", "localhost"),
+        hostname=hostname,
         client_networks=tuple(networks),
         max_message_size=s.integer("max_message_size", 33554432, low=1024),
         max_recipients=s.integer("max_recipients", 1000, low=1),

@@ -176,6 +176,39 @@ def test_a_matching_tls_pair_loads(tmp_path: Path, tls_files: Path) -> None:
     assert load_settings(path).smtp.tls_key_file == tls_files / "key.pem"
 
 
+HOSTNAME_RULE = (
+    "must be a host name (letters, digits and hyphens in dot-separated labels, RFC 1123 §2.1) "
+    "or an address literal such as [192.0.2.1]"
+)
+
+
+@pytest.mark.parametrize(
+    ("toml", "shown"),
+    [
+        (r'"relay.example\r\n250 injected"', r"'relay.example\r\n250 injected'"),
+        ('"mail relay.example"', "'mail relay.example'"),
+        ('"-relay.example"', "'-relay.example'"),
+        ('"relay..example"', "'relay..example'"),
+        ('"relay_1.example"', "'relay_1.example'"),
+        ('"[192.0.2.300]"', "'[192.0.2.300]'"),
+        ('"' + "a" * 64 + '.example"', repr("a" * 64 + ".example")),
+    ],
+)
+def test_smtp_hostname_must_be_a_host_name(tmp_path: Path, toml: str, shown: str) -> None:
+    """It is sent verbatim in the 220 greeting and the EHLO reply: CR LF there injected reply lines."""
+    error = _broken(tmp_path, f"[smtp]\nhostname = {toml}\n" + BASE)
+    assert str(error) == f"{tmp_path / 'config.toml'} › smtp.hostname: {HOSTNAME_RULE}, not {shown}"
+
+
+@pytest.mark.parametrize(
+    "hostname", ["localhost", "relay.example", "MX-1.example.co.jp", "[192.0.2.1]", "[IPv6:2001:db8::1]"]
+)
+def test_smtp_hostname_may_be_a_name_or_an_address_literal(tmp_path: Path, hostname: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[smtp]\nhostname = "{hostname}"\n' + BASE, encoding="utf-8")
+    assert load_settings(path).smtp.hostname == hostname
+
+
 def test_base_url_must_be_https(tmp_path: Path) -> None:
     error = _broken(tmp_path, BASE.replace("https://careerrelay.jp/r/", "http://careerrelay.jp/r/"))
     assert "referral.base_url: must be an https URL" in str(error)

@@ -544,9 +544,18 @@ def load_settings(path: Path) -> Settings:
             seen_domains[domain] = tenant_id
         keys = []
         for k in t.tables("dkim"):
+            selector = k.text("selector")
+            # RFC 6376 §3.1: selector = sub-domain *( "." sub-domain ); it is the s= tag and the first labels
+            # of SELECTOR._domainkey.DOMAIN, so anything else makes every signature fail to verify.
+            if not _is_host_name(selector):
+                raise k.error(
+                    "selector",
+                    "must be DNS labels (letters, digits and hyphens, separated by dots; RFC 6376 §3.1),"
+                    f" not {selector!r}",
+                )
             keys.append(
                 DkimKeySettings(
-                    selector=k.text("selector"),
+                    selector=selector,
                     key_file=_resolve(state_dir, k.text("key_file")),
                     algorithm=cast(
                         DkimAlgorithm, k.choice("algorithm", ("rsa-sha256", "ed25519-sha256"), "rsa-sha256")

@@ -209,6 +209,23 @@ def test_smtp_hostname_may_be_a_name_or_an_address_literal(tmp_path: Path, hostn
     assert load_settings(path).smtp.hostname == hostname
 
 
+@pytest.mark.parametrize("selector", ["mail relay", "s_1", "-s", "s.", "ｓ1"])
+def test_dkim_selector_must_be_dns_labels(tmp_path: Path, selector: str) -> None:
+    """It is the s= tag and the first labels of the key's DNS name: with a space every signature failed."""
+    error = _broken(tmp_path, BASE.replace('selector = "s"', f'selector = "{selector}"'))
+    assert str(error) == (
+        f"{tmp_path / 'config.toml'} › tenants[0].dkim[0].selector: must be DNS labels (letters, digits and "
+        f"hyphens, separated by dots; RFC 6376 §3.1), not {selector!r}"
+    )
+
+
+@pytest.mark.parametrize("selector", ["mr2027", "2027-01", "eu.mr"])
+def test_dkim_selector_may_have_several_labels(tmp_path: Path, selector: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(BASE.replace('selector = "s"', f'selector = "{selector}"'), encoding="utf-8")
+    assert load_settings(path).tenants[0].dkim[0].selector == selector
+
+
 def test_base_url_must_be_https(tmp_path: Path) -> None:
     error = _broken(tmp_path, BASE.replace("https://careerrelay.jp/r/", "http://careerrelay.jp/r/"))
     assert "referral.base_url: must be an https URL" in str(error)

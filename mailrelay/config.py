@@ -283,6 +283,45 @@ def _is_address_literal(text: str) -> bool:
     return True
 
 
+def _is_domain(text: str) -> bool:
+    """A host name in A-labels or U-labels (IDNA 2003, Python's codec): an SMTPUTF8 From domain arrives as
+    U-labels, and domains are compared as strings."""
+    labels = []
+    for label in text.split("."):
+        if not label.isascii():
+            try:
+                a_label = label.encode("idna")
+            except UnicodeError:
+                return False
+            # Nameprep maps some labels to others (fullwidth ａ to a): such a domain would never match.
+            if a_label.decode("idna") != label:
+                return False
+            label = a_label.decode("ascii")
+        labels.append(label)
+    return _is_host_name(".".join(labels))
+
+
+def _domains(r: _Reader, key: str, default: list[str] | None = None) -> tuple[str, ...]:
+    """Domains as relay.domain_of() gives them: lower case, no final dot."""
+    domains = tuple(x.lower().rstrip(".") for x in r.str_list(key, default))
+    for domain in domains:
+        if _is_domain(domain):
+            continue
+        if "@" in domain:
+            bare = domain.rpartition("@")[2]
+            raise r.error(
+                key,
+                f"{domain!r} is not a domain name: write {bare!r}"
+                ' (a rule\'s senders take "@domain", domains do not)',
+            )
+        raise r.error(
+            key,
+            f"{domain!r} is not a domain name (letters, digits and hyphens in dot-separated labels,"
+            " e.g. example.co.jp)",
+        )
+    return domains
+
+
 def _resolve(base: Path, value: str) -> Path:
     path = Path(os.path.expanduser(value))
     return path if path.is_absolute() else base / path
@@ -535,7 +574,7 @@ def load_settings(path: Path) -> Settings:
         if tenant_id in seen_ids:
             raise t.error("id", f"duplicate tenant id {tenant_id!r}")
         seen_ids.add(tenant_id)
-        domains = tuple(x.lower().rstrip(".") for x in t.str_list("domains"))
+        domains = _domains(t, "domains")
         if not domains:
             raise t.error("domains", "must list at least one sending domain")
         for domain in domains:
@@ -595,7 +634,7 @@ def load_settings(path: Path) -> Settings:
     log_format = lg.choice("format", ("text", "json"), "text")
     lg.finish()
 
-    internal = tuple(x.lower() for x in root.str_list("internal_domains", []))
+    internal = _domains(root, "internal_domains", [])
     root.finish()
     return Settings(
         source=path,

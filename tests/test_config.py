@@ -226,6 +226,49 @@ def test_dkim_selector_may_have_several_labels(tmp_path: Path, selector: str) ->
     assert load_settings(path).tenants[0].dkim[0].selector == selector
 
 
+DOMAIN_RULE = "letters, digits and hyphens in dot-separated labels, e.g. example.co.jp"
+
+
+@pytest.mark.parametrize(
+    ("domain", "problem"),
+    [
+        (
+            "@a.example",
+            "'@a.example' is not a domain name: write 'a.example' (a rule's senders take \"@domain\", "
+            "domains do not)",
+        ),
+        (
+            "hr@a.example",
+            "'hr@a.example' is not a domain name: write 'a.example' (a rule's senders take \"@domain\", "
+            "domains do not)",
+        ),
+        ("a example", f"'a example' is not a domain name ({DOMAIN_RULE})"),
+        ("*.a.example", f"'*.a.example' is not a domain name ({DOMAIN_RULE})"),
+        ("a..example", f"'a..example' is not a domain name ({DOMAIN_RULE})"),
+        ("ａ.example", f"'ａ.example' is not a domain name ({DOMAIN_RULE})"),
+    ],
+)
+def test_tenant_domains_must_be_domain_names(tmp_path: Path, domain: str, problem: str) -> None:
+    """ "@a.example" was accepted, and then no mail ever matched the tenant."""
+    error = _broken(tmp_path, BASE.replace('domains = ["a.example"]', f'domains = ["{domain}"]'))
+    assert str(error) == f"{tmp_path / 'config.toml'} › tenants[0].domains: {problem}"
+
+
+def test_internal_domains_must_be_domain_names(tmp_path: Path) -> None:
+    error = _broken(tmp_path, 'internal_domains = ["b.example", "@agency.example"]\n' + BASE)
+    assert str(error) == (
+        f"{tmp_path / 'config.toml'} › internal_domains: '@agency.example' is not a domain name: write "
+        "'agency.example' (a rule's senders take \"@domain\", domains do not)"
+    )
+
+
+def test_tenant_domains_may_be_idn_and_end_in_a_dot(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    domains = 'domains = ["A.example.", "例え.jp", "xn--r8jz45g.jp"]'
+    path.write_text(BASE.replace('domains = ["a.example"]', domains), encoding="utf-8")
+    assert load_settings(path).tenants[0].domains == ("a.example", "例え.jp", "xn--r8jz45g.jp")
+
+
 def test_base_url_must_be_https(tmp_path: Path) -> None:
     error = _broken(tmp_path, BASE.replace("https://careerrelay.jp/r/", "http://careerrelay.jp/r/"))
     assert "referral.base_url: must be an https URL" in str(error)

@@ -552,9 +552,25 @@ def load_settings(path: Path) -> Settings:
                 "public_url", f"must be an http(s) URL without query or fragment, not {public_url!r}"
             )
     webhook_secrets = tuple(h.str_list("webhook_secrets", []))
-    for secret in webhook_secrets:
-        if not secret.startswith("whsec_") or len(secret) < 6 + 32:
-            raise h.error("webhook_secrets", "each secret must be whsec_ + base64 of at least 24 bytes")
+    # Imported here: mailrelay.tracking imports this module. Decoding with the verifier's own function means
+    # that a secret accepted here is one every webhook can be checked with (a bad one made each a 500).
+    from mailrelay.tracking.webhook import SECRET_PREFIX, secret_bytes
+
+    # Secrets are named by their place in the list: an error message must not print one.
+    for number, secret in enumerate(webhook_secrets, 1):
+        if not secret.startswith(SECRET_PREFIX):
+            raise h.error("webhook_secrets", f"secret {number} does not start with {SECRET_PREFIX}")
+        try:
+            size = len(secret_bytes(secret))
+        except ValueError as exc:
+            raise h.error(
+                "webhook_secrets",
+                f"secret {number} is not {SECRET_PREFIX} followed by base64 (standard alphabet, padded)",
+            ) from exc
+        if size < 24:  # Standard Webhooks: secrets of 24 to 64 bytes
+            raise h.error(
+                "webhook_secrets", f"secret {number} decodes to {size} bytes; at least 24 are needed"
+            )
     http = HttpSettings(
         listen=_listen(h, "listen", "") if http_listen_text else None,
         public_url=public_url,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 from pathlib import Path
@@ -267,6 +268,29 @@ def test_tenant_domains_may_be_idn_and_end_in_a_dot(tmp_path: Path) -> None:
     domains = 'domains = ["A.example.", "例え.jp", "xn--r8jz45g.jp"]'
     path.write_text(BASE.replace('domains = ["a.example"]', domains), encoding="utf-8")
     assert load_settings(path).tenants[0].domains == ("a.example", "例え.jp", "xn--r8jz45g.jp")
+
+
+GOOD_SECRET = "whsec_" + base64.b64encode(b"g" * 24).decode()
+
+
+@pytest.mark.parametrize(
+    ("secret", "problem"),
+    [
+        (GOOD_SECRET + "x", "secret 2 is not whsec_ followed by base64 (standard alphabet, padded)"),
+        (GOOD_SECRET[:-4] + "-_-_", "secret 2 is not whsec_ followed by base64 (standard alphabet, padded)"),
+        (GOOD_SECRET[6:], "secret 2 does not start with whsec_"),
+        (
+            "whsec_" + base64.b64encode(b"s" * 23).decode(),
+            "secret 2 decodes to 23 bytes; at least 24 are needed",
+        ),
+    ],
+)
+def test_webhook_secrets_must_decode(tmp_path: Path, secret: str, problem: str) -> None:
+    """A secret that is not base64 passed the prefix and length check; every webhook then got 500. The
+    error names the secret by its place in the list, never by its value."""
+    http = f'[http]\nwebhook_secrets = ["{GOOD_SECRET}", "{secret}"]\n'
+    error = _broken(tmp_path, http + BASE)
+    assert str(error) == f"{tmp_path / 'config.toml'} › http.webhook_secrets: {problem}"
 
 
 def test_base_url_must_be_https(tmp_path: Path) -> None:

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
 from mailrelay.errors import ConfigError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -496,6 +499,25 @@ def load_settings(path: Path) -> Settings:
 
     d = root.table("database")
     database_url = d.text("url", "", allow_empty=True) or f"sqlite:///{state_dir / 'mailrelay.db'}"
+    # Parsed here so that a bad URL is a config error, not an SQLAlchemy traceback from every command that
+    # opens the store. The value is not echoed: it may hold a password.
+    try:
+        url = make_url(database_url)
+    except ArgumentError as exc:
+        raise d.error(
+            "url",
+            'is not an SQLAlchemy URL: write e.g. "postgresql+psycopg://mailrelay@db.example/mailrelay" or'
+            ' "sqlite:////var/lib/mailrelay/mailrelay.db", or "" for SQLite in state_dir',
+        ) from exc
+    try:
+        url.get_dialect()  # imports the dialect's module, not its driver
+    except NoSuchModuleError as exc:
+        # "postgres://" is what other tools write; SQLAlchemy dropped that name in 1.4.
+        raise d.error(
+            "url",
+            f"names {url.drivername!r}, which is no SQLAlchemy dialect here: PostgreSQL is"
+            ' "postgresql+psycopg://mailrelay@db.example/mailrelay"',
+        ) from exc
     d.finish()
 
     m = root.table("metrics")

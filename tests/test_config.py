@@ -293,6 +293,31 @@ def test_webhook_secrets_must_decode(tmp_path: Path, secret: str, problem: str) 
     assert str(error) == f"{tmp_path / 'config.toml'} › http.webhook_secrets: {problem}"
 
 
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        (
+            "mailrelay.db",
+            'is not an SQLAlchemy URL: write e.g. "postgresql+psycopg://mailrelay@db.example/mailrelay" or '
+            '"sqlite:////var/lib/mailrelay/mailrelay.db", or "" for SQLite in state_dir',
+        ),
+        (
+            "postgres://mailrelay:hunter2@db.example/mailrelay",
+            "names 'postgres', which is no SQLAlchemy dialect here: PostgreSQL is "
+            '"postgresql+psycopg://mailrelay@db.example/mailrelay"',
+        ),
+    ],
+)
+def test_database_url_must_be_an_sqlalchemy_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, problem: str
+) -> None:
+    """check-config, db upgrade and report ended in an SQLAlchemy traceback; the password is never shown."""
+    path = tmp_path / "config.toml"
+    path.write_text(f'[database]\nurl = "{url}"\n' + BASE, encoding="utf-8")
+    assert main(["check-config", "--config", str(path)]) == 2
+    assert f"{path} › database.url: {problem}\n" in capsys.readouterr().out
+
+
 def test_base_url_must_be_https(tmp_path: Path) -> None:
     error = _broken(tmp_path, BASE.replace("https://careerrelay.jp/r/", "http://careerrelay.jp/r/"))
     assert "referral.base_url: must be an https URL" in str(error)

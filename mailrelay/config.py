@@ -325,6 +325,33 @@ def _domains(r: _Reader, key: str, default: list[str] | None = None) -> tuple[st
     return domains
 
 
+# Postfix's relayhost syntax, [host]:port or host:port (an IPv6 address is told apart before this is tried).
+_HOST_AND_PORT = re.compile(r"\[([^\[\]]+)\](?::(\d+))?|([^:\[\]]+):(\d+)")
+# Underscores too: container and compose service names (postfix_relay) resolve through Docker's DNS.
+_RESOLVABLE_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
+
+
+def _next_hop_host(r: _Reader) -> str:
+    host = r.text("host", "127.0.0.1")
+    try:
+        ipaddress.ip_address(host)  # ::1 too: aiosmtplib connects to an IPv6 address as written
+        return host
+    except ValueError:
+        pass
+    if len(host) <= 254 and _RESOLVABLE_NAME.fullmatch(host):
+        return host
+    match = _HOST_AND_PORT.fullmatch(host)
+    if match is None:
+        raise r.error("host", f"must be a host name or an IP address, not {host!r}")
+    bare, port = match[1] or match[3], match[2] or match[4]
+    fix = f'write host = "{bare}"' + (f" and port = {port}" if port else "")
+    raise r.error(
+        "host",
+        f"must be a host name or an IP address without brackets or port, not {host!r}: {fix} (the port goes"
+        " in next_hop.port; mailrelay never looks up MX records, so Postfix's brackets are not needed)",
+    )
+
+
 def _resolve(base: Path, value: str) -> Path:
     path = Path(os.path.expanduser(value))
     return path if path.is_absolute() else base / path
@@ -485,7 +512,7 @@ def load_settings(path: Path) -> Settings:
     n = root.table("next_hop")
     directory_text = n.text("directory", "", allow_empty=True)
     next_hop = NextHopSettings(
-        host=n.text("host", "127.0.0.1"),
+        host=_next_hop_host(n),
         port=n.integer("port", 10026, low=1, high=65535),
         starttls=cast(StartTLS, n.choice("starttls", ("off", "opportunistic", "required"), "opportunistic")),
         verify_certificate=n.flag("verify_certificate", True),

@@ -318,6 +318,40 @@ def test_database_url_must_be_an_sqlalchemy_url(
     assert f"{path} › database.url: {problem}\n" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("host", "fix"),
+    [
+        ("[127.0.0.1]:10026", 'write host = "127.0.0.1" and port = 10026'),
+        ("[::1]", 'write host = "::1"'),
+        ("[relay.example]", 'write host = "relay.example"'),
+        ("relay.example:25", 'write host = "relay.example" and port = 25'),
+    ],
+)
+def test_next_hop_host_refuses_postfix_relayhost_syntax(tmp_path: Path, host: str, fix: str) -> None:
+    """ "[127.0.0.1]:10026" was accepted and then unreachable, as a name to resolve."""
+    error = _broken(tmp_path, f'[next_hop]\nhost = "{host}"\n' + BASE)
+    assert str(error) == (
+        f"{tmp_path / 'config.toml'} › next_hop.host: must be a host name or an IP address without brackets "
+        f"or port, not {host!r}: {fix} (the port goes in next_hop.port; mailrelay never looks up MX records, "
+        "so Postfix's brackets are not needed)"
+    )
+
+
+def test_next_hop_host_must_be_a_name_or_address(tmp_path: Path) -> None:
+    error = _broken(tmp_path, '[next_hop]\nhost = "relay example"\n' + BASE)
+    assert str(error) == (
+        f"{tmp_path / 'config.toml'} › next_hop.host: "
+        "must be a host name or an IP address, not 'relay example'"
+    )
+
+
+@pytest.mark.parametrize("host", ["::1", "2001:db8::25", "10.0.0.1", "relay.example.", "postfix_relay"])
+def test_next_hop_host_may_be_ipv6_or_a_container_name(tmp_path: Path, host: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[next_hop]\nhost = "{host}"\n' + BASE, encoding="utf-8")
+    assert load_settings(path).next_hop.host == host
+
+
 def test_base_url_must_be_https(tmp_path: Path) -> None:
     error = _broken(tmp_path, BASE.replace("https://careerrelay.jp/r/", "http://careerrelay.jp/r/"))
     assert "referral.base_url: must be an https URL" in str(error)

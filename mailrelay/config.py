@@ -267,7 +267,8 @@ def _listen(r: _Reader, key: str, default: str | None) -> Listen:
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
-def _is_host_name(text: str) -> bool:
+def is_host_name(text: str) -> bool:
+    """Dot-separated host name labels (a DKIM selector and d= are the same, RFC 6376 §3.1)."""
     return len(text) <= 253 and all(_LABEL.fullmatch(label) for label in text.split("."))
 
 
@@ -301,7 +302,7 @@ def _is_domain(text: str) -> bool:
                 return False
             label = a_label.decode("ascii")
         labels.append(label)
-    return _is_host_name(".".join(labels))
+    return is_host_name(".".join(labels))
 
 
 def _domains(r: _Reader, key: str, default: list[str] | None = None) -> tuple[str, ...]:
@@ -479,7 +480,7 @@ def load_settings(path: Path) -> Settings:
     hostname = s.text("hostname", "localhost")
     # It goes verbatim into the 220 greeting, the EHLO reply and our EHLO to the next hop (RFC 5321
     # §4.1.1.1: a domain or an address literal); CR LF in it would inject reply lines.
-    if not (_is_host_name(hostname) or _is_address_literal(hostname)):
+    if not (is_host_name(hostname) or _is_address_literal(hostname)):
         raise s.error(
             "hostname",
             "must be a host name (letters, digits and hyphens in dot-separated labels, RFC 1123 §2.1)"
@@ -651,7 +652,7 @@ def load_settings(path: Path) -> Settings:
             selector = k.text("selector")
             # RFC 6376 §3.1: selector = sub-domain *( "." sub-domain ); it is the s= tag and the first labels
             # of SELECTOR._domainkey.DOMAIN, so anything else makes every signature fail to verify.
-            if not _is_host_name(selector):
+            if not is_host_name(selector):
                 raise k.error(
                     "selector",
                     "must be DNS labels (letters, digits and hyphens, separated by dots; RFC 6376 §3.1),"

@@ -20,7 +20,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 
-from mailrelay.config import DkimKeySettings, TenantSettings
+from mailrelay.config import DkimKeySettings, TenantSettings, is_host_name
 from mailrelay.errors import ConfigError
 from mailrelay.message import WireReady, crlf_only
 
@@ -393,20 +393,14 @@ def verify_published(selector: str, domain: str, txt: str) -> str:
     return "matches" if any(_p_tag(value) == _p_tag(txt) for value in published) else "differs"
 
 
-# RFC 6376 §3.1: a selector is sub-domain *("." sub-domain), d= a domain name of two or more; a sub-domain
-# is letters, digits and hyphens, neither first nor last a hyphen (RFC 5321 §4.1.2), of at most 63
-# octets (RFC 1035 §2.3.4). Anything else makes a zone line no name server loads.
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_SELECTOR = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")
-
-
+# RFC 6376 §3.1: a selector is sub-domain *("." sub-domain), d= a domain name of two or more labels.
+# Anything else makes a zone line no name server loads.
 def is_selector(text: str) -> bool:
-    return _SELECTOR.fullmatch(text) is not None
+    return is_host_name(text)
 
 
 def is_domain(text: str) -> bool:
-    return len(text) <= 253 and _DOMAIN.fullmatch(text) is not None
+    return "." in text and is_host_name(text)
 
 
 def dns_record(selector: str, domain: str, txt: str) -> str:

@@ -288,6 +288,20 @@ GOOD = 'id = "r1"\ndescription = "d"\nmode = "decorate"\nfooter = "ja"\nrequire 
         ),
         ("[[rule]]\n" + GOOD.replace('description = "d"\n', ""), "r1 › description", "missing (say what"),
         ("[defaults]\nvoice = 1\n[[rule]]\n" + GOOD, "defaults › voice", "unknown key (allowed: "),
+        # A value in [defaults] is checked, and named, there, not as the first rule's (review 16).
+        (
+            '[defaults]\nlook_in = "subject"\n[[rule]]\n' + GOOD,
+            "defaults › look_in",
+            "must be a list of strings, not a string",
+        ),
+        ('[defaults]\nmode = "loud"\n[[rule]]\n' + GOOD, "defaults › mode", "unknown mode 'loud'"),
+        # `$` matches before a final newline: these passed and the rule was never used (review 16).
+        ("[[rule]]\n" + GOOD.replace('"r1"', '"r1\\n"'), "'r1\\n' › id", "use 1-64 characters"),
+        (
+            "[[rule]]\n" + GOOD + '[rule.header]\nname = "X-ATS-Status\\n"\nvalues = ["r"]\n',
+            "r1 › header.name",
+            "'X-ATS-Status\\n' is not a header field name",
+        ),
         ("rules = 1\n", "rules", "unknown key (expected [[rule]] tables"),
     ],
 )

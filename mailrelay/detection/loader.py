@@ -22,9 +22,10 @@ RULE_KEYS = frozenset(
 # What a file's [defaults] may set for all its rules; a rule's own value wins, except `exclude`, which adds.
 DEFAULT_KEYS = frozenset({"mode", "language", "look_in", "exclude", "footer"})
 HEADER_KEYS = frozenset({"name", "values"})
-# Rule ids are metric labels and log words: keep them short and plain.
-_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 §3.6.8 field name: printable ASCII except ":"
+# Rule ids are metric labels and log words: keep them short and plain. Both are used with fullmatch: `$`
+# also matches before a final newline, which let `id = "ats\n"` and a header name ending in one through.
+_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 §3.6.8 field name: printable ASCII except ":"
 _TOML_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 
 
@@ -80,10 +81,12 @@ def _load_file(path: Path, footers: set[str] | None) -> list[Rule]:
         raise ConfigError(file, (), "no [[rule]] table")
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise ConfigError(file, ("rule",), "must be an array of tables ([[rule]])")
+    # Checked here, once, so that an error in [defaults] names `defaults`, not the first rule that uses it.
     shared = _Fields(file, "defaults", defaults)
+    shared_values = _common(shared)
     shared_exclude = shared.phrases("exclude") if "exclude" in defaults else ()
     return [
-        _rule(file, n, cast(dict[str, Any], t), defaults, shared_exclude, footers)
+        _rule(file, n, cast(dict[str, Any], t), shared_values, shared_exclude, footers)
         for n, t in enumerate(tables, 1)
     ]
 
@@ -139,7 +142,10 @@ def _rule(
     footers: set[str] | None,
 ) -> Rule:
     raw_id = table.get("id")
-    where = raw_id if isinstance(raw_id, str) and raw_id else f"rule #{number}"
+    where = f"rule #{number}"
+    if isinstance(raw_id, str) and raw_id:
+        # repr() for an id that is not one printable line (`"ats\n"`), so that the error stays one line.
+        where = raw_id if raw_id.isprintable() else repr(raw_id)
     f = _Fields(file, where, table)
     for key in table:
         if key not in RULE_KEYS:
@@ -147,35 +153,24 @@ def _rule(
     if raw_id is None:
         raise f.error("id", "missing")
     rule_id = f.text("id", raw_id)
-    if not _ID.match(rule_id):
+    if not _ID.fullmatch(rule_id):
         raise f.error("id", "use 1-64 characters a-z, 0-9, '.', '_', '-' (starting with a letter or digit)")
     if "description" not in table:
         raise f.error("description", "missing (say what the rule catches, for the people who review it)")
     description = f.text("description", table["description"])
 
-    merged = {**{k: v for k, v in defaults.items() if k != "exclude"}, **table}
-    m = _Fields(file, where, merged)
-    mode_value = merged.get("mode")
-    if mode_value is None:
+    merged = {**defaults, **_common(f)}
+    if "mode" not in merged:
         raise f.error("mode", 'missing ("decorate" or "shadow")')
-    if mode_value not in MODES:
-        raise m.error("mode", f'unknown mode {mode_value!r} (use "decorate" or "shadow")')
-    mode = cast(Mode, mode_value)
+    mode: Mode = merged["mode"]
     if "footer" not in merged:
         raise f.error("footer", "missing (the name of the footer this rule selects)")
-    footer = m.text("footer", merged["footer"])
+    footer: str = merged["footer"]
     if footers is not None and footer not in footers:
         known = ", ".join(sorted(footers)) or "none"
-        raise m.error("footer", f"unknown footer {footer!r} (defined: {known})")
-    language = m.text("language", merged["language"]) if "language" in merged else None
-
-    look_in: tuple[Place, ...] = PLACES
-    if "look_in" in merged:
-        places = m.texts("look_in")
-        for place in places:
-            if place not in PLACES:
-                raise m.error("look_in", f'unknown place {place!r} (use "subject" and/or "body")')
-        look_in = tuple(p for p in PLACES if p in places)
+        raise f.error("footer", f"unknown footer {footer!r} (defined: {known})")
+    language: str | None = merged.get("language")
+    look_in: tuple[Place, ...] = merged.get("look_in", PLACES)
 
     require: list[tuple[Phrase, ...]] = []
     if "require" in table:
@@ -227,6 +222,27 @@ def _rule(
     )
 
 
+def _common(f: _Fields) -> dict[str, Any]:
+    """The values a rule or its file's [defaults] may set, validated where they are written."""
+    values: dict[str, Any] = {}
+    if "mode" in f.table:
+        mode = f.table["mode"]
+        if mode not in MODES:
+            raise f.error("mode", f'unknown mode {mode!r} (use "decorate" or "shadow")')
+        values["mode"] = cast(Mode, mode)
+    if "footer" in f.table:
+        values["footer"] = f.text("footer", f.table["footer"])
+    if "language" in f.table:
+        values["language"] = f.text("language", f.table["language"])
+    if "look_in" in f.table:
+        places = f.texts("look_in")
+        for place in places:
+            if place not in PLACES:
+                raise f.error("look_in", f'unknown place {place!r} (use "subject" and/or "body")')
+        values["look_in"] = tuple(p for p in PLACES if p in places)
+    return values
+
+
 def _header(file: str, where: str, value: Any) -> HeaderSignal:
     if not isinstance(value, dict):
         raise ConfigError(
@@ -245,7 +261,7 @@ def _header(file: str, where: str, value: Any) -> HeaderSignal:
         values = h.phrases("values")
     except ConfigError as exc:
         raise ConfigError(file, (where, f"header.{exc.where[-1]}"), exc.problem) from None
-    if not _HEADER_NAME.match(name):
+    if not _HEADER_NAME.fullmatch(name):
         raise ConfigError(file, (where, "header.name"), f"{name!r} is not a header field name")
     return HeaderSignal(name, values)
 

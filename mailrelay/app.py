@@ -76,12 +76,13 @@ def settle_heap() -> None:
 
 
 def load_ruleset(settings: Settings) -> RuleSet:
-    footers = {name for tenant in settings.tenants for name in tenant.footers}
+    # A rule must name tenants that exist (tenant.footers: the shared [footers] with the tenant's own on top).
+    tenants = {tenant.id: tuple(tenant.footers) for tenant in settings.tenants}
     try:
         paths = expand_rule_globs(settings.rule_globs)
     except ValueError as exc:
         raise ConfigError(str(settings.source), ("rules.paths",), str(exc)) from exc
-    return load_rules(paths, footers)
+    return load_rules(paths, tenants)
 
 
 def load_hash_key(path: Path) -> bytes:

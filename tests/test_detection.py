@@ -39,11 +39,11 @@ def item(
 
 
 def rules_from(
-    tmp_path: Path, text: str, name: str = "rules.toml", footers: set[str] | None = None
+    tmp_path: Path, text: str, name: str = "rules.toml", tenants: dict[str, set[str]] | None = None
 ) -> RuleSet:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
-    return load_rules([path], footers)
+    return load_rules([path], tenants)
 
 
 BASIC = """
@@ -326,9 +326,20 @@ def test_validation_error_exact_message(tmp_path: Path) -> None:
 
 def test_unknown_footer_is_an_error_when_footers_are_known(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
-        rules_from(tmp_path, "[[rule]]\n" + GOOD, footers={"en"})
+        rules_from(tmp_path, "[[rule]]\n" + GOOD, tenants={"acme": {"en"}})
     assert str(caught.value) == f"{tmp_path / 'rules.toml'} › r1 › footer: unknown footer 'ja' (defined: en)"
     assert rules_from(tmp_path, "[[rule]]\n" + GOOD).ids == ("r1",)
+
+
+def test_a_rule_naming_an_unknown_tenant_is_an_error(tmp_path: Path) -> None:
+    """A typo in `tenants` would scope the rule to no tenant at all: it would never fire (review 09)."""
+    tenants = {"a": {"ja"}, "b": {"ja"}}
+    with pytest.raises(ConfigError) as caught:
+        rules_from(tmp_path, "[[rule]]\n" + GOOD + 'tenants = ["a", "aa"]\n', tenants=tenants)
+    assert (
+        str(caught.value) == f"{tmp_path / 'rules.toml'} › r1 › tenants: unknown tenant 'aa' (defined: a, b)"
+    )
+    assert rules_from(tmp_path, "[[rule]]\n" + GOOD + 'tenants = ["a"]\n', tenants=tenants).ids == ("r1",)
 
 
 def test_toml_syntax_error_reports_the_line(tmp_path: Path) -> None:
@@ -356,7 +367,7 @@ def test_a_file_without_rules_is_an_error(tmp_path: Path) -> None:
 
 
 def test_shipped_rules_load_with_the_shipped_footers() -> None:
-    rules = load_rules(sorted((REPO / "rules").glob("*.toml")), {"ja", "en"})
+    rules = load_rules(sorted((REPO / "rules").glob("*.toml")), {"acme": {"ja", "en"}})
     assert "ja-rejection" in rules.ids and "en-rejection" in rules.ids
 
 

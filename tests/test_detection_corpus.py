@@ -61,7 +61,7 @@ def stdlib_input(raw: bytes) -> DetectionInput:
 
 @pytest.fixture(scope="module")
 def rules() -> RuleSet:
-    return load_rules(RULE_FILES, {"ja", "en"})
+    return load_rules(RULE_FILES, {"example": {"ja", "en"}})
 
 
 def verdicts(rules: RuleSet, files: list[Path]) -> dict[str, Verdict]:

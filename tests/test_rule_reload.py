@@ -12,7 +12,9 @@ import pytest
 
 from conftest import REPO, SettingsFactory
 from mailrelay.app import build, reload_rules, settle_heap
+from mailrelay.config import load_settings
 from mailrelay.detection import DetectionInput
+from mailrelay.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)
@@ -88,6 +90,63 @@ def test_reload_also_takes_new_footer_templates_and_keys(
     assert components.signer.keys["acme"][0].private == new_key.read_bytes()
     # The listener is bound: a changed listen address is kept as it was until a restart.
     assert components.relay.settings.smtp.listen == settings.smtp.listen
+    components.store.close()
+
+
+# Acme gets a footer of its own; a second tenant, globex, has only the shared ones (ja, en).
+SECOND_TENANT = """
+[tenants.footers.vip]
+text = "VIP {{link}}"
+html = "VIP {{link}}"
+
+[[tenants]]
+id = "globex"
+domains = ["globex.example"]
+
+[[tenants.dkim]]
+selector = "mr1"
+key_file = "{key}"
+"""
+
+SCOPED_RULE = """
+[[rule]]
+id = "vip-rejection"
+description = "Acme's own footer for its rejections"
+mode = "decorate"
+footer = "{footer}"
+{scope}
+require = [["見送らせていただ"]]
+"""
+
+
+@pytest.mark.parametrize(
+    ("footer", "scope", "problem"),
+    [
+        ("ja", 'tenants = ["acmee"]', "tenants: unknown tenant 'acmee' (defined: acme, globex)"),
+    ],
+)
+def test_rules_are_checked_against_each_tenant_at_start_and_on_reload(
+    make_settings: SettingsFactory, tmp_path: Path, footer: str, scope: str, problem: str
+) -> None:
+    """A rule scoped to a tenant id with a typo never fired (review 09)."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "a.toml").write_text(
+        SCOPED_RULE.format(footer="vip", scope='tenants = ["acme"]'), encoding="utf-8"
+    )
+    settings = make_settings(rules=str(rules / "*.toml"))
+    with settings.source.open("a", encoding="utf-8") as config:
+        config.write(SECOND_TENANT.format(key=settings.tenants[0].dkim[0].key_file))
+    components = build(load_settings(settings.source))
+    assert components.relay.rules.ids == ("vip-rejection",)
+
+    (rules / "a.toml").write_text(SCOPED_RULE.format(footer=footer, scope=scope), encoding="utf-8")
+    before = components.relay.rules
+    assert reload_rules(components) is False
+    assert components.relay.rules is before
+    with pytest.raises(ConfigError) as caught:
+        build(load_settings(settings.source))
+    assert str(caught.value).startswith(f"{rules / 'a.toml'} › vip-rejection › {problem}")
     components.store.close()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,15 +29,19 @@ _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 §3.6.8 field name: printabl
 _TOML_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 
 
-def load_rules(paths: Iterable[Path], footers: set[str] | None = None) -> RuleSet:
+Tenants = Mapping[str, Collection[str]]
+
+
+def load_rules(paths: Iterable[Path], tenants: Tenants | None = None) -> RuleSet:
     """Load and validate rule files; raises mailrelay.errors.ConfigError(file, (rule, field), problem).
 
     Files are read in name order and rules kept in file order: the first matching decorate rule wins.
-    `footers`: footer names that exist; a rule selecting another one is an error (None: not checked)."""
+    `tenants`: each tenant id with the footer names it defines (None: neither is checked). A rule naming
+    another tenant, or a footer no tenant defines, is an error."""
     rules: list[Rule] = []
     seen: dict[str, str] = {}
     for path in sorted(paths, key=lambda p: (p.name, str(p))):
-        for rule in _load_file(path, footers):
+        for rule in _load_file(path, tenants):
             if rule.id in seen:
                 raise ConfigError(
                     rule.file, (rule.id, "id"), f"duplicate id (first defined in {seen[rule.id]})"
@@ -47,7 +51,7 @@ def load_rules(paths: Iterable[Path], footers: set[str] | None = None) -> RuleSe
     return RuleSet(rules)
 
 
-def _load_file(path: Path, footers: set[str] | None) -> list[Rule]:
+def _load_file(path: Path, tenants: Tenants | None) -> list[Rule]:
     file = str(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -86,7 +90,7 @@ def _load_file(path: Path, footers: set[str] | None) -> list[Rule]:
     shared_values = _common(shared)
     shared_exclude = shared.phrases("exclude") if "exclude" in defaults else ()
     return [
-        _rule(file, n, cast(dict[str, Any], t), shared_values, shared_exclude, footers)
+        _rule(file, n, cast(dict[str, Any], t), shared_values, shared_exclude, tenants)
         for n, t in enumerate(tables, 1)
     ]
 
@@ -139,7 +143,7 @@ def _rule(
     table: dict[str, Any],
     defaults: dict[str, Any],
     shared_exclude: tuple[Phrase, ...],
-    footers: set[str] | None,
+    tenants: Tenants | None,
 ) -> Rule:
     raw_id = table.get("id")
     where = f"rule #{number}"
@@ -166,9 +170,6 @@ def _rule(
     if "footer" not in merged:
         raise f.error("footer", "missing (the name of the footer this rule selects)")
     footer: str = merged["footer"]
-    if footers is not None and footer not in footers:
-        known = ", ".join(sorted(footers)) or "none"
-        raise f.error("footer", f"unknown footer {footer!r} (defined: {known})")
     language: str | None = merged.get("language")
     look_in: tuple[Place, ...] = merged.get("look_in", PLACES)
 
@@ -198,7 +199,16 @@ def _rule(
             if not at or not domain or "." not in domain or " " in sender.strip():
                 raise f.error("senders", f"{sender!r} is not an address or an @domain")
         senders = tuple(s.strip().casefold() for s in f.texts("senders"))
-    tenants = tuple(f.texts("tenants")) if "tenants" in table else ()
+    scope = tuple(f.texts("tenants")) if "tenants" in table else ()
+    if tenants is not None:
+        for tenant in scope:
+            if tenant not in tenants:
+                known = ", ".join(sorted(tenants)) or "none"
+                raise f.error("tenants", f"unknown tenant {tenant!r} (defined: {known})")
+        footers = {name for names in tenants.values() for name in names}
+        if footer not in footers:
+            known = ", ".join(sorted(footers)) or "none"
+            raise f.error("footer", f"unknown footer {footer!r} (defined: {known})")
 
     header: HeaderSignal | None = None
     if "header" in table:
@@ -217,7 +227,7 @@ def _rule(
         require=tuple(require),
         exclude=exclude,
         senders=senders,
-        tenants=tenants,
+        tenants=scope,
         header=header,
     )
 

@@ -76,7 +76,8 @@ def settle_heap() -> None:
 
 
 def load_ruleset(settings: Settings) -> RuleSet:
-    # A rule must name tenants that exist (tenant.footers: the shared [footers] with the tenant's own on top).
+    # Per tenant, not their union: a rule must name tenants that exist, and every tenant it applies to must
+    # have its footer (tenant.footers: the shared [footers] with the tenant's own on top).
     tenants = {tenant.id: tuple(tenant.footers) for tenant in settings.tenants}
     try:
         paths = expand_rule_globs(settings.rule_globs)

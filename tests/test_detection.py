@@ -342,6 +342,37 @@ def test_a_rule_naming_an_unknown_tenant_is_an_error(tmp_path: Path) -> None:
     assert rules_from(tmp_path, "[[rule]]\n" + GOOD + 'tenants = ["a"]\n', tenants=tenants).ids == ("r1",)
 
 
+@pytest.mark.parametrize(
+    ("scope", "problem"),
+    [
+        ("", "tenant 'b' has no footer 'vip' (it has: ja; a rule without tenants applies to all)"),
+        (
+            'tenants = ["a", "b"]\n',
+            "tenant 'b' has no footer 'vip' (it has: ja; listed in this rule's tenants)",
+        ),
+    ],
+)
+def test_a_footer_must_exist_for_every_tenant_the_rule_applies_to(
+    tmp_path: Path, scope: str, problem: str
+) -> None:
+    """Checked per tenant, not against all tenants' footers together: tenant b's rejections would fail
+    open at the footer stage (review 09)."""
+    tenants = {"a": {"ja", "vip"}, "b": {"ja"}}
+    rule = "[[rule]]\n" + GOOD.replace('footer = "ja"', 'footer = "vip"')
+    with pytest.raises(ConfigError) as caught:
+        rules_from(tmp_path, rule + scope, tenants=tenants)
+    assert str(caught.value) == f"{tmp_path / 'rules.toml'} › r1 › footer: {problem}"
+    assert rules_from(tmp_path, rule + 'tenants = ["a"]\n', tenants=tenants).ids == ("r1",)
+    # A default footer only some tenants have is fine for rules scoped to them; one no tenant has is not.
+    scoped = '[defaults]\nfooter = "vip"\n[[rule]]\n' + GOOD.replace('footer = "ja"\n', 'tenants = ["a"]\n')
+    assert rules_from(tmp_path, scoped, tenants=tenants).ids == ("r1",)
+    with pytest.raises(ConfigError) as caught:
+        rules_from(tmp_path, scoped.replace('"vip"', '"gold"', 1), tenants=tenants)
+    assert str(caught.value) == (
+        f"{tmp_path / 'rules.toml'} › defaults › footer: unknown footer 'gold' (defined: ja, vip)"
+    )
+
+
 def test_toml_syntax_error_reports_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         rules_from(tmp_path, '[[rule]]\nid = "r1"\ndescription "no equals sign"\n')

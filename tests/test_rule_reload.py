@@ -123,12 +123,14 @@ require = [["見送らせていただ"]]
     ("footer", "scope", "problem"),
     [
         ("ja", 'tenants = ["acmee"]', "tenants: unknown tenant 'acmee' (defined: acme, globex)"),
+        ("vip", "", "footer: tenant 'globex' has no footer 'vip' (it has: en, ja; a rule without tenants"),
     ],
 )
 def test_rules_are_checked_against_each_tenant_at_start_and_on_reload(
     make_settings: SettingsFactory, tmp_path: Path, footer: str, scope: str, problem: str
 ) -> None:
-    """A rule scoped to a tenant id with a typo never fired (review 09)."""
+    """A rule scoped to a tenant id with a typo never fired; one selecting a footer that only some of the
+    tenants it applies to have failed open for the others (`failed-open:footer:KeyError`; review 09)."""
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "a.toml").write_text(

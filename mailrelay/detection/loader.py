@@ -37,7 +37,8 @@ def load_rules(paths: Iterable[Path], tenants: Tenants | None = None) -> RuleSet
 
     Files are read in name order and rules kept in file order: the first matching decorate rule wins.
     `tenants`: each tenant id with the footer names it defines (None: neither is checked). A rule naming
-    another tenant, or a footer no tenant defines, is an error."""
+    another tenant is an error, and so is a footer missing from a tenant the rule applies to (the tenants
+    it names, or every tenant): that tenant's rejections would find no footer when the rule fires."""
     rules: list[Rule] = []
     seen: dict[str, str] = {}
     for path in sorted(paths, key=lambda p: (p.name, str(p))):
@@ -88,6 +89,9 @@ def _load_file(path: Path, tenants: Tenants | None) -> list[Rule]:
     # Checked here, once, so that an error in [defaults] names `defaults`, not the first rule that uses it.
     shared = _Fields(file, "defaults", defaults)
     shared_values = _common(shared)
+    if tenants is not None and "footer" in shared_values:
+        # Only whether it exists at all: which tenants must have it depends on each rule's scope.
+        _check_footer(shared, shared_values["footer"], tenants, (), scoped=False)
     shared_exclude = shared.phrases("exclude") if "exclude" in defaults else ()
     return [
         _rule(file, n, cast(dict[str, Any], t), shared_values, shared_exclude, tenants)
@@ -205,10 +209,7 @@ def _rule(
             if tenant not in tenants:
                 known = ", ".join(sorted(tenants)) or "none"
                 raise f.error("tenants", f"unknown tenant {tenant!r} (defined: {known})")
-        footers = {name for names in tenants.values() for name in names}
-        if footer not in footers:
-            known = ", ".join(sorted(footers)) or "none"
-            raise f.error("footer", f"unknown footer {footer!r} (defined: {known})")
+        _check_footer(f, footer, tenants, scope or tuple(tenants), scoped=bool(scope))
 
     header: HeaderSignal | None = None
     if "header" in table:
@@ -251,6 +252,20 @@ def _common(f: _Fields) -> dict[str, Any]:
                 raise f.error("look_in", f'unknown place {place!r} (use "subject" and/or "body")')
         values["look_in"] = tuple(p for p in PLACES if p in places)
     return values
+
+
+def _check_footer(f: _Fields, footer: str, tenants: Tenants, scope: Iterable[str], *, scoped: bool) -> None:
+    """Every tenant in `scope` has `footer` (its own [tenants.footers] or the shared [footers]): a rule
+    that fires for a tenant without it would fail open at the footer stage."""
+    defined = {name for names in tenants.values() for name in names}
+    if footer not in defined:
+        known = ", ".join(sorted(defined)) or "none"
+        raise f.error("footer", f"unknown footer {footer!r} (defined: {known})")
+    for tenant in scope:
+        if footer not in tenants[tenant]:
+            has = ", ".join(sorted(tenants[tenant])) or "none"
+            why = "listed in this rule's tenants" if scoped else "a rule without tenants applies to all"
+            raise f.error("footer", f"tenant {tenant!r} has no footer {footer!r} (it has: {has}; {why})")
 
 
 def _header(file: str, where: str, value: Any) -> HeaderSignal:

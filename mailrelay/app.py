@@ -141,6 +141,18 @@ async def start_metrics_server(metrics: Metrics, host: str, port: int) -> web.Ap
     return runner
 
 
+async def start_tracking(components: Components, *, reuse_port: bool = False) -> web.AppRunner | None:
+    """The click redirect and the registration webhook, when http.listen is set. They read
+    components.settings on each request, so what a reload brings (webhook secrets, tolerance, the referral
+    URL) applies to the next request; only the listen address takes a restart (RESTART_ONLY)."""
+    listen = components.settings.http.listen
+    if listen is None:
+        return None
+    return await start_tracking_server(
+        lambda: components.settings, components.store, components.metrics, listen, reuse_port=reuse_port
+    )
+
+
 # What a reload cannot change: these are bound at start (sockets, connections, the store).
 RESTART_ONLY = (
     "smtp.listen",
@@ -149,6 +161,7 @@ RESTART_ONLY = (
     "smtp.require_starttls",
     "smtp.auth_users_file",
     "metrics_listen",
+    "http.listen",
     "database_url",
     "next_hop",
     "state_dir",
@@ -183,6 +196,7 @@ def reload_rules(components: Components) -> bool:
                 auth_users_file=old.smtp.auth_users_file,
             ),
             metrics_listen=old.metrics_listen,
+            http=dataclasses.replace(settings.http, listen=old.http.listen),
             database_url=old.database_url,
             next_hop=old.next_hop,
             state_dir=old.state_dir,
@@ -235,15 +249,7 @@ async def serve(settings: Settings, *, shared: SharedListen | None = None) -> in
         runner = await start_metrics_server(
             components.metrics, settings.metrics_listen.host, settings.metrics_listen.port
         )
-    tracking = None
-    if settings.http.listen is not None:
-        tracking = await start_tracking_server(
-            settings,
-            components.store,
-            components.metrics,
-            settings.http.listen,
-            reuse_port=shared is not None,
-        )
+    tracking = await start_tracking(components, reuse_port=shared is not None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

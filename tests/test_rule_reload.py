@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 import gc
+import json
 import shutil
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+from test_store import referral
 
 from conftest import REPO, SettingsFactory
-from mailrelay.app import build, reload_rules, settle_heap
-from mailrelay.config import load_settings
+from mailrelay.app import build, reload_rules, settle_heap, start_tracking
+from mailrelay.config import Listen, load_settings
 from mailrelay.detection import DetectionInput
 from mailrelay.errors import ConfigError
+from mailrelay.tracking import sign
+from mailrelay.tracking.http import WEBHOOK_PATH
 
 
 @pytest.fixture(autouse=True)
@@ -150,6 +157,63 @@ def test_rules_are_checked_against_each_tenant_at_start_and_on_reload(
         build(load_settings(settings.source))
     assert str(caught.value).startswith(f"{rules / 'a.toml'} › vip-rejection › {problem}")
     components.store.close()
+
+
+OLD_SECRET = "whsec_" + base64.b64encode(b"o" * 32).decode()
+NEW_SECRET = "whsec_" + base64.b64encode(b"n" * 32).decode()
+TOKEN = "AbCdEfGhIjKlMnOpQrStUv"
+
+
+async def _deliver(http: aiohttp.ClientSession, url: str, secret: str, msg_id: str) -> tuple[int, str]:
+    """One registration delivery as the referral service signs it: (HTTP status, answer)."""
+    body = json.dumps({"type": "registration.created", "data": {"token": TOKEN}}).encode()
+    stamp = int(time.time())
+    headers = {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": sign(secret, msg_id, stamp, body),
+        "Content-Type": "application/json",
+    }
+    async with http.post(url, data=body, headers=headers) as response:
+        return response.status, await response.text()
+
+
+async def test_a_reload_rotates_the_webhook_secrets_of_the_running_http_server(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/webhook.md's rotation: add the new secret, reload, switch the sender, remove the old one, reload.
+    The HTTP server kept the secrets it started with, so the new one got 401 until a restart (review 11)."""
+    settings = make_settings()
+    config = settings.source.read_text(encoding="utf-8")
+
+    def write(secrets: list[str], listen: str = "127.0.0.1:0") -> None:
+        http = f'\n[http]\nlisten = "{listen}"\nwebhook_secrets = {json.dumps(secrets)}\n'
+        settings.source.write_text(config + http, encoding="utf-8")
+
+    write([OLD_SECRET])
+    components = build(load_settings(settings.source))
+    await components.store.record([referral(TOKEN, "a" * 64)], mark_delivered=False)
+    tracking = await start_tracking(components)
+    assert tracking is not None
+    url = f"http://127.0.0.1:{tracking.addresses[0][1]}{WEBHOOK_PATH}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            assert (await _deliver(http, url, NEW_SECRET, "msg_1"))[0] == 401
+            write([OLD_SECRET, NEW_SECRET])
+            assert reload_rules(components) is True
+            assert await _deliver(http, url, NEW_SECRET, "msg_2") == (200, '{"status": "recorded"}')
+            assert await _deliver(http, url, OLD_SECRET, "msg_3") == (200, '{"status": "duplicate"}')
+
+            # The old secret removed, and the listen address changed: that one is bound, kept until a restart.
+            write([NEW_SECRET], listen="127.0.0.1:2526")
+            assert reload_rules(components) is True
+            assert components.settings.http.listen == Listen("127.0.0.1", 0)
+            assert "reload: http.listen changed; that takes a restart (kept as before)" in caplog.messages
+            assert (await _deliver(http, url, OLD_SECRET, "msg_4"))[0] == 401
+            assert (await _deliver(http, url, NEW_SECRET, "msg_5"))[0] == 200
+    finally:
+        await tracking.cleanup()
+        components.store.close()
 
 
 class _Node:

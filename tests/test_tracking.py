@@ -81,7 +81,7 @@ async def tracking(db_url: str, make_settings: SettingsFactory) -> AsyncIterator
     store.create_schema()
     await store.record([referral(TOKEN, "a" * 64)], mark_delivered=False)
     metrics = Metrics()
-    runner = web.AppRunner(build_app(settings, store, metrics))
+    runner = web.AppRunner(build_app(lambda: settings, store, metrics))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

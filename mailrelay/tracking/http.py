@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from aiohttp import web
@@ -22,7 +23,10 @@ WEBHOOK_PATH = "/webhooks/registration"
 MAX_WEBHOOK_BODY = 65536
 
 STORE: web.AppKey[EventStore] = web.AppKey("store", EventStore)
-SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+# The settings of the moment, not those the server started with: a reload (SIGHUP, app.reload_rules) swaps
+# them, and each request reads them once, so that new webhook secrets apply without a restart (rotation,
+# docs/webhook.md). The reload and the handlers run on the same event loop: no lock is needed.
+SETTINGS: web.AppKey[Callable[[], Settings]] = web.AppKey("settings")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 
 _NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
@@ -38,7 +42,7 @@ async def click(request: web.Request) -> web.StreamResponse:
     if not TOKEN.fullmatch(token):
         request.app[METRICS].tracking_refused.labels(reason="unknown_token").inc()
         return _not_found()
-    settings = request.app[SETTINGS]
+    settings = request.app[SETTINGS]()
     agent = request.headers.get("User-Agent")
     try:
         result = await request.app[STORE].click(
@@ -64,7 +68,7 @@ async def click(request: web.Request) -> web.StreamResponse:
 
 
 async def registration(request: web.Request) -> web.Response:
-    settings, metrics = request.app[SETTINGS], request.app[METRICS]
+    settings, metrics = request.app[SETTINGS](), request.app[METRICS]
     if not settings.http.webhook_secrets:
         return web.json_response({"error": "webhook not configured"}, status=503)
     body = await request.read()
@@ -106,7 +110,8 @@ async def registration(request: web.Request) -> web.Response:
     return web.json_response({"status": result.status}, status=200)
 
 
-def build_app(settings: Settings, store: EventStore, metrics: Metrics) -> web.Application:
+def build_app(settings: Callable[[], Settings], store: EventStore, metrics: Metrics) -> web.Application:
+    """`settings` returns the settings in force now (see SETTINGS)."""
     app = web.Application(client_max_size=MAX_WEBHOOK_BODY)
     app[SETTINGS] = settings
     app[STORE] = store
@@ -117,7 +122,12 @@ def build_app(settings: Settings, store: EventStore, metrics: Metrics) -> web.Ap
 
 
 async def start_tracking_server(
-    settings: Settings, store: EventStore, metrics: Metrics, listen: Listen, *, reuse_port: bool = False
+    settings: Callable[[], Settings],
+    store: EventStore,
+    metrics: Metrics,
+    listen: Listen,
+    *,
+    reuse_port: bool = False,
 ) -> web.AppRunner:
     runner = web.AppRunner(build_app(settings, store, metrics), access_log=None)
     await runner.setup()

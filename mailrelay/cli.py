@@ -14,6 +14,7 @@ from mailrelay.config import Settings, default_config_path, load_settings
 from mailrelay.detection import Verdict
 from mailrelay.errors import ConfigError
 from mailrelay.message import MimeError, parse
+from mailrelay.store.commands import positive_int
 from mailrelay.store.schema import SchemaError
 
 EXIT_CONFIG = 2
@@ -56,16 +57,6 @@ def _offline_relay(settings: Settings):  # type: ignore[no-untyped-def]
         secrets.token_bytes(32),
         EventJournal(settings.state_dir / "preview.journal"),
     )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
-    return value
 
 
 def _dkim_domain(text: str) -> str:
@@ -336,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default=None)
     p.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="processes sharing the SMTP port, one per core, each taking new sessions while it serves no "

@@ -311,5 +311,5 @@ def test_purge_refuses_days_below_one_as_a_usage_error(
     captured = capsys.readouterr()
     assert exit_.value.code == 2 and captured.out == ""
     assert captured.err.endswith(
-        f"mailrelay purge: error: argument --days: must be a whole number of days, at least 1, not {days!r}\n"
+        f"mailrelay purge: error: argument --days: must be a whole number of at least 1, not {days!r}\n"
     )

@@ -224,14 +224,14 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"must be a date YYYY-MM-DD, not {text!r}") from exc
 
 
-def _days(text: str) -> int:
-    # 0 or less would purge everything, or (as retention_days = 0 means) nothing: neither is what was asked.
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (the CLI's --workers, purge's --days)."""
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of days, at least 1, not {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
     return value
 
 
@@ -279,7 +279,12 @@ def register(
     p = sub.add_parser("purge", help="apply referral.retention_days: pseudonymise old event details")
     add_config(p)
     p.add_argument(
-        "--days", type=_days, default=None, metavar="N", help="override referral.retention_days (N >= 1)"
+        # 0 or less would purge everything, or (as retention_days = 0 means) nothing: neither was asked for.
+        "--days",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="override referral.retention_days (N >= 1)",
     )
     p.set_defaults(func=bind(cmd_purge))
 

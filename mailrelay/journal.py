@@ -68,13 +68,22 @@ def _decode(line: bytes) -> JournalEntry:
 
 @dataclasses.dataclass
 class _View:
-    """What this process has read of the journal file with inode `inode`: its whole lines up to `offset`."""
+    """What this process has read of the journal file with inode `inode`: its whole lines up to `offset`.
+    `held` is a descriptor of that file, kept open so that its inode is not freed while the view is in use:
+    ext4 gives a freed inode to the next file made, so two replays later the journal could have this inode
+    again, and the new file's entries were taken for what this view had read."""
 
     inode: int = -1
+    held: int = -1
     offset: int = 0
     delivered: dict[str, set[str]] = dataclasses.field(default_factory=dict)  # fingerprint → hashes
     backlog: int = 0  # delivered copies waiting (the metric mailrelay_journal_backlog)
     rejections: int = 0  # rejections whose count waits, with or without copies
+
+    def release(self) -> None:
+        if self.held != -1:
+            os.close(self.held)
+            self.held = -1
 
 
 class EventJournal:
@@ -136,6 +145,7 @@ class EventJournal:
                 status = os.stat(self.path)
             except FileNotFoundError:
                 if view.inode != -1:
+                    view.release()
                     self._view = view = _View()
                 return view
             if status.st_ino == view.inode and status.st_size == view.offset:
@@ -143,7 +153,8 @@ class EventJournal:
             with open(self.path, "rb") as fh:
                 status = os.fstat(fh.fileno())  # a replay may have replaced the file since the stat
                 if status.st_ino != view.inode or status.st_size < view.offset:
-                    view = _View(inode=status.st_ino)
+                    view.release()
+                    view = _View(inode=status.st_ino, held=os.dup(fh.fileno()))
                 fh.seek(view.offset)
                 data = fh.read()
             # A line still being written has no line end yet: it is read the next time.
@@ -209,6 +220,9 @@ class EventJournal:
         its caller's thread)."""
         self._appender.shutdown(wait=True)
         self._replayer.shutdown(wait=True)
+        with self._view_lock:
+            self._view.release()
+            self._view = _View()  # a later append reads the journal afresh
 
     def replay(self, store: EventStore) -> int:
         """Write every journalled entry to the database; on success what was written is dropped from the

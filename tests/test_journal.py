@@ -397,3 +397,28 @@ def test_two_processes_journal_and_replay_at_once_and_lose_nothing(tmp_path: Pat
     replayed += replayer.replay(store)
     assert replayed == 300 and events_in(store) == 300
     store.close()
+
+
+def test_a_worker_sees_new_entries_after_replays_gave_the_journal_its_old_inode_again(tmp_path: Path) -> None:
+    """Each replay replaces the journal by a new file, and ext4 gives a freed inode to the next file made:
+    two replays by worker A later, the journal had the inode worker B last read, at the same size, and B
+    took the new entry for what it had read (a retry on B sent the applicant a second copy; its backlog
+    metric counted entries long replayed)."""
+    path = tmp_path / "events.journal"
+    worker_a, worker_b = EventJournal(path), EventJournal(path)
+    store = sqlite_store(tmp_path)
+    worker_a.append([copy_record(10)], mark_delivered=False)
+    assert worker_b.backlog == 1
+    seen_by_b = path.stat().st_ino
+    assert worker_a.replay(store) == 1  # a new, empty journal
+    for n in range(11, 20):  # until the inode comes back, if this filesystem reuses it
+        if path.stat().st_ino == seen_by_b:
+            break
+        worker_a.append([copy_record(n)], mark_delivered=False)
+        assert worker_a.replay(store) == 1
+    worker_a.append([copy_record(20)], mark_delivered=False)  # the same length as what B read
+    assert worker_b.delivered(f"{20:064x}") == {"r" * 64}
+    assert worker_b.backlog == 1 and worker_b.delivered(f"{10:064x}") == set()
+    store.close()
+    worker_a.close()
+    worker_b.close()

@@ -189,7 +189,11 @@ class EventJournal:
                     # A line cut by a crash (never fsynced, so never answered 250) must not run into
                     # this one: both would be one unreadable line.
                     line = b"\n" + line
-                os.write(fd, line)
+                # A regular file takes a write short when the space runs out (write(2)), and the next
+                # write raises ENOSPC: an entry half written must fail, not be answered 250 as journalled.
+                rest = memoryview(line)
+                while rest:
+                    rest = rest[os.write(fd, rest) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -422,3 +422,43 @@ def test_a_worker_sees_new_entries_after_replays_gave_the_journal_its_old_inode_
     store.close()
     worker_a.close()
     worker_b.close()
+
+
+_APPEND_WITH_LITTLE_ROOM = """
+import resource
+import sys
+from pathlib import Path
+from mailrelay.journal import EventJournal
+from mailrelay.store import CopyRecord, ReferralFields
+
+path = Path(sys.argv[1])
+journal = EventJournal(path)
+# Room for a few bytes more: the file size limit cuts a write short as a full disk does.
+resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 10, resource.RLIM_INFINITY))
+referral = ReferralFields("acme", token="tok2", rule_id="ja", message_id=None, recipient=None)
+try:
+    journal.append([CopyRecord(f"{2:064x}", "r" * 64, "250 ok", referral)], mark_delivered=False)
+except OSError as exc:
+    print("refused:", exc.strerror)
+else:
+    print("journalled")
+"""
+
+
+def test_an_append_cut_short_by_a_full_disk_is_an_error_not_a_journalled_entry(tmp_path: Path) -> None:
+    """A regular file takes a write short when the space runs out: the entry was half written, and the
+    relay answered 250 as if it were journalled (no `journal write failed` log); its replay skipped it."""
+    path = tmp_path / "events.journal"
+    EventJournal(path).append([copy_record(1)], mark_delivered=False)
+    child = subprocess.run(
+        [sys.executable, "-c", _APPEND_WITH_LITTLE_ROOM, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert child.stdout.startswith("refused:"), child.stdout + child.stderr
+    # What the cut entry left behind does not spoil the next one.
+    journal = EventJournal(path)
+    journal.append([copy_record(3)], mark_delivered=False)
+    assert journal.backlog == 2

@@ -313,3 +313,14 @@ def test_purge_refuses_days_below_one_as_a_usage_error(
     assert captured.err.endswith(
         f"mailrelay purge: error: argument --days: must be a whole number of at least 1, not {days!r}\n"
     )
+
+
+def test_report_refuses_a_from_after_to_as_a_usage_error(
+    make_settings: SettingsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It printed an empty report with every total 0 and exited 0, as if the company had had no activity."""
+    path = make_settings(directory="outbox").source
+    status = main(["report", "--config", str(path), "--from", "2026-03-01", "--to", "2026-01-31"])
+    captured = capsys.readouterr()
+    assert (status, captured.out) == (2, "")
+    assert captured.err == "mailrelay report: --from 2026-03-01 is after --to 2026-01-31\n"

@@ -20,6 +20,7 @@ AddConfig = Callable[[argparse.ArgumentParser], None]
 LoadSettings = Callable[[argparse.Namespace], Settings]
 
 EXIT_REFUSED = 1
+EXIT_USAGE = 2  # as argparse exits for a bad argument
 
 
 def _store(settings: Settings) -> EventStore:
@@ -194,6 +195,9 @@ def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     from mailrelay.reports import build_report, render
 
+    if args.start is not None and args.end is not None and args.start > args.end:
+        print(f"mailrelay report: --from {args.start} is after --to {args.end}", file=sys.stderr)
+        return EXIT_USAGE
     if args.tenant is not None:
         _tenant(settings, args.tenant)
     tenants = {t.id: (t.name, t.referral_ratio) for t in settings.tenants}
@@ -303,5 +307,5 @@ def _show_or_fail(args: argparse.Namespace, show: Callable[[argparse.Namespace],
         print(
             "mailrelay ledger: --tenant T is required (or: ledger redeem / ledger correct)", file=sys.stderr
         )
-        return 2
+        return EXIT_USAGE
     return show(args)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session
-from test_store import db_url, store
+from test_store import db_url, referral, store
 
 from mailrelay.reports import TenantReport, build_report, render
 from mailrelay.store import EventStore, ledger
@@ -125,6 +125,24 @@ def test_the_numbers_per_month(store: EventStore) -> None:
     # February alone still knows January's referrals: its slot is earned from the running total.
     [feb_only] = report(store, start=date(2026, 2, 1), end=date(2026, 2, 28))
     assert [(m.month, m.slots_earned, m.slots_left) for m in feb_only.months] == [("2026-02", 1, 0)]
+
+
+def test_a_slot_earned_before_from_is_not_earned_again_in_the_period(store: EventStore) -> None:
+    """The 10th referral on 5 February earned the slot: a report from the 15th showed it earned again
+    (slots earned in a partial month came from the whole month's ledger), so the reports of 1-14 and
+    15-28 February together claimed two slots for one."""
+    store.write(
+        [referral(f"t{i}", f"{i:064x}", f"{i:064x}") for i in range(10)],
+        mark_delivered=False,
+        at=datetime(2026, 2, 5, tzinfo=UTC),
+    )
+    store.write(
+        [referral("t10", f"{10:064x}", f"{10:064x}")], mark_delivered=False, at=FEB + timedelta(days=10)
+    )
+    [early] = report(store, start=date(2026, 2, 1), end=date(2026, 2, 14))
+    [late] = report(store, start=date(2026, 2, 15), end=date(2026, 2, 28))
+    assert [(m.referred, m.slots_earned, m.slots_left) for m in early.months] == [(10, 1, 1)]
+    assert [(m.referred, m.slots_earned, m.slots_left) for m in late.months] == [(1, 0, 1)]
 
 
 def test_without_rejection_counts_the_follow_up_rate_is_unknown(store: EventStore) -> None:

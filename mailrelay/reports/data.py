@@ -124,7 +124,10 @@ def _tenant(
 ) -> TenantReport:
     ledger = list(
         session.scalars(
-            select(LedgerEntry).where(LedgerEntry.tenant_id == tenant_id).order_by(LedgerEntry.id)
+            # In the order the referrals were made: a journalled one is written after later live ones.
+            select(LedgerEntry)
+            .where(LedgerEntry.tenant_id == tenant_id)
+            .order_by(LedgerEntry.created_at, LedgerEntry.id)
         )
     )
     seen = list(session.scalars(select(RejectionSeen).where(RejectionSeen.tenant_id == tenant_id)))
@@ -141,8 +144,9 @@ def _tenant(
     last = end or max([datetime.now(UTC).date(), *days])
     rows = {month: MonthRow(month) for month in _months(first, last)}
 
-    # Slots earned in a month = floor(referrals to date / ratio) at its end minus at its start, so the
-    # monthly figures add up to the balance (fractions of a slot carry over).
+    # A slot is earned by the line that takes floor(referrals to date / ratio) up, in that line's month, so
+    # the monthly figures add up to the balance (fractions of a slot carry over), and a period starting
+    # within a month does not count the slots earned in it before its first day.
     referrals = adjusted = used = 0
     earned_before = 0
     by_month: dict[str, list[LedgerEntry]] = defaultdict(list)
@@ -150,20 +154,20 @@ def _tenant(
         by_month[_month(e.created_at)].append(e)
     for month in _months(min(first, *(d for d in days)) if days else first, last):
         for e in by_month.get(month, []):
+            if end is not None and _aware(e.created_at).astimezone(UTC).date() > end:
+                continue
+            referrals += e.referrals
+            adjusted += e.slots_adjusted
+            used += e.slots_used
+            earned_now = slots_earned(referrals, ratio)
             if month in rows and _in(e.created_at, start, end):
                 row = rows[month]
                 row.referred += e.referrals
                 row.slots_used += e.slots_used
-                row.slots_earned += e.slots_adjusted
-            if end is None or _aware(e.created_at).astimezone(UTC).date() <= end:
-                referrals += e.referrals
-                adjusted += e.slots_adjusted
-                used += e.slots_used
-        earned_now = slots_earned(referrals, ratio)
+                row.slots_earned += e.slots_adjusted + earned_now - earned_before
+            earned_before = earned_now
         if month in rows:
-            rows[month].slots_earned += earned_now - earned_before
-            rows[month].slots_left = earned_now + adjusted - used
-        earned_before = earned_now
+            rows[month].slots_left = earned_before + adjusted - used
 
     for s in seen:
         if _in(s.created_at, start, end) and (seen_row := rows.get(_month(s.created_at))) is not None:

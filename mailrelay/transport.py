@@ -218,9 +218,11 @@ class _SmtpConnection:
         return await self._command(b"RCPT", b"TO:<" + recipient.encode("utf-8") + b">")
 
     async def data(self, content: bytes) -> Reply:
-        if len(content) > WIRE_CHECK_OFF_LOOP_BYTES and type(content) is not WireReady:
-            content = await asyncio.to_thread(wire_ready, content)
         try:
+            # Inside the try: a transaction timeout may cancel us during the check, and then the client must
+            # be closed like after any other failure, or it stays open with the next hop's transaction.
+            if len(content) > WIRE_CHECK_OFF_LOOP_BYTES and type(content) is not WireReady:
+                content = await asyncio.to_thread(wire_ready, content)
             if self.client.protocol is None:
                 raise aiosmtplib.SMTPServerDisconnected("Server not connected")
             response = await self.client.protocol.execute_data_command(content, timeout=self.client.timeout)

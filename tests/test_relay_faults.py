@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from conftest import RunningRelay, SettingsFactory
+from mailrelay import transport
 from mailrelay.relay import RelaySession, StoreRead
 from mailrelay.store import ReferralEvent
 from support.sinks import RecordingSink, _SinkHandler, send_raw_smtp
@@ -21,6 +23,10 @@ E2E = Path(__file__).resolve().parent / "e2e"
 REJECTION = (E2E / "rejection_ja_iso2022.eml").read_bytes()
 OFFER = (E2E / "offer_ja.eml").read_bytes()
 SENDER = "recruit@acme.co.jp"
+# Over transport.WIRE_CHECK_OFF_LOOP_BYTES, with lines that start with a dot: wire-checked in a thread.
+LARGE_WITH_DOT_LINES = OFFER + b"".join(
+    b".line %05d of padding, dot-stuffed on the wire\r\n" % i for i in range(2000)
+)
 
 
 def event_count(relay: RunningRelay) -> int:
@@ -403,3 +409,29 @@ async def test_a_message_is_fingerprinted_by_its_sender_and_bytes(
     with relay.components.store.sessions() as session:
         fingerprints = list(session.scalars(select(ReferralEvent.fingerprint)))
     assert fingerprints == [hashlib.sha256(SENDER.lower().encode() + b"\0" + REJECTION).hexdigest()]
+
+
+async def test_a_transaction_timeout_while_the_content_is_checked_for_the_wire_closes_the_next_hop_connection(
+    start_relay, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: the timeout cancelled data() while a large message was checked in a thread, before
+    the part that closes the client on failure; the relay dropped the connection, which stayed open with the
+    next hop's transaction in it until the next hop timed it out."""
+    assert len(LARGE_WITH_DOT_LINES) > transport.WIRE_CHECK_OFF_LOOP_BYTES
+    gate = threading.Event()
+    original = transport.wire_ready
+
+    def slow_wire_ready(content: bytes) -> bytes:
+        gate.wait(10)
+        return original(content)
+
+    monkeypatch.setattr(transport, "wire_ready", slow_wire_ready)
+    try:
+        async with RecordingSink() as sink:
+            relay = await start_relay(make_settings(sink.port, timeout=1, transaction_timeout=1))
+            error = await send_expecting_error(relay, ["a@gmail.example"], LARGE_WITH_DOT_LINES)
+            assert isinstance(error, aiosmtplib.SMTPDataError) and error.code == 451
+            assert await sink.wait_for_open_connections(0) == 0
+            assert sink.messages == []
+    finally:
+        gate.set()

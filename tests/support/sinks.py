@@ -226,6 +226,18 @@ class RecordingSink:
     def notify(self) -> None:
         self._changed.set()
 
+    def open_connections(self) -> int:
+        """Client connections not yet closed: a next-hop connection the relay leaked stays counted."""
+        return sum(1 for protocol in self._protocols if protocol.transport is not None)
+
+    async def wait_for_open_connections(self, count: int, timeout: float = 10) -> int:
+        """Wait until `count` client connections are open (or `timeout` passes); return how many are."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.open_connections() != count and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        return self.open_connections()
+
     async def wait_for_messages(self, count: int, timeout: float = 10) -> list[Delivered]:
         """Wait until at least `count` transactions were accepted; return them."""
         async with asyncio.timeout(timeout):

@@ -338,3 +338,30 @@ async def test_a_connection_opened_meanwhile_leaves_a_sessions_command_limits_al
     # Read, so refused for the parameter it does not know, not for its length; without EHLO, for its length.
     assert after_ehlo.code == 555 and after_ehlo.message.startswith("MAIL FROM parameters not recognized")
     assert after_helo == b"500 Command line too long\r\n"
+
+
+async def test_starttls_after_mail_closes_the_next_hop_connection_the_first_session_opened(
+    start_relay, make_settings: SettingsFactory, certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Found by review: STARTTLS resets the session (RFC 3207 §4.2; aiosmtpd makes a new Session), and the
+    first session's next-hop connection, opened by a MAIL before STARTTLS, was never closed: it stayed open,
+    its transaction with it, until the next hop timed it out."""
+    async with RecordingSink() as sink:
+        relay = await start_relay(
+            tls_settings(make_settings, sink.port, certificate, tmp_path, '["127.0.0.0/8"]')
+        )
+        client = aiosmtplib.SMTP(
+            hostname=relay.host, port=relay.port, start_tls=False, tls_context=client_tls()
+        )
+        await client.connect()
+        await client.ehlo()
+        assert (await client.execute_command(b"MAIL", b"FROM:<hr@acme.co.jp>")).code == 250
+        assert sink.events == [("MAIL", "hr@acme.co.jp")]
+        await client.starttls()
+        await client.ehlo()
+        # After STARTTLS the transaction is gone: a new one works end to end.
+        refused, reply = await client.sendmail("hr@acme.co.jp", ["a@gmail.example"], OFFER)
+        assert refused == {} and reply.startswith("2")
+        await client.quit()
+        assert await sink.wait_for_open_connections(0) == 0
+    assert [m.content for m in sink.messages] == [OFFER]

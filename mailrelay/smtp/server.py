@@ -318,9 +318,15 @@ class RelaySMTP(OneBufferDataSMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None  # connection_made runs again after STARTTLS
+        before_tls = self.session
         super().connection_made(transport)
         if first:
             self._metrics.active_sessions.inc()
+        elif before_tls is not None and before_tls is not self.session:
+            # RFC 3207 §4.2: after STARTTLS the server discards what it knew, and aiosmtpd gives the
+            # connection a new Session. connection_lost closes only that one: end the first now, with its
+            # next-hop connection (a MAIL before STARTTLS left a transaction open in it).
+            self._relay_handler.session_closed(before_tls)
 
     async def _handle_client(self) -> None:
         refusal = self._relay_handler.admit(self)

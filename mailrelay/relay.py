@@ -642,9 +642,12 @@ class RelaySession:
         """Each group to the next hop, its outcome into `results` as it comes (kept if time runs out)."""
         # One group whose recipients are exactly those the next hop accepted live: send DATA on the open
         # transaction (the common case: pass-through, or one applicant). Otherwise a transaction per group.
+        # If the next hop closed the connection meanwhile (its command timeout, RFC 5321 §4.5.3.2.7, ran out
+        # during a slow upload), nothing was sent yet: a new connection and transaction, not a 451.
         reuse = (
             len(groups) == 1
             and self.conn is not None
+            and self.conn.alive
             and self.in_transaction
             and sorted(groups[0].recipients) == sorted(self.accepted)
         )

@@ -435,3 +435,35 @@ async def test_a_transaction_timeout_while_the_content_is_checked_for_the_wire_c
             assert sink.messages == []
     finally:
         gate.set()
+
+
+async def test_a_next_hop_that_dropped_the_connection_during_a_slow_upload_gets_the_message_anew(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    """Found by review: the transaction opened at MAIL/RCPT was used for DATA without a look at whether the
+    next hop had meanwhile closed the idle connection (its command timeout is shorter than a slow client's
+    upload may take): the client got 451 although a new connection would have taken the message."""
+    async with RecordingSink(timeout=1) as sink:
+        relay = await start_relay(make_settings(sink.port))
+        reader, writer = await asyncio.open_connection(relay.host, relay.port)
+        try:
+            await reader.readline()
+            writer.write(
+                b"EHLO client.test\r\nMAIL FROM:<recruit@acme.co.jp>\r\nRCPT TO:<a@gmail.example>\r\n"
+            )
+            writer.write(b"DATA\r\n")
+            await writer.drain()
+            while not (await reader.readline()).startswith(b"354"):
+                pass
+            assert sink.open_connections() == 1
+            # The upload is slow: the next hop gives up on the idle connection before the final dot.
+            assert await sink.wait_for_open_connections(0) == 0
+            writer.write(OFFER + b".\r\n")
+            await writer.drain()
+            reply = await reader.readline()
+            writer.write(b"QUIT\r\n")
+            await writer.drain()
+        finally:
+            writer.close()
+    assert reply.startswith(b"250"), reply
+    assert [(m.rcpt_tos, m.content) for m in sink.messages] == [(["a@gmail.example"], OFFER)]

@@ -13,16 +13,17 @@ import subprocess
 import traceback
 import weakref
 from pathlib import Path
-from types import MethodType
+from types import MethodType, SimpleNamespace
 from typing import Any
 
 import aiosmtplib
 import pytest
+from aiosmtpd.smtp import LoginPassword
 
 from conftest import SettingsFactory
 from mailrelay.app import build
 from mailrelay.config import Settings, load_settings
-from mailrelay.smtp.auth import hash_password
+from mailrelay.smtp.auth import Authenticator, hash_password
 from mailrelay.smtp.server import RelaySMTP, _protocol_factory
 from mailrelay.transport import SmtpNextHop
 from support.sinks import RecordingSink
@@ -365,3 +366,20 @@ async def test_starttls_after_mail_closes_the_next_hop_connection_the_first_sess
         await client.quit()
         assert await sink.wait_for_open_connections(0) == 0
     assert [m.content for m in sink.messages] == [OFFER]
+
+
+def test_failures_of_clients_that_never_come_back_are_forgotten() -> None:
+    """Found by review: a client's failures were pruned only when that client tried again, so every address
+    that ever failed once stayed in memory for the daemon's life (a guessing run from many IPv6 addresses
+    grew it without bound)."""
+    now = [0.0]
+    auth = Authenticator(
+        {"hr-desk": hash_password(PASSWORD)}, max_failures=5, window=600, clock=lambda: now[0]
+    )
+    wrong = LoginPassword(b"hr-desk", b"wrong")
+    for n in range(20):
+        result = auth(None, SimpleNamespace(peer=(f"2001:db8::{n:x}", 25)), None, "PLAIN", wrong)
+        assert not result.success
+    now[0] += 601
+    auth(None, SimpleNamespace(peer=("2001:db8::ffff", 25)), None, "PLAIN", wrong)
+    assert list(auth.failures) == ["2001:db8::ffff"]

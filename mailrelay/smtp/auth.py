@@ -83,9 +83,15 @@ class Authenticator:
         self.window = window
         self.clock = clock
         self.failures: dict[str, list[float]] = {}
+        self._next_sweep = clock() + window
 
     def _recent_failures(self, client: str) -> list[float]:
         now = self.clock()
+        if now >= self._next_sweep:
+            # Clients that failed once and never came back are dropped once a window, or each address of a
+            # guessing run (IPv6 gives one plenty) would stay in memory for the daemon's life.
+            self._next_sweep = now + self.window
+            self.failures = {c: t for c, t in self.failures.items() if t and now - t[-1] < self.window}
         recent = [t for t in self.failures.get(client, []) if now - t < self.window]
         if recent:
             self.failures[client] = recent

@@ -112,3 +112,25 @@ async def test_sigterm_refuses_new_sessions_finishes_the_transaction_in_flight_a
             _SinkHandler.handle_DATA = original  # type: ignore[method-assign]
     assert process.returncode == 0, stderr
     assert len(sink.messages) == 1
+
+
+async def test_a_session_open_at_shutdown_hears_421_at_its_next_mail_and_is_closed(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    """Found by review: after SIGTERM a session's next MAIL got 421 4.3.2 but the connection stayed open
+    (until smtp.timeout); a 421 closes the channel (RFC 5321 §3.8), as Postfix's smtpd does after each."""
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port))
+        reader, writer = await asyncio.open_connection(relay.host, relay.port)
+        try:
+            assert (await reader.readline()).startswith(b"220")
+            writer.write(b"EHLO client.test\r\n")
+            while not (await reader.readline()).startswith(b"250 "):
+                pass
+            relay.components.handler.closing = True  # what app.drain does on SIGTERM
+            writer.write(b"MAIL FROM:<hr@acme.co.jp>\r\n")
+            assert (await reader.readline()).startswith(b"421 4.3.2")
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        finally:
+            writer.close()
+    assert sink.events == []

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from email._header_value_parser import get_addr_spec, get_angle_addr  # what aiosmtpd parses addresses with
 from email.errors import HeaderParseError
 from types import MethodType
-from typing import Any, cast
+from typing import Any, AnyStr, cast
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -339,6 +339,13 @@ class RelaySMTP(OneBufferDataSMTP):
             return
         log.info("connect from [%s]", self._client)
         await super()._handle_client()
+
+    async def push(self, status: AnyStr) -> None:
+        await super().push(status)
+        if status[:4] in ("421 ", b"421 ") and self.transport is not None:
+            # RFC 5321 §3.8: a 421 announces that the server closes the channel, and Postfix's smtpd hangs
+            # up after each. Without this, a session open at SIGTERM heard 421 4.3.2 at MAIL and stayed open.
+            self.transport.close()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd 1.4.6's _getaddr without the typing.Protocol class it defines on every call (~25 µs,

@@ -4,6 +4,7 @@ flagged, Standard Webhooks signatures with rotation, replay window and idempoten
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
@@ -209,6 +210,31 @@ async def test_missing_headers_unknown_tokens_and_bad_payloads(tracking: Trackin
     bad = await tracking.webhook(b'{"type": "registration.created"}', msg_id="msg_b")
     assert bad.status == 400
     assert tracking.count(Registration) == 0
+
+
+async def raw_request(t: Tracking, request: bytes) -> bytes:
+    """One request written byte for byte, for what aiohttp's client refuses to send."""
+    host, port = t.base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    answer = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return answer
+
+
+async def test_a_webhook_id_that_is_not_utf8_gets_401(tracking: Tracking) -> None:
+    # aiohttp hands such a header over with surrogate escapes, which the signed string cannot encode.
+    body, stamp = registration(), int(time.time())
+    head = (
+        f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: go.acme.example\r\nConnection: close\r\n"
+        f"Content-Length: {len(body)}\r\nwebhook-timestamp: {stamp}\r\n"
+        f"webhook-signature: {sign(NEW_SECRET, 'msg_1', stamp, body)}\r\n"
+    ).encode()
+    answer = await raw_request(tracking, head + b"webhook-id: msg_\xff\r\n\r\n" + body)
+    assert answer.startswith(b"HTTP/1.1 401 ")
+    assert tracking.count(Registration) == 0
+    assert tracking.metrics.tracking_refused.labels(reason="bad_signature")._value.get() == 1
 
 
 def test_verify_is_the_standard_webhooks_scheme() -> None:

@@ -42,6 +42,12 @@ def verify(
     if not msg_id or not stamp or not signatures or len(msg_id) > 256:
         raise WebhookError("missing webhook-id, webhook-timestamp or webhook-signature")
     try:
+        # The signed string is UTF-8. aiohttp hands a header that is not over with surrogate escapes: no
+        # sender signed that, and sign() could not encode it (an unauthenticated 500 before).
+        msg_id.encode()
+    except UnicodeEncodeError as exc:
+        raise WebhookError("webhook-id is not UTF-8") from exc
+    try:
         timestamp = int(stamp)
     except ValueError as exc:
         raise WebhookError("webhook-timestamp is not a number") from exc

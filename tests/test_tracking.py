@@ -212,6 +212,15 @@ async def test_missing_headers_unknown_tokens_and_bad_payloads(tracking: Trackin
     assert tracking.count(Registration) == 0
 
 
+@pytest.mark.parametrize("token", ["AbCdEfGhIjKl\x00nOpQrStUv", "AbCdEfGh IjKlMnOpQrStUv", "short"])
+async def test_a_token_the_relay_cannot_have_minted_gets_404(tracking: Tracking, token: str) -> None:
+    # PostgreSQL refuses a NUL in a string: that was a 503 (retry!) and an event-store error for bad input.
+    response = await tracking.webhook(registration(token))
+    assert response.status == 404
+    assert tracking.metrics.tracking_refused.labels(reason="unknown_token")._value.get() == 1
+    assert tracking.metrics.event_store_errors._value.get() == 0
+
+
 async def raw_request(t: Tracking, request: bytes) -> bytes:
     """One request written byte for byte, for what aiohttp's client refuses to send."""
     host, port = t.base.removeprefix("http://").split(":")

@@ -96,6 +96,11 @@ async def registration(request: web.Request) -> web.Response:
         return web.json_response(
             {"error": "expected {type: registration.created, data: {token}}"}, status=400
         )
+    if not TOKEN.fullmatch(token):
+        # Never issued, as at the click endpoint; and PostgreSQL refuses a NUL in a string, which made a
+        # sender's bad token a 503 (retry) and an event-store error.
+        metrics.tracking_refused.labels(reason="unknown_token").inc()
+        return web.json_response({"error": "unknown token"}, status=404)
     try:
         result = await request.app[STORE].register(token, msg_id)
     except Exception:

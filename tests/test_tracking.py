@@ -212,6 +212,23 @@ async def test_missing_headers_unknown_tokens_and_bad_payloads(tracking: Trackin
     assert tracking.count(Registration) == 0
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 5000 + b"]" * 5000,
+        b'{"data": ' * 2000 + b"1" + b"}" * 2000,
+        b"\xff\xfe",
+        b"[]",
+        b'{"data": []}',
+    ],
+)
+async def test_a_body_of_the_wrong_shape_gets_400(tracking: Tracking, body: bytes) -> None:
+    # Nesting deeper than the interpreter's recursion limit raised RecursionError: a 500.
+    response = await tracking.webhook(body)
+    assert response.status == 400
+    assert tracking.metrics.tracking_refused.labels(reason="malformed")._value.get() == 1
+
+
 @pytest.mark.parametrize("token", ["AbCdEfGhIjKl\x00nOpQrStUv", "AbCdEfGh IjKlMnOpQrStUv", "short"])
 async def test_a_token_the_relay_cannot_have_minted_gets_404(tracking: Tracking, token: str) -> None:
     # PostgreSQL refuses a NUL in a string: that was a 503 (retry!) and an event-store error for bad input.

@@ -91,7 +91,8 @@ async def registration(request: web.Request) -> web.Response:
             token, str
         ):
             raise ValueError(payload.get("type"))
-    except (ValueError, KeyError, TypeError):
+    # RecursionError: a body nested deeper than json.loads can go (a 500 before).
+    except (ValueError, KeyError, TypeError, RecursionError):
         metrics.tracking_refused.labels(reason="malformed").inc()
         return web.json_response(
             {"error": "expected {type: registration.created, data: {token}}"}, status=400

@@ -25,7 +25,7 @@ from mailrelay.metrics import Metrics
 from mailrelay.store import EventStore
 from mailrelay.store.models import Click, ReferralEvent, Registration
 from mailrelay.tracking import link_for, sign, verify
-from mailrelay.tracking.http import WEBHOOK_PATH, build_app
+from mailrelay.tracking.http import MAX_WEBHOOK_BODY, WEBHOOK_PATH, build_app
 from mailrelay.tracking.webhook import WebhookError
 
 __all__ = ["db_url"]  # fixture
@@ -210,6 +210,19 @@ async def test_missing_headers_unknown_tokens_and_bad_payloads(tracking: Trackin
     bad = await tracking.webhook(b'{"type": "registration.created"}', msg_id="msg_b")
     assert bad.status == 400
     assert tracking.count(Registration) == 0
+
+
+async def test_a_body_over_the_limit_gets_413_and_is_counted(tracking: Tracking) -> None:
+    body = registration()
+    body += b" " * (MAX_WEBHOOK_BODY + 1 - len(body))  # still valid JSON, signed: only the size is wrong
+    response = await tracking.webhook(body)
+    assert response.status == 413
+    assert await response.json() == {"error": f"body larger than {MAX_WEBHOOK_BODY} bytes"}
+    assert tracking.metrics.tracking_refused.labels(reason="too_large")._value.get() == 1
+    assert tracking.count(Registration) == 0
+    at_limit = registration()
+    at_limit += b" " * (MAX_WEBHOOK_BODY - len(at_limit))
+    assert (await tracking.webhook(at_limit, msg_id="msg_2")).status == 200
 
 
 @pytest.mark.parametrize(

@@ -71,7 +71,12 @@ async def registration(request: web.Request) -> web.Response:
     settings, metrics = request.app[SETTINGS](), request.app[METRICS]
     if not settings.http.webhook_secrets:
         return web.json_response({"error": "webhook not configured"}, status=503)
-    body = await request.read()
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        # client_max_size: aiohttp's own 413 was plain text and counted nowhere.
+        metrics.tracking_refused.labels(reason="too_large").inc()
+        return web.json_response({"error": f"body larger than {MAX_WEBHOOK_BODY} bytes"}, status=413)
     try:
         msg_id = verify(
             settings.http.webhook_secrets,

@@ -153,6 +153,27 @@ async def test_scanner_clicks_are_recorded_but_flagged(tracking: Tracking) -> No
     assert tracking.metrics.clicks.labels(tenant="acme", kind="person")._value.get() == 1
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"Sec-Purpose": "prefetch"},  # Fetch metadata: Firefox, Chromium's speculation rules
+        {"Sec-Purpose": "prefetch;prerender"},
+        {"Purpose": "prefetch"},  # Chromium's <link rel=prefetch>
+        {"X-Moz": "prefetch"},  # older Firefox
+        {"X-Purpose": "preview"},  # Safari's link preview
+    ],
+)
+async def test_a_browser_prefetch_is_recorded_but_flagged(tracking: Tracking, header: dict[str, str]) -> None:
+    # A browser's own agent, long after delivery: only the header says no person asked for the page.
+    delivered_an_hour_ago(tracking)
+    url = f"{tracking.base}/r/{TOKEN}"
+    response = await tracking.http.get(url, allow_redirects=False, headers={"User-Agent": FIREFOX, **header})
+    assert response.status == 307
+    clicks = tracking.store.transaction(lambda s: list(s.scalars(select(Click))))
+    assert [(c.scanner, c.scanner_reason) for c in clicks] == [(True, "prefetch")]
+    assert tracking.metrics.clicks.labels(tenant="acme", kind="person")._value.get() == 0
+
+
 async def test_a_signed_registration_is_recorded_once(tracking: Tracking) -> None:
     response = await tracking.webhook(registration())
     assert response.status == 200 and (await response.json())["status"] == "recorded"

@@ -14,7 +14,7 @@ from aiohttp import web
 from mailrelay.config import Listen, Settings
 from mailrelay.metrics import Metrics
 from mailrelay.store import EventStore
-from mailrelay.tracking.links import TOKEN, scanner_reason, service_url
+from mailrelay.tracking.links import PREFETCH_HEADERS, TOKEN, scanner_reason, service_url
 from mailrelay.tracking.webhook import WebhookError, verify
 
 log = logging.getLogger("mailrelay.tracking")
@@ -44,13 +44,14 @@ async def click(request: web.Request) -> web.StreamResponse:
         return _not_found()
     settings = request.app[SETTINGS]()
     agent = request.headers.get("User-Agent")
+    purpose = " ".join(request.headers.get(name, "") for name in PREFETCH_HEADERS)
     try:
         result = await request.app[STORE].click(
             token,
             method=request.method,
             ip=request.remote,
             user_agent=agent,
-            scanner_reason=scanner_reason(request.method, agent),
+            scanner_reason=scanner_reason(request.method, agent, purpose),
             too_soon=timedelta(seconds=settings.http.scanner_seconds),
         )
     except Exception:

@@ -38,6 +38,12 @@ SCANNER_AGENTS = (
 )
 
 
+# Request headers by which a browser says it fetches a page ahead of any click (Fetch Metadata's Sec-Purpose;
+# Chromium's legacy Purpose, old Firefox's X-Moz, Safari's X-Purpose: preview): they carry a real browser's
+# agent, long after delivery, so only these headers tell them from a person.
+PREFETCH_HEADERS = ("Sec-Purpose", "Purpose", "X-Moz", "X-Purpose")
+
+
 def service_url(settings: Settings, token: str) -> str:
     """The referral service's own page for this token: where a click ends up."""
     return settings.referral.base_url + token
@@ -50,10 +56,13 @@ def link_for(settings: Settings, tenant: TenantSettings, token: str) -> str:
     return service_url(settings, token)
 
 
-def scanner_reason(method: str, user_agent: str | None) -> str | None:
-    """Why a request is a scanner's by itself (the time since delivery is checked against the store)."""
+def scanner_reason(method: str, user_agent: str | None, purpose: str = "") -> str | None:
+    """Why a request is a scanner's by itself (the time since delivery is checked against the store).
+    `purpose`: the values of PREFETCH_HEADERS the request carries."""
     if method == "HEAD":
         return "head"
+    if "prefetch" in purpose.lower() or "preview" in purpose.lower():
+        return "prefetch"
     agent = (user_agent or "").lower()
     if not agent:
         return "no_agent"

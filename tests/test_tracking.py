@@ -131,6 +131,22 @@ async def test_an_unknown_or_tampered_token_gets_404_and_no_redirect(tracking: T
     assert tracking.count(Click) == 0
 
 
+async def test_no_answer_names_the_server_software(tracking: Tracking) -> None:
+    # The click endpoint is public: a version in `Server` tells a scanner which advisories to try.
+    delivered_an_hour_ago(tracking)
+    answers = [
+        await tracking.http.get(f"{tracking.base}/r/{TOKEN}", allow_redirects=False),
+        await tracking.http.get(f"{tracking.base}/r/unknown-token-unknown-token"),
+        await tracking.http.get(f"{tracking.base}/r/a/b"),
+        await tracking.http.post(f"{tracking.base}/r/{TOKEN}"),
+        await tracking.http.post(tracking.base + WEBHOOK_PATH, data=registration()),
+    ]
+    assert [a.status for a in answers] == [307, 404, 404, 405, 401]
+    for answer in answers:
+        server = answer.headers.get("Server", "").lower()
+        assert "python" not in server and "aiohttp" not in server, server
+
+
 async def test_scanner_clicks_are_recorded_but_flagged(tracking: Tracking) -> None:
     url = f"{tracking.base}/r/{TOKEN}"
     # Right after delivery, even a browser's agent: people do not click that fast, gateways do.

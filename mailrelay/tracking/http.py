@@ -122,12 +122,18 @@ async def registration(request: web.Request) -> web.Response:
     return web.json_response({"status": result.status}, status=200)
 
 
+async def _no_server_version(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp would send `Server: Python/3.x aiohttp/3.y`: on a public endpoint, a list of advisories to try.
+    response.headers["Server"] = "mailrelay"
+
+
 def build_app(settings: Callable[[], Settings], store: EventStore, metrics: Metrics) -> web.Application:
     """`settings` returns the settings in force now (see SETTINGS)."""
     app = web.Application(client_max_size=MAX_WEBHOOK_BODY)
     app[SETTINGS] = settings
     app[STORE] = store
     app[METRICS] = metrics
+    app.on_response_prepare.append(_no_server_version)
     app.router.add_get("/r/{token}", click)  # HEAD too: scanners send it, and it is flagged
     app.router.add_post(WEBHOOK_PATH, registration)
     return app

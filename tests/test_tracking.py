@@ -122,13 +122,16 @@ async def test_a_click_is_recorded_and_redirected_to_the_service(tracking: Track
         "/r/%2F%2Fevil.example",
         "/r/" + "A" * 200,
         "/r/",
+        f"/r/{TOKEN}/x",
     ],
 )
 async def test_an_unknown_or_tampered_token_gets_404_and_no_redirect(tracking: Tracking, path: str) -> None:
     response = await tracking.http.get(tracking.base + path, allow_redirects=False)
     assert response.status == 404
     assert "Location" not in response.headers
+    assert response.headers["Cache-Control"] == "no-store"
     assert tracking.count(Click) == 0
+    assert tracking.metrics.tracking_refused.labels(reason="unknown_token")._value.get() == 1
 
 
 async def test_no_answer_names_the_server_software(tracking: Tracking) -> None:

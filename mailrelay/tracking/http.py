@@ -134,7 +134,9 @@ def build_app(settings: Callable[[], Settings], store: EventStore, metrics: Metr
     app[STORE] = store
     app[METRICS] = metrics
     app.on_response_prepare.append(_no_server_version)
-    app.router.add_get("/r/{token}", click)  # HEAD too: scanners send it, and it is flagged
+    # HEAD too: scanners send it, and it is flagged. `.*`: an empty token or one with a slash is a malformed
+    # token like any other (404, no-store, counted), not a path the router knows nothing of.
+    app.router.add_get("/r/{token:.*}", click)
     app.router.add_post(WEBHOOK_PATH, registration)
     return app
 

@@ -316,6 +316,26 @@ def test_html_position_rules() -> None:
     assert html_insert_position(b"<body>x</body><script>'</body>'</script>") == 7
 
 
+@pytest.mark.parametrize(
+    "html",
+    [
+        # HTML §13.2.5.36-38: in a quoted or unquoted attribute value "</body>" is text, not a tag.
+        b'<p>x<img alt="old </body> tag">y</p>',
+        b"<p>x<img alt='</body>'>y</p>",
+        b'<p>x<a title = "</html>">y</a></p>',
+        b"<p>x<img alt=</body>>y</p>",
+        # §13.2.5.2 (RCDATA): <title> and <textarea> hold text up to their own end tag.
+        b"<title>a </BODY> b</title><p>x</p>",
+        b"<textarea></html></textarea><p>x</p>",
+        # §13.2.5.3 (RAWTEXT): so do <xmp>, <iframe>, <noembed> and <noframes>.
+        b"<noframes></body></noframes><p>x</p>",
+    ],
+)
+def test_html_position_ignores_body_tags_that_are_text(html: bytes) -> None:
+    # No real </body> or </html>: the end, not inside the attribute or the element's text.
+    assert html_insert_position(html) == len(html)
+
+
 def test_bare_lf_input_is_handled_and_stays_lf() -> None:
     raw = (
         b"From: a@acme.co.jp\nSubject: x\nContent-Type: text/plain; charset=utf-8\n"

@@ -336,6 +336,29 @@ def test_html_position_ignores_body_tags_that_are_text(html: bytes) -> None:
     assert html_insert_position(html) == len(html)
 
 
+@pytest.mark.parametrize("empty", [b"<!-->", b"<!--->"])
+def test_html_position_after_an_abruptly_closed_empty_comment(empty: bytes) -> None:
+    # HTML §13.2.5.43-44 (abrupt-closing-of-empty-comment): "<!-->" and "<!--->" are whole, empty
+    # comments; what follows is markup, and its </body> is the real one.
+    html = b"<body><p>x</p>" + empty + b"<p>y</p></body></html>"
+    assert html_insert_position(html) == html.index(b"</body>")
+
+
+def test_html_footer_after_an_empty_comment_lands_in_the_body() -> None:
+    raw = (
+        b"Subject: x\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        b"<html><body><!--><p>we have decided</p>\r\n</body>\r\n</html>\r\n"
+    )
+    out = parse(raw).decorate(FOOTER)
+    assert out.index(b"mr-footer") < out.index(b"</body>")
+
+
+def test_html_position_comment_closed_by_dash_dash_bang() -> None:
+    # HTML §13.2.5.52 (incorrectly-closed-comment): "--!>" ends a comment too.
+    html = b"<body><!-- note --!><p>y</p></body></html>"
+    assert html_insert_position(html) == html.index(b"</body>")
+
+
 def test_bare_lf_input_is_handled_and_stays_lf() -> None:
     raw = (
         b"From: a@acme.co.jp\nSubject: x\nContent-Type: text/plain; charset=utf-8\n"

@@ -359,6 +359,15 @@ def test_html_position_comment_closed_by_dash_dash_bang() -> None:
     assert html_insert_position(html) == html.index(b"</body>")
 
 
+def test_html_position_end_tag_name_ends_at_space_slash_or_bracket() -> None:
+    # HTML §13.2.5.8: a tag name runs to whitespace, "/" or ">": "</body-x>" closes a custom element
+    # named body-x, not the body.
+    html = b"<body><p>x</p></body-x><p>y</p></body></html>"
+    assert html_insert_position(html) == html.index(b"</body>")
+    html = b"<p>x</p></body-x>"
+    assert html_insert_position(html) == len(html)
+
+
 def test_bare_lf_input_is_handled_and_stays_lf() -> None:
     raw = (
         b"From: a@acme.co.jp\nSubject: x\nContent-Type: text/plain; charset=utf-8\n"

@@ -204,6 +204,17 @@ def test_html_to_text_keeps_only_what_a_reader_sees() -> None:
         assert hidden not in text
 
 
+def test_html_head_without_its_end_tag_does_not_hide_the_body() -> None:
+    # HTML §13.2.6.4.4: </head> may be left out; the first content that cannot stand in <head> closes it.
+    # Only its title, style, script and the like hold text, and those are left out one by one.
+    source = (
+        "<html><head><meta charset=utf-8><title>選考結果</title><style>p {color: red}</style>"
+        "<body><p>誠に残念ながら、今回は採用を見送らせていただきます。</p></body></html>\n"
+    )
+    text = normalise(html_to_text(source))
+    assert text == "誠に残念ながら、今回は採用を見送らせていただきます。"
+
+
 def test_html_quoted_history_is_left_out() -> None:
     source = "<p>Thanks!</p><blockquote>old<blockquote>older</blockquote>still old</blockquote><p>bye</p>"
     assert normalise(html_to_text(source)) == "thanks! bye"

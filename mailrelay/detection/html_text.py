@@ -12,8 +12,11 @@ import re
 
 _FLAGS = re.IGNORECASE | re.DOTALL
 _COMMENT = re.compile(r"<!--.*?(?:-->|$)|<!\[CDATA\[.*?\]\]>|<![^>]*>|<\?[^>]*>", re.DOTALL)
-# Never rendered in the body. <title> is left out too: it is often a template name, not content.
-_INVISIBLE = re.compile(r"<(head|title|script|style|template|noscript|xml)\b[^>]*>.*?(?:</\1\s*>|$)", _FLAGS)
+# Never rendered in the body. <title> is left out too: it is often a template name, not content. Not <head>
+# as a whole: its end tag may be left out (HTML §13.2.6.4.4, the first body content closes it), and read to
+# a </head> that never comes it took the whole mail with it; what it may hold is these elements or tags
+# without text (meta, link, base).
+_INVISIBLE = re.compile(r"<(title|script|style|template|noscript|xml)\b[^>]*>.*?(?:</\1\s*>|$)", _FLAGS)
 # Quoted reply history: every client wraps it in <blockquote> (removed innermost first, so nesting works).
 _BLOCKQUOTE = re.compile(r"<blockquote\b[^>]*>(?:(?!<blockquote\b).)*?(?:</blockquote\s*>|$)", _FLAGS)
 # Gmail, Thunderbird and Yahoo mark the quoted part; it runs to the end of the message.

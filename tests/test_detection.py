@@ -215,6 +215,15 @@ def test_html_head_without_its_end_tag_does_not_hide_the_body() -> None:
     assert text == "誠に残念ながら、今回は採用を見送らせていただきます。"
 
 
+@pytest.mark.parametrize("comment", ["<!-->", "<!--->", "<!-- note --!>"])
+def test_html_text_after_a_closed_comment_is_read(comment: str) -> None:
+    # HTML §13.2.5.43-44, .52: "<!-->" and "<!--->" are whole, empty comments and "--!>" closes one; the text
+    # after them is shown, up to any later comment.
+    source = f"<p>山田様</p>{comment}<p>誠に残念ながら、今回は採用を見送らせていただきます。</p><!-- end -->"
+    text = normalise(html_to_text(source))
+    assert text == "山田様誠に残念ながら、今回は採用を見送らせていただきます。"
+
+
 def test_html_quoted_history_is_left_out() -> None:
     source = "<p>Thanks!</p><blockquote>old<blockquote>older</blockquote>still old</blockquote><p>bye</p>"
     assert normalise(html_to_text(source)) == "thanks! bye"

@@ -11,7 +11,9 @@ import html
 import re
 
 _FLAGS = re.IGNORECASE | re.DOTALL
-_COMMENT = re.compile(r"<!--.*?(?:-->|$)|<!\[CDATA\[.*?\]\]>|<![^>]*>|<\?[^>]*>", re.DOTALL)
+# A comment ends at "-->" or "--!>", or at once for "<!-->" and "<!--->", which are whole, empty comments
+# (HTML §13.2.5.43-44, .52); read to the next "-->", they hid the text between.
+_COMMENT = re.compile(r"<!--(?:-?>|.*?--!?>|.*)|<!\[CDATA\[.*?\]\]>|<![^>]*>|<\?[^>]*>", re.DOTALL)
 # Never rendered in the body. <title> is left out too: it is often a template name, not content. Not <head>
 # as a whole: its end tag may be left out (HTML §13.2.6.4.4, the first body content closes it), and read to
 # a </head> that never comes it took the whole mail with it; what it may hold is these elements or tags

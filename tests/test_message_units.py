@@ -14,11 +14,13 @@ from messages.checks import FOOTER, LINK, check_decorated
 
 from mailrelay.charsets import JIS_ESCAPE_RE, ascii_mode_view, back_to_ascii, decode_iso2022jp, lookup
 from mailrelay.message import (
+    _HTML_SCAN,
     CleanLines,
     Footer,
     NotDecoratable,
     _b64_decode,
     _header_end,
+    _last_candidate,
     b64_encode,
     b64_reencode,
     crlf_only,
@@ -616,3 +618,37 @@ def test_an_ascii_part_becomes_utf8_in_its_charset_parameter_alone(
     out = parse(raw).decorate(FOOTER)
     assert b"Content-Type: " + expected + b"\r\nContent-Transfer-Encoding: quoted-printable\r\n" in out
     assert parse(out).parts[0].params["charset"] == "utf-8"
+
+
+_html_pieces = st.sampled_from(
+    [
+        b"<p>",
+        b"</p>",
+        b"text ",
+        b'say "hi" ',
+        b"</body>",
+        b"</BODY >",
+        b"</html>",
+        b"</body-x>",
+        b'<img alt="</body>">',
+        b"<img alt='a > </body>'>",
+        b"<a href=x>",
+        b"<title>",
+        b"</title>",
+        b"<TEXTAREA>",
+        b"</textarea>",
+        b"<!-- c -->",
+        b"<!-->",
+        b"<script>x</body></script>",
+        b"<style>p{}</style>",
+        b"\r\n",
+        b"<br>",
+    ]
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_html_pieces, max_size=30).map(b"".join))
+def test_the_quick_html_scan_agrees_with_the_full_one(view: bytes) -> None:
+    # html_insert_position takes the quick scan's candidate only where nothing can hold it as text (issue 8).
+    assert html_insert_position(view) == _last_candidate(_HTML_SCAN, view)

@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from test_store import db_url, referral, store
 
@@ -155,6 +156,29 @@ def test_without_rejection_counts_the_follow_up_rate_is_unknown(store: EventStor
     d = acme.months[0].as_dict()
     assert d["rejections_seen"] is None and d["follow_up_rate"] is None and d["applicants_referred"] == 3
     assert "–" in render([acme], "table")
+
+
+def test_a_person_who_clicked_in_two_months_is_one_person_of_the_period(store: EventStore) -> None:
+    """The total of "Clicks (people)" added up the months' distinct counts: an applicant who clicked
+    their link in January and again in February was two people of the period."""
+    assert store.write([referral("t1", "a" * 64)], mark_delivered=False, at=JAN) == 1
+
+    def click(session: Session) -> None:
+        event = session.scalars(select(ReferralEvent.id)).one()
+        for moment in (JAN, JAN + timedelta(days=1), FEB):
+            session.add(
+                Click(
+                    created_at=moment, tenant_id="acme", referral_event_id=event, method="GET", scanner=False
+                )
+            )
+
+    store.transaction(click)
+    [acme] = report(store, start=date(2026, 1, 1), end=date(2026, 2, 28))
+    assert [m.clicks_people for m in acme.months] == [1, 1]
+    assert acme.total().clicks_people == 1
+    assert json.loads(render([acme], "json"))["tenants"][0]["total"]["clicks_people"] == 1
+    [people] = re.findall(r'data-step="Clicked \(people\)" data-value="(\d+)"', render([acme], "html"))
+    assert people == "1"
 
 
 def test_table_json_and_csv(store: EventStore) -> None:

@@ -23,9 +23,14 @@ class MonthRow:
     slots_earned: int = 0
     slots_used: int = 0
     slots_left: int = 0
-    clicks_people: int = 0
     clicks_scanners: int = 0
     registrations: int = 0
+    # The referral events (links) a person clicked: each counted once in the month, and once in the total.
+    clicked: set[int] = field(default_factory=set, repr=False)
+
+    @property
+    def clicks_people(self) -> int:
+        return len(self.clicked)
 
     @property
     def registration_rate(self) -> float | None:
@@ -71,7 +76,10 @@ class TenantReport:
             t.referred += m.referred
             t.slots_earned += m.slots_earned
             t.slots_used += m.slots_used
-            t.clicks_people += m.clicks_people
+            # Distinct over the period: a person who clicked in two months is one (the months' counts
+            # added up made them two). The other columns add up: a referral is counted each time it is
+            # made, a registration once per referral event (unique), a rejection once per fingerprint.
+            t.clicked |= m.clicked
             t.clicks_scanners += m.clicks_scanners
             t.registrations += m.registrations
         t.slots_left = self.months[-1].slots_left if self.months else 0
@@ -173,15 +181,12 @@ def _tenant(
         if _in(s.created_at, start, end) and (seen_row := rows.get(_month(s.created_at))) is not None:
             seen_row.rejections_seen = (seen_row.rejections_seen or 0) + 1
             seen_row.rejections_linked += int(s.decorated)
-    people: dict[str, set[int]] = defaultdict(set)
     for c in clicks:
         if _in(c.created_at, start, end) and (click_row := rows.get(_month(c.created_at))) is not None:
             if c.scanner:
                 click_row.clicks_scanners += 1
             else:
-                people[click_row.month].add(c.referral_event_id)
-    for month, events in people.items():
-        rows[month].clicks_people = len(events)
+                click_row.clicked.add(c.referral_event_id)
     for r in registrations:
         if _in(r.created_at, start, end) and (reg_row := rows.get(_month(r.created_at))) is not None:
             reg_row.registrations += 1

@@ -45,7 +45,7 @@ def check_database(url: str) -> Check:
         path = Path(parsed.database)
         if not path.exists():
             return _writable("database", path.parent, f"{shown} (made on first start)")
-    engine = create_engine(url)
+    engine = create_engine(url, hide_parameters=True)
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))

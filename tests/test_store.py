@@ -352,6 +352,18 @@ async def test_rows_written_on_the_driver_cursor_read_back_as_the_orm_writes_the
         assert orm_text is not None and raw == orm_text(stored)
 
 
+async def test_a_failed_statement_on_the_driver_cursor_does_not_carry_its_parameters(
+    store: EventStore,
+) -> None:
+    """The error's text is logged (the group commit's failure, the click endpoint's): SQLAlchemy ends it
+    with the statement's parameters, a token and an applicant's address among them."""
+    store.transaction(lambda s: s.execute(text("ALTER TABLE referral_events RENAME TO gone")))
+    with pytest.raises(DBAPIError) as failed:
+        await store.record([referral("secret-token", "d" * 64, "e" * 64)], mark_delivered=False)
+    assert "secret-token" not in str(failed.value)
+    assert "[SQL parameters hidden due to hide_parameters=True]" in str(failed.value)
+
+
 async def held(store: EventStore, *writes: Awaitable[object]) -> list[object]:
     """Submit `writes` while the store's thread is busy, so that they all wait for the same next batch."""
     gate = threading.Event()

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import pytest
 from aiohttp import web
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from test_store import db_url, referral
 
 from conftest import SettingsFactory
@@ -191,6 +192,41 @@ async def test_a_browser_prefetch_is_recorded_but_flagged(tracking: Tracking, he
     clicks = tracking.store.transaction(lambda s: list(s.scalars(select(Click))))
     assert [(c.scanner, c.scanner_reason) for c in clicks] == [(True, "prefetch")]
     assert tracking.metrics.clicks.labels(tenant="acme", kind="person")._value.get() == 0
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        "ALTER TABLE referral_events RENAME TO gone",  # the token's lookup fails
+        "DROP TABLE clicks",  # the click's row fails: it holds the client's address and agent
+    ],
+)
+async def test_a_click_the_store_cannot_record_logs_no_token_address_or_agent(
+    tracking: Tracking, breakage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # SQLAlchemy's error text ends in the statement's parameters, and the log got them all.
+    delivered_an_hour_ago(tracking)
+    tracking.store.transaction(lambda s: s.execute(text(breakage)))
+    caplog.set_level(logging.INFO, logger="mailrelay")
+    url = f"{tracking.base}/r/{TOKEN}"
+    response = await tracking.http.get(url, allow_redirects=False, headers={"User-Agent": FIREFOX})
+    assert response.status == 503
+    assert tracking.metrics.event_store_errors._value.get() == 1
+    assert "recording a click failed" in caplog.text
+    for secret in (TOKEN, "127.0.0.1", FIREFOX):
+        assert secret not in caplog.text
+    assert "[SQL parameters hidden due to hide_parameters=True]" in caplog.text
+
+
+async def test_a_registration_the_store_cannot_record_logs_no_token(
+    tracking: Tracking, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracking.store.transaction(lambda s: s.execute(text("ALTER TABLE referral_events RENAME TO gone")))
+    caplog.set_level(logging.INFO, logger="mailrelay")
+    response = await tracking.webhook(registration(), msg_id="msg_the_senders_own_id")
+    assert response.status == 503
+    assert "recording a registration failed" in caplog.text
+    assert TOKEN not in caplog.text and "msg_the_senders_own_id" not in caplog.text
 
 
 async def test_a_signed_registration_is_recorded_once(tracking: Tracking) -> None:

@@ -129,12 +129,15 @@ class Driver:
 
     def execute(self, cursor: Any, statement: str, params: Mapping[str, Any] | None = None) -> Any:
         """Run one statement; a driver error is raised as SQLAlchemy's DBAPIError (IntegrityError, …), as
-        the store's callers expect from any database failure."""
+        the store's callers expect from any database failure, without the parameters in its text, as the
+        store's engine raises them (hide_parameters: the text is logged, the parameters carry tokens)."""
         sql = self._statements.get(statement)
         if sql is None:
             sql = self._statements[statement] = self._translate(statement)
         try:
             cursor.execute(sql, params or {})
         except self._error as exc:
-            raise DBAPIError.instance(sql, params, exc, self._error, dialect=None) from exc
+            raise DBAPIError.instance(
+                sql, params, exc, self._error, hide_parameters=True, dialect=None
+            ) from exc
         return cursor

@@ -177,7 +177,11 @@ class EventStore:
         # A server can drop a pooled connection (restart, idle timeout): ping it at checkout. A SQLite file
         # cannot: the ping would be one more statement for every batch and every read (issue 8).
         ping = not url.startswith("sqlite")
-        self.engine: Engine = create_engine(url, pool_pre_ping=ping, connect_args=connect_args)
+        # hide_parameters: SQLAlchemy ends an error's text with the statement's parameters (tokens, the
+        # clicking client's address and agent, applicants' addresses), and that text is logged.
+        self.engine: Engine = create_engine(
+            url, pool_pre_ping=ping, connect_args=connect_args, hide_parameters=True
+        )
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)

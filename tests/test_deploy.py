@@ -165,6 +165,7 @@ LABEL_VALUES = {
     ("mailrelay_dkim_signatures", "result"): metrics_module.DKIM_RESULTS,
     ("mailrelay_next_hop_replies", "class"): metrics_module.REPLY_CLASSES,
     ("mailrelay_connections_refused", "reason"): metrics_module.REFUSE_REASONS,
+    ("mailrelay_tracking_refused", "reason"): metrics_module.TRACKING_REFUSALS,
 }
 
 

@@ -278,6 +278,34 @@ async def test_a_bad_signature_gets_401_and_changes_nothing(
     assert tracking.metrics.tracking_refused.labels(reason="bad_signature")._value.get() == 1
 
 
+async def test_a_webhook_with_no_secret_configured_gets_503_and_is_counted(tracking: Tracking) -> None:
+    # The sender retries a 503 with backoff; without the count, only its side saw that nothing arrived.
+    http = dataclasses.replace(tracking.settings.http, webhook_secrets=())
+    unconfigured = dataclasses.replace(tracking.settings, http=http)
+    runner = web.AppRunner(build_app(lambda: unconfigured, tracking.store, tracking.metrics))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        signed = sign(NEW_SECRET, "msg_1", int(time.time()), registration())
+        response = await tracking.http.post(
+            f"http://127.0.0.1:{port}{WEBHOOK_PATH}",
+            data=registration(),
+            headers={
+                "webhook-id": "msg_1",
+                "webhook-timestamp": str(int(time.time())),
+                "webhook-signature": signed,
+            },
+        )
+    finally:
+        await runner.cleanup()
+    assert response.status == 503
+    assert await response.json() == {"error": "webhook not configured"}
+    assert tracking.metrics.tracking_refused.labels(reason="not_configured")._value.get() == 1
+    assert tracking.count(Registration) == 0
+
+
 async def test_missing_headers_unknown_tokens_and_bad_payloads(tracking: Tracking) -> None:
     plain = await tracking.http.post(tracking.base + WEBHOOK_PATH, data=registration())
     assert plain.status == 401

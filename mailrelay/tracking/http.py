@@ -71,6 +71,8 @@ async def click(request: web.Request) -> web.StreamResponse:
 async def registration(request: web.Request) -> web.Response:
     settings, metrics = request.app[SETTINGS](), request.app[METRICS]
     if not settings.http.webhook_secrets:
+        # Counted: the sender retries a 503, and only its side saw that nothing arrived.
+        metrics.tracking_refused.labels(reason="not_configured").inc()
         return web.json_response({"error": "webhook not configured"}, status=503)
     try:
         body = await request.read()

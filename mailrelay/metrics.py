@@ -20,7 +20,14 @@ FAIL_OPEN_STAGES = ("parse", "limits", "detect", "decorate", "sign", "timeout")
 DKIM_RESULTS = ("signed", "error")
 REPLY_CLASSES = ("2xx", "4xx", "5xx", "unavailable")
 CLICK_KINDS = ("person", "scanner")
-TRACKING_REFUSALS = ("unknown_token", "bad_signature", "malformed", "too_large", "not_configured")
+TRACKING_REFUSALS = (
+    "unknown_token",
+    "bad_signature",
+    "malformed",
+    "too_large",
+    "not_configured",
+    "method_not_allowed",
+)
 REFUSE_REASONS = (
     "client_network",
     "too_many_recipients",
@@ -119,8 +126,8 @@ class Metrics:
         )
         self.tracking_refused = Counter(
             "mailrelay_tracking_refused",
-            "Click or webhook requests refused (404, 401, 400, 413; 503 not_configured: no webhook secret),"
-            " by reason.",
+            "Click or webhook requests refused (404, 401, 400, 405, 413; 503 not_configured: no webhook"
+            " secret), by reason.",
             ["reason"],
             registry=r,
         )

@@ -135,6 +135,18 @@ async def test_an_unknown_or_tampered_token_gets_404_and_no_redirect(tracking: T
     assert tracking.metrics.tracking_refused.labels(reason="unknown_token")._value.get() == 1
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", f"/r/{TOKEN}"), ("PUT", "/r/"), ("GET", WEBHOOK_PATH), ("DELETE", WEBHOOK_PATH)],
+)
+async def test_a_wrong_method_gets_405_and_is_counted(tracking: Tracking, method: str, path: str) -> None:
+    # aiohttp's router answers these before any handler of ours runs: nothing counted them.
+    response = await tracking.http.request(method, tracking.base + path, allow_redirects=False)
+    assert response.status == 405
+    assert tracking.metrics.tracking_refused.labels(reason="method_not_allowed")._value.get() == 1
+    assert tracking.count(Click) == 0
+
+
 async def test_no_answer_names_the_server_software(tracking: Tracking) -> None:
     # The click endpoint is public: a version in `Server` tells a scanner which advisories to try.
     delivered_an_hour_ago(tracking)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from mailrelay.config import Listen, Settings
 from mailrelay.metrics import Metrics
@@ -129,9 +130,20 @@ async def _no_server_version(request: web.Request, response: web.StreamResponse)
     response.headers["Server"] = "mailrelay"
 
 
+@web.middleware
+async def _count_wrong_methods(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # A wrong method on a known path (POST /r/<token>, GET on the webhook) gets its 405 from aiohttp's
+    # router, before any handler here: counted here, like every other refusal.
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed:
+        request.app[METRICS].tracking_refused.labels(reason="method_not_allowed").inc()
+        raise
+
+
 def build_app(settings: Callable[[], Settings], store: EventStore, metrics: Metrics) -> web.Application:
     """`settings` returns the settings in force now (see SETTINGS)."""
-    app = web.Application(client_max_size=MAX_WEBHOOK_BODY)
+    app = web.Application(client_max_size=MAX_WEBHOOK_BODY, middlewares=[_count_wrong_methods])
     app[SETTINGS] = settings
     app[STORE] = store
     app[METRICS] = metrics

@@ -699,6 +699,21 @@ class ParsedMessage:
         # Attachments, forwarded messages (RFC 2046 §5.2.1) and protected subtrees are never body.
         return p.attachment or p.maintype == "message" or _protection(p) is not None
 
+    def _body_children(self, p: Part) -> list[int]:
+        """The children of multipart `p` that may hold its body: all of them, except in a multipart/related,
+        where only the root is (the rest are what it refers to): the part whose Content-ID the `start`
+        parameter names, else the first (RFC 2387 §3.2). Detection and decoration both find their parts
+        through targets(), so they agree on the root."""
+        if p.subtype != "related":
+            return p.children
+        start = p.params.get("start", "").strip(" \t<>")
+        if start:
+            for i in p.children:
+                cid = next((f for f in self.parts[i].fields if f.name == b"content-id"), None)
+                if cid is not None and _field_text(self.raw, cid).strip(" \t<>") == start:
+                    return [i]
+        return p.children[:1]
+
     def _walk_first(self, root: int) -> tuple[int, int]:
         """First text/plain and first text/html under `root`, in document order, body parts only."""
         plain = html = -1
@@ -709,8 +724,7 @@ class ParsedMessage:
             if self._skipped(p):
                 continue
             if p.maintype == "multipart":
-                kids = p.children[:1] if p.subtype == "related" else p.children
-                stack.extend(reversed(kids))
+                stack.extend(reversed(self._body_children(p)))
             elif p.content_type == "text/plain" and plain < 0:
                 plain = i
             elif p.content_type == "text/html" and html < 0:
@@ -731,8 +745,7 @@ class ParsedMessage:
             if self._skipped(p):
                 continue
             if p.maintype == "multipart":
-                kids = p.children[:1] if p.subtype == "related" else p.children
-                stack.extend(reversed(kids))
+                stack.extend(reversed(self._body_children(p)))
             elif p.content_type in ("text/plain", "text/html"):
                 first = i
                 break

@@ -86,6 +86,17 @@ def test_relay_decision_on_every_corpus_message(path: Path, relay: Relay, keys: 
     check_copy(raw, applicant.content, applicant.copy.link, keys)
 
 
+def test_a_related_root_named_by_start_is_detected_and_decorated(relay: Relay, keys: KeyPairs) -> None:
+    """Detection reads the root that `start` names (RFC 2387 §3.2) and decoration decorates that part."""
+    raw = (TESTS / "messages" / "related_start_root_not_first.eml").read_bytes()
+    txn = Transaction("RELATED", "recruit@acme.co.jp", [], ["applicant@gmail.example"], raw)
+    plan = relay.plan(txn, lambda _reason: None)
+    assert plan.decision == "decorated"
+    (applicant,) = plan.groups
+    assert applicant.copy is not None
+    check_copy(raw, applicant.content, applicant.copy.link, keys)
+
+
 @pytest.mark.parametrize("path", CORPUS, ids=[str(p.relative_to(TESTS)) for p in CORPUS])
 def test_forced_decoration_keeps_every_structure_intact(path: Path, relay: Relay, keys: KeyPairs) -> None:
     """Decoration on every message, rejection or not: the MIME and signing properties hold for all."""

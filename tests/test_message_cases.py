@@ -53,6 +53,7 @@ DECORATABLE = [
     "mixed_pdf_xlsx.eml",
     "text_attachment_first.eml",
     "mixed_alt_related_cid.eml",
+    "related_start_root_not_first.eml",
     "forwarded_rfc822_rejection.eml",
     "calendar_invite.eml",
     "preamble_epilogue_boundary_like.eml",
@@ -235,6 +236,17 @@ def test_related_html_and_cid_image() -> None:
     assert m.parts[m.parts[html].parent].content_type == "multipart/related"
     assert out.rstrip().endswith(b"--mix-3--")
     assert "ご友人に" in target_text(m, out, "plain")
+
+
+def test_related_root_named_by_start_is_read_and_decorated_and_the_image_kept() -> None:
+    # RFC 2387 §3.2: the root is the part whose Content-ID `start` names, here the second; the first (the
+    # image) was taken for the root, so nothing was read and the rejection went out undecorated.
+    raw, out, m = decorate("related_start_root_not_first.eml")
+    image, root = m.parts[0].children
+    assert m.targets() == (-1, root)
+    assert "採用を見送らせていただく" in m.text().html
+    assert "ご友人に" in target_text(m, out, "html")
+    assert out[: m.parts[image].end] == raw[: m.parts[image].end]
 
 
 def test_forwarded_message_is_not_decorated() -> None:

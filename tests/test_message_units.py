@@ -652,3 +652,37 @@ _html_pieces = st.sampled_from(
 def test_the_quick_html_scan_agrees_with_the_full_one(view: bytes) -> None:
     # html_insert_position takes the quick scan's candidate only where nothing can hold it as text (issue 8).
     assert html_insert_position(view) == _last_candidate(_HTML_SCAN, view)
+
+
+def _related(start: bytes, root: bytes = b"text/html") -> bytes:
+    head = b'MIME-Version: 1.0\r\nContent-Type: multipart/related; boundary="r"' + start + b"\r\n\r\n"
+    first = b"--r\r\nContent-Type: text/plain\r\nContent-ID: <first@x>\r\n\r\nfirst\r\n"
+    second = b"--r\r\nContent-Type: " + root + b"\r\nContent-ID: <root@x>\r\n\r\n"
+    if root.startswith(b"multipart/"):
+        second += b"--a\r\nContent-Type: text/plain\r\n\r\nroot\r\n--a\r\nContent-Type: text/html\r\n\r\n"
+        second += b"<p>root</p>\r\n--a--\r\n"
+    else:
+        second += b"<p>root</p>\r\n"
+    return head + first + second + b"--r--\r\n"
+
+
+@pytest.mark.parametrize(
+    ("start", "root", "plain", "html"),
+    [
+        (b"", b"text/html", "first", ""),
+        (b'; start="<root@x>"', b"text/html", "", "<p>root</p>"),
+        (b"; start=<root@x>", b"text/html", "", "<p>root</p>"),
+        (b'; start="root@x"', b"text/html", "", "<p>root</p>"),
+        (b'; start="<first@x>"', b"text/html", "first", ""),
+        (b'; start="<nowhere@x>"', b"text/html", "first", ""),
+        (b'; start="<root@x>"', b'multipart/alternative; boundary="a"', "root", "<p>root</p>"),
+    ],
+)
+def test_the_root_of_a_related_is_the_part_start_names_else_the_first(
+    start: bytes, root: bytes, plain: str, html: str
+) -> None:
+    m = parse(_related(start, root))
+    text = m.text()
+    assert (text.plain.strip(), text.html.strip()) == (plain, html)
+    out = m.decorate(FOOTER)
+    check_decorated(m.raw, out)

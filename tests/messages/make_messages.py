@@ -343,6 +343,26 @@ def cases() -> dict[str, bytes]:
         ],
     )
 
+    # RFC 2387 §3.2: `start` names the root by its Content-ID, here not the first part (the image comes
+    # first, as some mailers write it); the root is what the reader shows, and what gets the footer.
+    c["related_start_root_not_first.eml"] = head(
+        SUBJECT_JA,
+        'multipart/related; boundary="rel-2"; type="text/html";\n start="<body.5@acme.co.jp>"',
+        None,
+        "utf-8",
+    ) + multipart(
+        "rel-2",
+        [
+            part("image/png", b64(PNG), "base64", "Content-ID: <logo@acme>\nContent-Disposition: inline"),
+            part(
+                "text/html; charset=utf-8",
+                qp(crlf(html_doc(JA).replace("<body>\n", '<body>\n<img src="cid:logo@acme">\n')).encode()),
+                "quoted-printable",
+                "Content-ID: <body.5@acme.co.jp>",
+            ),
+        ],
+    )
+
     inner = head(SUBJECT_JA, plain_jis, mid="inner") + jis(JA)
     c["forwarded_rfc822_rejection.eml"] = head(
         "Fwd: 選考結果のご連絡", 'multipart/mixed; boundary="mix-4"', None

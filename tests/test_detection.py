@@ -204,6 +204,47 @@ def test_html_to_text_keeps_only_what_a_reader_sees() -> None:
         assert hidden not in text
 
 
+@pytest.mark.parametrize(
+    "hidden",
+    [
+        '<div style="display:none"><div>preheader</div> 内定のお知らせ</div>',
+        '<div style="display: none; max-height: 0"><div><div>a</div>b</div> 内定のお知らせ</div>',
+        '<DIV style="display:none"><div>a</DIV> 内定のお知らせ</Div>',
+        '<table style="display:none"><tr><td><table><tr><td>a</table> 内定のお知らせ</td></tr></table>',
+    ],
+)
+def test_html_hidden_element_is_left_out_up_to_its_own_end_tag(hidden: str) -> None:
+    # Text hidden with CSS is not something the applicant reads: the element ends at its own end tag, not at
+    # the end tag of an element of the same name nested in it (the text after that was read).
+    source = f"<p>山田様</p>{hidden}<p>誠に残念ながら、今回は採用を見送らせていただきます。</p>"
+    text = normalise(html_to_text(source))
+    assert text == "山田様誠に残念ながら、今回は採用を見送らせていただきます。"
+
+
+def test_a_nested_hidden_phrase_does_not_decide(tmp_path: Path) -> None:
+    rules = rules_from(tmp_path, BASIC)
+    html = (
+        '<div style="display:none"><div>選考結果のご連絡</div>内定のお知らせ</div>'
+        "<p>選考の結果、誠に残念ながら見送らせていただきます。</p>"
+    )
+    assert rules.evaluate(item(html=html)).rejection
+
+
+@pytest.mark.parametrize(
+    ("hidden", "shown"),
+    [
+        # A <p> start tag closes an open <p> (HTML §13.2.6.4.7): paragraphs never nest, so the hidden one
+        # ends at the first </p> as before, and the later paragraphs are read.
+        ('<p style="display:none">preheader<p>Dear Alex,</p>', "we regret"),
+        ('<li style="display:none">preheader<li>one</li>', "we regret"),
+        # Never closed: hidden to the end, as before.
+        ('<div style="display:none"><div>preheader</div>', ""),
+    ],
+)
+def test_html_hidden_element_that_cannot_nest_or_is_not_closed(hidden: str, shown: str) -> None:
+    assert normalise(html_to_text(f"{hidden}<p>We regret</p>")) == shown
+
+
 def test_html_head_without_its_end_tag_does_not_hide_the_body() -> None:
     # HTML §13.2.6.4.4: </head> may be left out; the first content that cannot stand in <head> closes it.
     # Only its title, style, script and the like hold text, and those are left out one by one.

@@ -25,9 +25,18 @@ _BLOCKQUOTE = re.compile(r"<blockquote\b[^>]*>(?:(?!<blockquote\b).)*?(?:</block
 _QUOTE_START = re.compile(
     r"<(?:div|span)\b[^>]*class\s*=\s*[\"']?[^\"'>]*(?:gmail_quote|moz-cite-prefix|yahoo_quoted).*", _FLAGS
 )
-# Pre-header text hidden with CSS is not something the applicant reads.
-_HIDDEN = re.compile(
-    r"<(\w+)\b[^>]*style\s*=\s*[\"'][^\"']*display\s*:\s*none[^>]*>.*?(?:</\1\s*>|$)", _FLAGS
+# Pre-header text hidden with CSS is not something the applicant reads. The element runs to its own end
+# tag, not to the first one of its name: a hidden <div> that holds a <div> ended at the inner </div>, and
+# the hidden text after it was read (found by review). _drop_hidden counts the nesting.
+_HIDDEN = re.compile(r"<([a-zA-Z][^\s/>]*+)[^>]*style\s*=\s*[\"'][^\"']*display\s*:\s*none[^>]*>", _FLAGS)
+# From a tag to the next tag of the same name, start or end tag (group 2; group 3 is "/" for an end tag).
+# The backreference compares case-insensitively, as tag names are; one match is one C scan.
+_NEXT_SAME_NAME = re.compile(r"</?([a-zA-Z][^\s/>]*+)[^>]*>.*?(<(/?)\1(?=[\s/>])[^>]*>)", _FLAGS)
+# A start tag of one of these closes an open element of the same name (HTML §13.2.6.4.7): they do not nest,
+# and counting them, a hidden "<p>…<p>…</p>" would hide the rest of the mail. They end at the first end tag.
+_NOT_NESTING = frozenset(
+    {"a", "button", "dd", "dt", "form", "li", "nobr", "option", "optgroup", "p", "rb", "rp", "rt", "rtc"}
+    | {"tbody", "td", "tfoot", "th", "thead", "tr"}
 )
 _BLOCK = re.compile(
     r"</?(?:address|article|aside|blockquote|br|dd|div|dl|dt|fieldset|figure|footer|form|h[1-6]|header|hr|"
@@ -48,7 +57,34 @@ def html_to_text(source: str) -> str:
             break
         text = shorter
     text = _QUOTE_START.sub("", text)
-    text = _HIDDEN.sub("", text)
+    text = _drop_hidden(text)
     text = _BLOCK.sub("\n", text)
     text = _TAG.sub("", text)
     return html.unescape(text)
+
+
+def _drop_hidden(text: str) -> str:
+    """`text` without its display:none elements, each up to its own end tag (or the end, if it has none)."""
+    found = _HIDDEN.search(text)
+    if found is None:
+        return text
+    kept: list[str] = []
+    pos = 0
+    while found is not None:
+        kept.append(text[pos : found.start()])
+        nests = found.group(1).lower() not in _NOT_NESTING
+        depth = 1
+        at = found.start()
+        pos = len(text)  # never closed: hidden to the end, as a browser shows it
+        while (step := _NEXT_SAME_NAME.match(text, at)) is not None:
+            at = step.start(2)
+            if step.group(3):
+                depth -= 1
+                if not depth:
+                    pos = step.end()
+                    break
+            elif nests:
+                depth += 1
+        found = _HIDDEN.search(text, pos)
+    kept.append(text[pos:])
+    return "".join(kept)

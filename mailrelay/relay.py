@@ -392,9 +392,11 @@ def _defer_unanswered(groups: list[Group], results: list[GroupResult]) -> None:
 
 @dataclass(frozen=True)
 class StoreRead:
-    """The retry check under way: which recipients were asked about, and the store's answer (hashes)."""
+    """The retry check under way: which recipients were asked about, what the journal held just before the
+    store was asked, and the store's answer (hashes)."""
 
     recipients: frozenset[str]
+    journalled: set[str]
     answer: asyncio.Future[set[str]]
 
     def abandon(self) -> None:
@@ -603,13 +605,19 @@ class RelaySession:
 
     def _start_store_read(self, txn: Transaction, recipients: list[str]) -> StoreRead | None:
         """Start asking the store which of `recipients` an earlier attempt of this message delivered a copy
-        to; None while the store is paused (or if it cannot even be asked)."""
+        to, once the journal has said what it holds; None while the store is paused (or if it cannot even
+        be asked)."""
         relay = self.relay
         if not relay.store_usable():
             return None
+        # The journal first: a replay drops an entry only once it is committed to the store, so an entry
+        # gone from the journal by now is in the store's answer. Asked the other way round, a replay between
+        # the two questions hid it from both, and the applicant got a second copy.
+        journalled = relay.journal.delivered(txn.fingerprint)
         hashes = {relay.recipient_hash(r) for r in recipients}
         try:
-            return StoreRead(frozenset(recipients), relay.store.delivered_recipients(txn.fingerprint, hashes))
+            answer = relay.store.delivered_recipients(txn.fingerprint, hashes)
+            return StoreRead(frozenset(recipients), journalled, answer)
         except Exception as exc:
             relay.store_failed(txn.txn_id, "reading delivered copies", exc)
             return None
@@ -622,8 +630,6 @@ class RelaySession:
             if early is not None:
                 early.abandon()  # the plan failed open after the read began: nothing to check
             return set()
-        # What this relay delivered while the database was away is in its journal (issue 5).
-        already = relay.journal.delivered(txn.fingerprint)
         recipients = [r for g in plan.groups for r in g.recipients]
         read = early
         if read is not None and read.recipients != set(recipients):
@@ -631,11 +637,14 @@ class RelaySession:
             read = None
         if read is None:
             read = self._start_store_read(txn, recipients)
-        if read is not None:
-            try:
-                already |= await read.answer
-            except Exception as exc:
-                relay.store_failed(txn.txn_id, "reading delivered copies", exc)
+        if read is None:
+            # What this relay delivered while the database was away is in its journal (issue 5).
+            return relay.journal.delivered(txn.fingerprint)
+        already = set(read.journalled)
+        try:
+            already |= await read.answer
+        except Exception as exc:
+            relay.store_failed(txn.txn_id, "reading delivered copies", exc)
         return already
 
     async def _forward(self, txn: Transaction, groups: list[Group], results: list[GroupResult]) -> None:

@@ -76,6 +76,44 @@ async def test_a_retry_while_the_database_is_down_uses_the_journal_and_sends_no_
     assert sorted(r for m in sink.messages for r in m.rcpt_tos) == recipients
 
 
+async def test_a_retry_during_the_replay_finds_the_copy_in_the_journal_or_the_store(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    """The retry check asks the journal and the database. A replay that writes an entry to the database and
+    drops it from the journal between the two questions must not hide it from both: the applicant would get
+    a second copy. Here the replay runs just after the database has answered."""
+    async with RecordingSink() as sink:
+        relay: RunningRelay = await start_relay(make_settings(sink.port))
+        good_store = relay.components.relay.store
+        down = EventStore(UNREACHABLE)
+        relay.components.relay.store = down
+        await relay.send("recruit@acme.co.jp", ["applicant@gmail.example"], REJECTION_EN)  # journalled
+        down.close()
+        journal = relay.components.relay.journal
+        assert journal.backlog == 1 and len(sink.messages) == 1
+        relay.components.relay.store = good_store
+        relay.components.relay.store_back()  # the database is back, as a replay would say
+        # The first read goes to the store's reader thread; later ones answer at once, so the replay below
+        # lands after the database's answer, wherever the relay asks it.
+        await good_store.delivered_recipients("0" * 64, ["0" * 64])
+        replayed: list[int] = []
+        ask_store = good_store.delivered_recipients
+
+        def ask_then_replay(fingerprint: str, hashes: Any) -> asyncio.Future[set[str]]:
+            answer = ask_store(fingerprint, hashes)
+            assert answer.done()
+            replayed.append(journal.replay(good_store))
+            return answer
+
+        good_store.delivered_recipients = ask_then_replay  # type: ignore[method-assign]
+        # The sending MTA did not hear our 250 and sends the same message again, as the replay runs.
+        refused, reply = await relay.send("recruit@acme.co.jp", ["applicant@gmail.example"], REJECTION_EN)
+    assert refused == {} and reply.startswith("2")
+    assert replayed == [1] and journal.backlog == 0
+    assert len(sink.messages) == 1  # no second copy
+    assert events_in(good_store) == 1
+
+
 def test_journal_survives_a_restart_and_skips_a_torn_last_line(tmp_path: Path) -> None:
     path = tmp_path / "events.journal"
     journal = EventJournal(path)

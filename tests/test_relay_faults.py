@@ -387,7 +387,7 @@ async def test_an_abandoned_retry_check_is_not_reported_as_never_retrieved(
     import gc
 
     answer: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
-    StoreRead(frozenset(), answer).abandon()
+    StoreRead(frozenset(), set(), answer).abandon()
     answer.set_exception(RuntimeError("database gone"))
     await asyncio.sleep(0)
     del answer

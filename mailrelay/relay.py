@@ -53,6 +53,7 @@ class Unavailable:
     """No reply could be had from the next hop (down, timeout, hang-up, TLS): the sender must retry."""
 
     kind: str
+    what: str = ""  # what happened where, for the log (NextHopUnavailable.what); never for the reply
 
 
 @dataclass(frozen=True)
@@ -448,7 +449,7 @@ class RelaySession:
             reply = await conn.mail(sender, wanted)
         except NextHopUnavailable as exc:
             self.conn = None
-            return Unavailable(exc.kind)
+            return Unavailable(exc.kind, exc.what)
         self.in_transaction = reply.ok
         self.accepted = []
         return Mirrored(reply)
@@ -473,13 +474,13 @@ class RelaySession:
         """RCPT is mirrored live (Postfix smtpd_proxy_filter semantics): a recipient the next hop refuses is
         refused to the client now, so no recipient is ever accepted and then silently dropped."""
         if self.conn is None or not self.in_transaction:
-            return Unavailable("disconnect")
+            return Unavailable("disconnect", "disconnect at RCPT: connection already lost")
         try:
             reply = await self.conn.rcpt(recipient)
         except NextHopUnavailable as exc:
             self.conn = None
             self.in_transaction = False
-            return Unavailable(exc.kind)
+            return Unavailable(exc.kind, exc.what)
         if reply.ok:
             self.accepted.append(recipient)
         return Mirrored(reply)
@@ -683,7 +684,7 @@ class RelaySession:
             except NextHopUnavailable as exc:
                 self.conn = None
                 self.in_transaction = False
-                log.warning("%s: next hop unavailable (%s)", txn.txn_id, exc.kind)
+                log.warning("%s: next hop unavailable (%s)", txn.txn_id, exc.what)
                 pending = [r for r in group.recipients if r not in result.delivered]
                 result.deferred.extend((r, None) for r in pending)
                 # The next hop is gone: the groups not yet tried wait for the sender's retry.
@@ -693,7 +694,7 @@ class RelaySession:
 
     def _conn(self) -> HopConnection:
         if self.conn is None:
-            raise NextHopUnavailable("disconnect", "connection lost")
+            raise NextHopUnavailable("disconnect", "connection lost", "DATA")
         return self.conn
 
     async def _open_group(self, txn: Transaction, group: Group, result: GroupResult) -> None:

@@ -21,6 +21,9 @@ from mailrelay.config import NextHopSettings
 from mailrelay.message import WireReady, crlf_only, starts_a_line_with_dot
 
 UnavailableKind = Literal["connect", "timeout", "disconnect", "tls", "protocol"]
+# Where the next hop was lost: the connection's set-up (TCP, greeting and, when used, STARTTLS), or the
+# command under way ("DATA": the DATA command, the message or the reply to its final dot).
+HopStage = Literal["connect", "EHLO", "MAIL", "RCPT", "DATA", "RSET"]
 
 
 # Content larger than this is checked for wire-readiness in a thread (see WireReady).
@@ -72,6 +75,11 @@ _fast_data_path()
 _PRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
+def _printable_line(text: str) -> str:
+    """`text` as one printable-ASCII line, safe to put into our own reply or a log line."""
+    return _PRINTABLE.sub(" ", " ".join(text.split()))[:400]
+
+
 @dataclass(frozen=True)
 class Reply:
     """A reply of the next hop. `text` is its text without the code (enhanced status included)."""
@@ -91,16 +99,24 @@ class Reply:
 
     def one_line(self) -> str:
         """The text as one printable-ASCII line, safe to put into our own reply or a log line."""
-        return _PRINTABLE.sub(" ", " ".join(self.text.split()))[:400]
+        return _printable_line(self.text)
 
 
 class NextHopUnavailable(Exception):
     """No reply could be had from the next hop: the sender must retry (never a 5xx, RFC 5321 §4.2.5)."""
 
-    def __init__(self, kind: UnavailableKind, detail: str) -> None:
+    def __init__(self, kind: UnavailableKind, detail: str, stage: HopStage = "connect") -> None:
         self.kind = kind
         self.detail = detail
+        self.stage = stage
         super().__init__(f"{kind}: {detail}")
+
+    @property
+    def what(self) -> str:
+        """What happened where, for logs: "connect: …" when no connection could be made, "disconnect at
+        RCPT: …" when the next hop hung up during RCPT. The detail may be the next hop's text (a 421)."""
+        where = "" if self.kind == self.stage else f" at {self.stage}"
+        return f"{self.kind}{where}: {_printable_line(self.detail)}"
 
 
 class HopConnection(Protocol):
@@ -157,32 +173,39 @@ class SmtpNextHop:
             tls_context=self.tls_context,
             validate_certs=s.starttls == "required" and s.verify_certificate,
         )
+        stage: HopStage = "connect"
         try:
             await client.connect()
+            stage = "EHLO"
             await client.ehlo()
         except BaseException as exc:
             client.close()
-            raise _unavailable(exc) from exc
+            raise _unavailable(exc, stage) from exc
         if s.starttls == "required" and client.get_transport_info("ssl_object") is None:
             client.close()
             raise NextHopUnavailable("tls", "STARTTLS required but not in use")
         return _SmtpConnection(client)
 
 
-def _unavailable(exc: BaseException) -> BaseException:
+def _unavailable(exc: BaseException, stage: HopStage) -> BaseException:
     if isinstance(exc, asyncio.CancelledError):
         return exc
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | asyncio.TimeoutError | TimeoutError):
-        return NextHopUnavailable("timeout", str(exc))
-    if isinstance(exc, aiosmtplib.SMTPConnectError | ConnectionError | OSError):
-        return NextHopUnavailable("connect", str(exc))
+        return NextHopUnavailable("timeout", str(exc), stage)
+    # Before ConnectionError and OSError, which SMTPServerDisconnected and ssl.SSLError are too: a next hop
+    # that hung up after the connection was made, or a failed TLS handshake, was logged as a connect failure.
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
-        return NextHopUnavailable("disconnect", str(exc))
-    if isinstance(exc, ssl.SSLError | aiosmtplib.SMTPException) and "tls" in str(exc).lower():
-        return NextHopUnavailable("tls", str(exc))
+        return NextHopUnavailable("disconnect", str(exc), stage)
+    if isinstance(exc, ssl.SSLError):
+        return NextHopUnavailable("tls", str(exc), stage)
+    if isinstance(exc, aiosmtplib.SMTPConnectError | ConnectionError | OSError):
+        # A connection reset or a broken pipe once the connection is up is a hang-up too.
+        return NextHopUnavailable("connect" if stage == "connect" else "disconnect", str(exc), stage)
+    if isinstance(exc, aiosmtplib.SMTPException) and "tls" in str(exc).lower():
+        return NextHopUnavailable("tls", str(exc), stage)
     if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code == 421:
-        return NextHopUnavailable("disconnect", f"421 {exc.message}")
-    return NextHopUnavailable("protocol", f"{type(exc).__name__}: {exc}")
+        return NextHopUnavailable("disconnect", f"421 {exc.message}", stage)
+    return NextHopUnavailable("protocol", f"{type(exc).__name__}: {exc}", stage)
 
 
 class _SmtpConnection:
@@ -196,26 +219,26 @@ class _SmtpConnection:
     def supports(self, extension: str) -> bool:
         return self.client.supports_extension(extension)
 
-    async def _command(self, verb: bytes, *args: bytes) -> Reply:
+    async def _command(self, stage: HopStage, *args: bytes) -> Reply:
         try:
-            response = await self.client.execute_command(verb, *args)
+            response = await self.client.execute_command(stage.encode(), *args)
         except BaseException as exc:
             self.client.close()
-            raise _unavailable(exc) from exc
+            raise _unavailable(exc, stage) from exc
         if response.code == 421:
             # RFC 5321 §3.8: 421 means the next hop is closing the channel; the transaction cannot go on.
             self.client.close()
-            raise NextHopUnavailable("disconnect", f"421 {response.message}")
+            raise NextHopUnavailable("disconnect", f"421 {response.message}", stage)
         return Reply(response.code, response.message)
 
     async def mail(self, sender: str, options: list[str]) -> Reply:
         # Addresses were validated by the SMTP layer; they go out exactly as received (no parseaddr rewrite).
         return await self._command(
-            b"MAIL", b"FROM:<" + sender.encode("utf-8") + b">", *(o.encode() for o in options)
+            "MAIL", b"FROM:<" + sender.encode("utf-8") + b">", *(o.encode() for o in options)
         )
 
     async def rcpt(self, recipient: str) -> Reply:
-        return await self._command(b"RCPT", b"TO:<" + recipient.encode("utf-8") + b">")
+        return await self._command("RCPT", b"TO:<" + recipient.encode("utf-8") + b">")
 
     async def data(self, content: bytes) -> Reply:
         try:
@@ -230,7 +253,7 @@ class _SmtpConnection:
             return Reply(exc.code, exc.message)
         except BaseException as exc:
             self.client.close()
-            raise _unavailable(exc) from exc
+            raise _unavailable(exc, "DATA") from exc
         return Reply(response.code, response.message)
 
     async def rset(self) -> None:
@@ -238,10 +261,10 @@ class _SmtpConnection:
             response = await self.client.execute_command(b"RSET")
         except BaseException as exc:
             self.client.close()
-            raise _unavailable(exc) from exc
+            raise _unavailable(exc, "RSET") from exc
         if response.code != 250:
             self.client.close()
-            raise NextHopUnavailable("protocol", f"RSET answered {response.code}")
+            raise NextHopUnavailable("protocol", f"RSET answered {response.code}", "RSET")
 
     async def close(self) -> None:
         if self.client.is_connected:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -104,13 +105,48 @@ async def test_next_hop_without_a_usable_reply_gives_451_and_records_nothing(
     assert event_count(relay) == 0
 
 
-async def test_next_hop_down_gives_451_4_4_1(start_relay, make_settings: SettingsFactory) -> None:
+async def test_next_hop_down_gives_451_4_4_1(
+    start_relay, make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     async with RecordingSink() as sink:
         port = sink.port
     relay = await start_relay(make_settings(port))  # nothing listens there any more
-    error = await send_expecting_error(relay, ["applicant@gmail.example"], OFFER)
+    with caplog.at_level(logging.INFO, logger="mailrelay"):
+        error = await send_expecting_error(relay, ["applicant@gmail.example"], OFFER)
     assert isinstance(error, aiosmtplib.SMTPSenderRefused)
     assert (error.code, error.message) == (451, "4.4.1 Next hop not available, please try again later")
+    # The admin reads why, under the queue id of the refused MAIL.
+    lost = [m for m in caplog.messages if "next hop unavailable" in m]
+    assert len(lost) == 1 and re.fullmatch(r"[0-9A-F]{10}: next hop unavailable \(connect: .+\)", lost[0])
+    assert f"{lost[0][:10]}: client=[127.0.0.1] from=<{SENDER}> refused: 451 4.4.1" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("hang_up", "stage"), [("MAIL", "MAIL"), ("RCPT", "RCPT"), ("DATA", "DATA"), (".", "DATA")]
+)
+async def test_a_next_hop_that_hangs_up_is_logged_as_a_hang_up_at_its_command_not_a_connect_failure(
+    start_relay, make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture, hang_up: str, stage: str
+) -> None:
+    """The connection was made: the log says at which command the next hop closed it ("." is the reply to
+    the final dot, part of DATA), under the transaction's queue id; the sender hears 451 4.4.1 as before."""
+    async with RecordingSink(hang_up={hang_up}) as sink:
+        relay = await start_relay(make_settings(sink.port, timeout=1, transaction_timeout=3))
+        with caplog.at_level(logging.INFO, logger="mailrelay"):
+            error = await send_expecting_error(relay, ["applicant@gmail.example"], REJECTION)
+    if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
+        error = error.recipients[0]
+    assert isinstance(error, aiosmtplib.SMTPResponseException)
+    assert (error.code, error.message) == (451, "4.4.1 Next hop not available, please try again later")
+    lost = [m for m in caplog.messages if "next hop unavailable" in m]
+    assert len(lost) == 1, caplog.messages
+    assert re.fullmatch(rf"[0-9A-F]{{10}}: next hop unavailable \(disconnect at {stage}: .+\)", lost[0])
+    queue_id = lost[0][:10]
+    assert sum(m.startswith(f"{queue_id}: ") and "451 4.4.1" in m for m in caplog.messages) == 1
+    # The next hop's replies to end of data: none could be had, counted as such (only DATA gets that far).
+    registry = relay.components.metrics.registry
+    unavailable = registry.get_sample_value("mailrelay_next_hop_replies_total", {"class": "unavailable"})
+    assert unavailable == (1 if stage == "DATA" else 0)
+    assert event_count(relay) == 0
 
 
 async def test_a_failed_copy_after_delivered_ones_defers_and_the_retry_sends_no_duplicate(

@@ -222,10 +222,16 @@ async def test_a_reply_pre_staged_before_the_next_hops_tls_is_never_believed(
 
 @pytest.mark.parametrize(("mode", "delivered"), [("opportunistic", True), ("required", False)])
 async def test_next_hop_tls_modes_with_a_self_signed_certificate(
-    start_relay, make_settings: SettingsFactory, certificate: tuple[Path, Path], mode: str, delivered: bool
+    start_relay,
+    make_settings: SettingsFactory,
+    certificate: tuple[Path, Path],
+    mode: str,
+    delivered: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Like Postfix: `opportunistic` (may) encrypts without checking the certificate; `required` (verify)
-    checks it and answers 451 when it does not verify, never falling back to plaintext."""
+    checks it and answers 451 when it does not verify, never falling back to plaintext, and logs a TLS
+    failure (it was logged as a connect failure)."""
     from aiosmtpd.smtp import SMTP
 
     seen: list[object] = []
@@ -248,9 +254,15 @@ async def test_next_hop_tls_modes_with_a_self_signed_certificate(
             refused, reply = await relay.send("recruit@acme.co.jp", ["a@gmail.example"], OFFER)
             assert refused == {} and reply.startswith("2")
         else:
-            with pytest.raises(aiosmtplib.SMTPSenderRefused) as info:
+            with pytest.raises(aiosmtplib.SMTPSenderRefused) as info, caplog.at_level(logging.INFO):
                 await relay.send("recruit@acme.co.jp", ["a@gmail.example"], OFFER)
             assert info.value.code == 451
+            lost = [m for m in caplog.messages if "next hop unavailable" in m]
+            assert (
+                len(lost) == 1
+                and ": next hop unavailable (tls at connect: " in lost[0]
+                and "CERTIFICATE" in lost[0]
+            )
     finally:
         hop.close()
     assert len(seen) == (1 if delivered else 0)

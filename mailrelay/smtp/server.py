@@ -21,7 +21,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailrelay.config import Settings
 from mailrelay.metrics import Metrics
-from mailrelay.relay import Mirrored, Relay, RelaySession, Transaction, mask
+from mailrelay.relay import Mirrored, Relay, RelaySession, Transaction, Unavailable, mask
 from mailrelay.smtp import replies
 from mailrelay.smtp.auth import Authenticator, load_users
 from mailrelay.smtp.balance import BalancedListener, SharedListen
@@ -169,6 +169,8 @@ class RelayHandler:
             envelope.mail_from = address
             envelope.mail_options.extend(mail_options)
         else:
+            if isinstance(outcome, Unavailable):
+                log.warning("%s: next hop unavailable (%s)", state.txn_id, outcome.what)
             log.info("%s: client=[%s] from=<%s> refused: %s", state.txn_id, state.peer_ip, address, reply)
         return self._count("MAIL", reply)
 
@@ -197,6 +199,8 @@ class RelayHandler:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
         else:
+            if isinstance(outcome, Unavailable):
+                log.warning("%s: next hop unavailable (%s)", state.txn_id, outcome.what)
             log.info("%s: to=<%s> refused at RCPT: %s", state.txn_id, mask(address), reply)
         return self._count("RCPT", reply)
 

@@ -245,6 +245,20 @@ def test_html_hidden_element_that_cannot_nest_or_is_not_closed(hidden: str, show
     assert normalise(html_to_text(f"{hidden}<p>We regret</p>")) == shown
 
 
+@pytest.mark.parametrize(
+    "pixel",
+    [
+        '<img src="https://ats.example/o.gif" width="1" height="1" style="display:none">',
+        '<IMG style="display: none" src="o.gif" />',
+        '<input type="hidden" style="display:none">',
+        '<br style="display:none">',
+    ],
+)
+def test_a_hidden_void_element_hides_only_its_tag(pixel: str) -> None:
+    # A void element has no end tag (HTML §13.1.2): a hidden tracking pixel hid the rest of the mail.
+    assert normalise(html_to_text(f"<p>Dear Alex,</p>{pixel}<p>We regret</p>")) == "dear alex, we regret"
+
+
 def test_html_head_without_its_end_tag_does_not_hide_the_body() -> None:
     # HTML §13.2.6.4.4: </head> may be left out; the first content that cannot stand in <head> closes it.
     # Only its title, style, script and the like hold text, and those are left out one by one.

@@ -38,6 +38,12 @@ _NOT_NESTING = frozenset(
     {"a", "button", "dd", "dt", "form", "li", "nobr", "option", "optgroup", "p", "rb", "rp", "rt", "rtc"}
     | {"tbody", "td", "tfoot", "th", "thead", "tr"}
 )
+# Void elements have no content and no end tag (HTML §13.1.2): a hidden one is its tag alone. Read to an end
+# tag that never comes, a hidden tracking pixel (<img style="display:none">) hid the rest of the mail.
+_VOID = frozenset(
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source", "track"}
+    | {"wbr"}
+)
 _BLOCK = re.compile(
     r"</?(?:address|article|aside|blockquote|br|dd|div|dl|dt|fieldset|figure|footer|form|h[1-6]|header|hr|"
     r"li|main|nav|ol|p|pre|section|table|tbody|td|tfoot|th|thead|tr|ul)\b(?:[^>\"']|\"[^\"]*\"|'[^']*')*>",
@@ -72,7 +78,12 @@ def _drop_hidden(text: str) -> str:
     pos = 0
     while found is not None:
         kept.append(text[pos : found.start()])
-        nests = found.group(1).lower() not in _NOT_NESTING
+        name = found.group(1).lower()
+        if name in _VOID:
+            pos = found.end()
+            found = _HIDDEN.search(text, pos)
+            continue
+        nests = name not in _NOT_NESTING
         depth = 1
         at = found.start()
         pos = len(text)  # never closed: hidden to the end, as a browser shows it

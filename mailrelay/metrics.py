@@ -19,6 +19,9 @@ PASS_REASONS = ("not_rejection", "shadow", "no_applicant", "protected", "already
 FAIL_OPEN_STAGES = ("parse", "limits", "detect", "decorate", "sign", "timeout")
 DKIM_RESULTS = ("signed", "error")
 REPLY_CLASSES = ("2xx", "4xx", "5xx", "unavailable")
+# The step at which the next hop was lost (transport.HopStage): MAIL and RCPT are mirrored live, so an
+# unreachable next hop shows there, never at end of data.
+HOP_STAGES = ("connect", "EHLO", "MAIL", "RCPT", "DATA", "RSET")
 CLICK_KINDS = ("person", "scanner")
 TRACKING_REFUSALS = (
     "unknown_token",
@@ -100,6 +103,13 @@ class Metrics:
             ["class"],
             registry=r,
         )
+        self.next_hop_unavailable = Counter(
+            "mailrelay_next_hop_unavailable",
+            "Times no reply could be had from the next hop (refused, timed out, hung up, TLS failed), by the"
+            " step it was lost at (connect covers the greeting and STARTTLS).",
+            ["stage"],
+            registry=r,
+        )
         self.smtp_replies = Counter(
             "mailrelay_smtp_replies",
             "Replies mailrelay gave its clients, by command and class.",
@@ -178,6 +188,8 @@ class Metrics:
             self.failed_open.labels(stage=stage)
         for cls in REPLY_CLASSES:
             self.next_hop_replies.labels(**{"class": cls})
+        for stage in HOP_STAGES:
+            self.next_hop_unavailable.labels(stage=stage)
         for reason in REFUSE_REASONS:
             self.connections_refused.labels(reason=reason)
         for rule in rule_ids:

@@ -448,7 +448,7 @@ class RelaySession:
                 return wanted
             reply = await conn.mail(sender, wanted)
         except NextHopUnavailable as exc:
-            self.conn = None
+            self._lost(exc)
             return Unavailable(exc.kind, exc.what)
         self.in_transaction = reply.ok
         self.accepted = []
@@ -478,8 +478,7 @@ class RelaySession:
         try:
             reply = await self.conn.rcpt(recipient)
         except NextHopUnavailable as exc:
-            self.conn = None
-            self.in_transaction = False
+            self._lost(exc)
             return Unavailable(exc.kind, exc.what)
         if reply.ok:
             self.accepted.append(recipient)
@@ -489,8 +488,8 @@ class RelaySession:
         if self.conn is not None and self.in_transaction:
             try:
                 await self.conn.rset()
-            except NextHopUnavailable:
-                self.conn = None
+            except NextHopUnavailable as exc:
+                self._lost(exc)
         self.in_transaction = False
         self.accepted = []
 
@@ -591,6 +590,7 @@ class RelaySession:
             except TimeoutError:
                 self.conn = None
                 self.in_transaction = False
+                metrics.next_hop_unavailable.labels(stage="DATA").inc()
                 log.warning("%s: next hop unavailable (transaction timeout)", txn.txn_id)
                 # What the next hop accepted before the time ran out stays delivered: recorded, and not sent
                 # again on the sender's retry. The rest waits for that retry.
@@ -682,8 +682,7 @@ class RelaySession:
                 else:
                     result.refused = [(r, reply) for r in group.recipients]
             except NextHopUnavailable as exc:
-                self.conn = None
-                self.in_transaction = False
+                self._lost(exc)
                 log.warning("%s: next hop unavailable (%s)", txn.txn_id, exc.what)
                 pending = [r for r in group.recipients if r not in result.delivered]
                 result.deferred.extend((r, None) for r in pending)
@@ -691,6 +690,13 @@ class RelaySession:
                 for later in groups[index + 1 :]:
                     results.append(GroupResult(later, deferred=[(r, None) for r in later.recipients]))
                 break
+
+    def _lost(self, exc: NextHopUnavailable) -> None:
+        """The next hop is gone (exc says where): forget the connection, and count it wherever it happened,
+        for the alert on an unreachable next hop (deploy/prometheus/alerts.yml)."""
+        self.conn = None
+        self.in_transaction = False
+        self.relay.metrics.next_hop_unavailable.labels(stage=exc.stage).inc()
 
     def _conn(self) -> HopConnection:
         if self.conn is None:

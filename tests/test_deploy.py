@@ -164,6 +164,7 @@ LABEL_VALUES = {
     ("mailrelay_messages_failed_open", "stage"): metrics_module.FAIL_OPEN_STAGES,
     ("mailrelay_dkim_signatures", "result"): metrics_module.DKIM_RESULTS,
     ("mailrelay_next_hop_replies", "class"): metrics_module.REPLY_CLASSES,
+    ("mailrelay_next_hop_unavailable", "stage"): metrics_module.HOP_STAGES,
     ("mailrelay_connections_refused", "reason"): metrics_module.REFUSE_REASONS,
     ("mailrelay_tracking_refused", "reason"): metrics_module.TRACKING_REFUSALS,
 }

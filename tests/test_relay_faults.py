@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from conftest import RunningRelay, SettingsFactory
 from mailrelay import transport
+from mailrelay.metrics import HOP_STAGES
 from mailrelay.relay import RelaySession, StoreRead
 from mailrelay.store import ReferralEvent
 from support.sinks import RecordingSink, _SinkHandler, send_raw_smtp
@@ -119,6 +120,10 @@ async def test_next_hop_down_gives_451_4_4_1(
     lost = [m for m in caplog.messages if "next hop unavailable" in m]
     assert len(lost) == 1 and re.fullmatch(r"[0-9A-F]{10}: next hop unavailable \(connect: .+\)", lost[0])
     assert f"{lost[0][:10]}: client=[127.0.0.1] from=<{SENDER}> refused: 451 4.4.1" in caplog.text
+    # Counted for the critical alert (deploy/prometheus/alerts.yml): with MAIL mirrored live, a next hop that
+    # is down never gets as far as end of data, where mailrelay_next_hop_replies_total counts.
+    registry = relay.components.metrics.registry
+    assert registry.get_sample_value("mailrelay_next_hop_unavailable_total", {"stage": "connect"}) == 1
 
 
 @pytest.mark.parametrize(
@@ -146,6 +151,11 @@ async def test_a_next_hop_that_hangs_up_is_logged_as_a_hang_up_at_its_command_no
     registry = relay.components.metrics.registry
     unavailable = registry.get_sample_value("mailrelay_next_hop_replies_total", {"class": "unavailable"})
     assert unavailable == (1 if stage == "DATA" else 0)
+    # Wherever it was lost, the loss is counted, for the alert on an unreachable next hop.
+    lost_at = {
+        s: registry.get_sample_value("mailrelay_next_hop_unavailable_total", {"stage": s}) for s in HOP_STAGES
+    }
+    assert lost_at == {s: (1 if s == stage else 0) for s in HOP_STAGES}
     assert event_count(relay) == 0
 
 
@@ -225,6 +235,9 @@ async def test_copies_delivered_before_the_transaction_timeout_stay_delivered_an
         assert isinstance(error, aiosmtplib.SMTPDataError) and error.code == 451
         assert [m.rcpt_tos for m in sink.messages] == [["a@gmail.example"]]
         assert event_count(relay) == 1  # a's referral, made when its copy was accepted
+        # The next hop that let the time run out is counted as lost during DATA, for the alert.
+        registry = relay.components.metrics.registry
+        assert registry.get_sample_value("mailrelay_next_hop_unavailable_total", {"stage": "DATA"}) == 1
         refused, reply = await relay.send(SENDER, applicants, REJECTION)
     assert refused == {} and reply.startswith("2")
     assert [m.rcpt_tos for m in sink.messages] == [["a@gmail.example"], ["b@gmail.example"]]

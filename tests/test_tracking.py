@@ -83,7 +83,8 @@ async def tracking(db_url: str, make_settings: SettingsFactory) -> AsyncIterator
     store.create_schema()
     await store.record([referral(TOKEN, "a" * 64)], mark_delivered=False)
     metrics = Metrics()
-    runner = web.AppRunner(build_app(lambda: settings, store, metrics))
+    # No access log, as the relay runs it (start_tracking_server): its lines carry the token in the path.
+    runner = web.AppRunner(build_app(lambda: settings, store, metrics), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -294,7 +295,7 @@ async def test_a_webhook_with_no_secret_configured_gets_503_and_is_counted(track
     # The sender retries a 503 with backoff; without the count, only its side saw that nothing arrived.
     http = dataclasses.replace(tracking.settings.http, webhook_secrets=())
     unconfigured = dataclasses.replace(tracking.settings, http=http)
-    runner = web.AppRunner(build_app(lambda: unconfigured, tracking.store, tracking.metrics))
+    runner = web.AppRunner(build_app(lambda: unconfigured, tracking.store, tracking.metrics), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -145,6 +145,30 @@ async def test_auth_attempts_are_capped_per_connection_and_throttled_per_client(
     assert "wrong password" not in caplog.text and PASSWORD not in caplog.text
 
 
+async def test_with_auth_configured_only_auth_is_capped_per_connection(
+    start_relay, make_settings: SettingsFactory, certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Found by review: the cap of 3 AUTH per connection was given to aiosmtpd alone, and aiosmtpd then caps
+    every other command at its default of 20 a connection: once a password file was configured, the HR
+    server's message to 21 recipients got `421 4.7.0 RCPT sent too many times` at the 21st and a hang-up
+    (its retry met the same, until it bounced), and a kept connection got 421 at its 21st MAIL."""
+    async with RecordingSink() as sink:
+        relay = await start_relay(
+            tls_settings(make_settings, sink.port, certificate, tmp_path, '["127.0.0.0/8"]')
+        )
+        client = aiosmtplib.SMTP(hostname=relay.host, port=relay.port, start_tls=False)
+        await client.connect()
+        recipients = [f"a{n}@gmail.example" for n in range(30)]
+        refused, reply = await client.sendmail("hr@acme.co.jp", recipients, OFFER)
+        assert refused == {} and reply.startswith("2")
+        for _message in range(25):
+            refused, reply = await client.sendmail("hr@acme.co.jp", ["b@gmail.example"], OFFER)
+            assert refused == {} and reply.startswith("2")
+        await client.quit()
+    assert len(sink.messages) == 26
+    assert sink.messages[0].rcpt_tos == recipients
+
+
 async def test_commands_pipelined_before_starttls_never_run(
     start_relay, make_settings: SettingsFactory, certificate: tuple[Path, Path], tmp_path: Path
 ) -> None:

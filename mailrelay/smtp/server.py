@@ -10,6 +10,7 @@ import re
 import secrets
 import socket
 import ssl
+import sys
 import weakref
 from collections.abc import Callable
 from email._header_value_parser import get_addr_spec, get_angle_addr  # what aiosmtpd parses addresses with
@@ -423,9 +424,12 @@ def _protocol_factory(
         tls_context=tls_context,
         require_starttls=s.require_starttls,
         authenticator=authenticator,
-        # AUTH only inside TLS (538 otherwise), and at most 3 attempts per connection (then 421).
+        # AUTH only inside TLS (538 otherwise), and at most 3 attempts per connection (then 421). A command
+        # the limit does not name gets aiosmtpd's default ("*", 20 a connection): with {"AUTH": 3} alone,
+        # a message's 21st RCPT, or a kept connection's 21st MAIL, got 421 and a hang-up. The others stay
+        # unlimited, as they are without AUTH (max_recipients caps RCPT per transaction).
         auth_require_tls=True,
-        command_call_limit={"AUTH": 3} if authenticator else None,
+        command_call_limit={"AUTH": 3, "*": sys.maxsize} if authenticator else None,
         # PLAIN only: inside TLS it is all a submission client needs, and one mechanism less to get wrong.
         auth_exclude_mechanism=["LOGIN"],
         # aiosmtpd logs every address at INFO on the "mail.log" logger; ours are masked instead.

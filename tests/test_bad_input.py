@@ -171,6 +171,13 @@ async def test_ten_thousand_recipients_get_452_past_the_limit(
         (b"RCPT TO:<a\xffb@gmail.example>\r\n", "501 5.1.3"),
         (b"MAIL FROM:<a\xffb@acme.co.jp>\r\n", "501 5.1.7"),
         (b"RCPT TO:<\xe5\xb1\xb1\xe7\x94\xb0@gmail.example>\r\n", "553 5.6.7"),  # needs SMTPUTF8 downstream
+        # Paths the email parser fails on with IndexError or AttributeError: an internal 451 that fired the
+        # internal-errors alert and that the sender would retry forever (found by review). Malformed: 553.
+        (b"MAIL FROM:<\r\n", "553 5.1.3"),
+        (b'MAIL FROM:"\r\n', "553 5.1.3"),
+        (b"RCPT TO:<\r\n", "553 5.1.3"),
+        (b"RCPT TO:<a@[>\r\n", "553 5.1.3"),
+        (b"VRFY <\r\n", "502 Could not VRFY"),
     ],
 )
 async def test_odd_addresses_get_a_deliberate_answer(
@@ -188,6 +195,7 @@ async def test_odd_addresses_get_a_deliberate_answer(
     text = replies_text(replies)
     assert expected in text, text
     assert not [e for e in sink.events if e[0] == "RCPT"]
+    assert relay.components.metrics.registry.get_sample_value("mailrelay_internal_errors_total") == 0
 
 
 async def test_a_source_route_is_ignored_as_rfc_5321_appendix_c_says(

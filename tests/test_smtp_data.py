@@ -1,6 +1,7 @@
 """mailrelay's replacements for aiosmtpd internals against aiosmtpd's own. The DATA reader
 (mailrelay.smtp.data): for any bytes a client sends, the same replies in the same order and the same content
-handed to handle_DATA. The address parser of MAIL and RCPT: the same results for any argument.
+handed to handle_DATA. The address parser of MAIL and RCPT: the same results for any argument, except that a
+path the email parser fails on is malformed.
 
 Both servers run on loopback and get the raw bytes from a socket, so the stream's limits, fragmenting and
 pipelining are the real ones.
@@ -209,6 +210,7 @@ def test_content_the_wire_needs_as_it_is_is_handed_over_as_wire_ready(
 ADDRESS_PIECES = ["<", ">", "@", "a", "b.c", '"', " ", "\\", ".", "(c)", ",", ":", "SIZE=1", "é", "[1.2.3.4]"]
 # What follows a plain <local@domain> (RelaySMTP's fast path): blanks of every kind, comments, parameters.
 ADDRESS_PIECES += ["\t", "x-y_z", "(", " SIZE=1 BODY=8BITMIME", "\r\n", "\n", "\x85", "\u3000", "\x1c"]
+ADDRESS_PIECES += ["[", "]"]  # an address literal left open: the parser's AttributeError
 
 
 @settings(max_examples=2000)
@@ -224,7 +226,13 @@ def test_address_parsing_matches_aiosmtpd(start: str, pieces: list[str], local_p
     def outcome(getaddr: Any) -> object:
         try:
             return getaddr(server, arg)
-        except Exception as exc:  # the email parser raises IndexError on some input: so must we
+        except Exception as exc:
             return type(exc)
 
-    assert outcome(RelaySMTP._getaddr) == outcome(SMTP._getaddr)
+    theirs = outcome(SMTP._getaddr)
+    if isinstance(theirs, type):
+        # The email parser raises IndexError, AttributeError or UnboundLocalError on some paths ("<",
+        # "<a@[>"): in aiosmtpd's session an internal error (451). Ours calls them malformed (553), as
+        # any other path the parser cannot read.
+        theirs = (None, None)
+    assert outcome(RelaySMTP._getaddr) == theirs

@@ -14,7 +14,6 @@ import sys
 import weakref
 from collections.abc import Callable
 from email._header_value_parser import get_addr_spec, get_angle_addr  # what aiosmtpd parses addresses with
-from email.errors import HeaderParseError
 from types import MethodType
 from typing import Any, AnyStr, cast
 
@@ -355,7 +354,8 @@ class RelaySMTP(OneBufferDataSMTP):
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd 1.4.6's _getaddr without the typing.Protocol class it defines on every call (~25 µs,
         twice per message; issue 8), and without the email parser for a plain <local@domain>. Same results
-        (tests/test_smtp_data.py checks them against aiosmtpd's)."""
+        (tests/test_smtp_data.py checks them against aiosmtpd's), except that a path the parser fails on is
+        malformed."""
         if not arg:
             return "", ""
         plain = _PLAIN_PATH.match(arg)
@@ -369,9 +369,12 @@ class RelaySMTP(OneBufferDataSMTP):
             try:
                 parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
                 address, rest = parse(arg)
-            except HeaderParseError:
+                addr = address.addr_spec
+            except Exception:
+                # Besides HeaderParseError, the email package's parser fails on some paths with IndexError
+                # ("<", a lone '"'), AttributeError ("<a@[>") or UnboundLocalError ("a@[ "): in aiosmtpd
+                # those escaped as an internal error (451, and the internal-errors alert). Malformed: 553.
                 return None, None
-            addr = address.addr_spec
         localpart = addr.rpartition("@")[0]
         if self.local_part_limit and len(localpart) > self.local_part_limit:
             return None, None

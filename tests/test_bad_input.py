@@ -198,6 +198,23 @@ async def test_odd_addresses_get_a_deliberate_answer(
     assert relay.components.metrics.registry.get_sample_value("mailrelay_internal_errors_total") == 0
 
 
+@pytest.mark.parametrize("size", ["²", "١٢"], ids=["superscript two", "Arabic-Indic twelve"])
+async def test_a_size_that_is_not_ascii_digits_is_a_syntax_error(
+    start_relay, make_settings: SettingsFactory, size: str
+) -> None:
+    """RFC 1870 §3: a SIZE value is ASCII digits. aiosmtpd checks it with str.isdigit(): "²" passed and then
+    failed int(), an internal 451 (and the internal-errors alert) that the sender would retry forever;
+    "١٢" was read as 12 and sent on to the next hop. Found by review."""
+    async with RecordingSink() as sink:
+        relay = await start_relay(make_settings(sink.port))
+        replies = await send_raw_smtp(
+            relay.host, relay.port, session(f"MAIL FROM:<recruit@acme.co.jp> SIZE={size}\r\n".encode())
+        )
+    assert "501 Syntax" in replies_text(replies), replies_text(replies)
+    assert sink.events == []
+    assert relay.components.metrics.registry.get_sample_value("mailrelay_internal_errors_total") == 0
+
+
 async def test_a_source_route_is_ignored_as_rfc_5321_appendix_c_says(
     start_relay, make_settings: SettingsFactory
 ) -> None:

@@ -12,7 +12,7 @@ import socket
 import ssl
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from email._header_value_parser import get_addr_spec, get_angle_addr  # what aiosmtpd parses addresses with
 from types import MethodType
 from typing import Any, AnyStr, cast
@@ -379,6 +379,16 @@ class RelaySMTP(OneBufferDataSMTP):
         if self.local_part_limit and len(localpart) > self.local_part_limit:
             return None, None
         return addr, rest
+
+    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
+        """aiosmtpd's, and a SIZE value that is not ASCII digits (RFC 1870 §3: 1*20DIGIT) is a syntax error
+        (501). aiosmtpd checks it with str.isdigit: SIZE=² then failed int() and was answered as an internal
+        error (451), and SIZE=١٢ (Arabic-Indic digits) was taken for 12 and passed to the next hop."""
+        result = super()._getparams(params)
+        size = result.get("SIZE") if result is not None else None
+        if isinstance(size, str) and not (size.isascii() and size.isdigit()):
+            return None
+        return result
 
     def eof_received(self) -> bool:
         # aiosmtpd cancels the session's handler at EOF, then asks to keep the transport half-open (True).

@@ -194,6 +194,40 @@ async def test_commands_pipelined_before_starttls_never_run(
     assert [e for e in sink.events if e[0] == "MAIL"] == [("MAIL", "legit@acme.co.jp")]
 
 
+async def test_a_client_tls_handshake_that_fails_is_not_an_internal_error(
+    start_relay, make_settings: SettingsFactory, certificate: tuple[Path, Path], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Found by review: a client whose handshake failed after `220 Ready to start TLS` (no shared protocol
+    version, a scanner, plaintext) was counted in mailrelay_internal_errors_total, whose alert fires on any
+    increase, and logged as a session error."""
+    caplog.set_level(logging.INFO)
+    async with RecordingSink() as sink:
+        relay = await start_relay(
+            tls_settings(make_settings, sink.port, certificate, tmp_path, '["127.0.0.0/8"]')
+        )
+        reader, writer = await asyncio.open_connection(relay.host, relay.port)
+        await reader.readline()
+        writer.write(b"EHLO client.test\r\n")
+        while not (await reader.readline()).startswith(b"250 "):
+            pass
+        writer.write(b"STARTTLS\r\n")
+        assert (await reader.readline()).startswith(b"220")
+        writer.write(b"EHLO still-plaintext.example\r\n")  # not a TLS ClientHello
+        rest = await asyncio.wait_for(reader.read(), 5)  # the relay hangs up
+        writer.close()
+        refused, reply = await aiosmtplib.send(
+            OFFER, sender="hr@acme.co.jp", recipients=["a@gmail.example"], hostname=relay.host,
+            port=relay.port, start_tls=True, tls_context=client_tls(),
+        )  # fmt: skip
+        assert refused == {} and reply.startswith("2")
+    registry = relay.components.metrics.registry
+    assert b"451" not in rest
+    assert registry.get_sample_value("mailrelay_internal_errors_total") == 0
+    assert registry.get_sample_value("mailrelay_active_sessions") == 0
+    assert "STARTTLS from [127.0.0.1] failed" in caplog.text
+
+
 async def test_a_reply_pre_staged_before_the_next_hops_tls_is_never_believed(
     start_relay, make_settings: SettingsFactory, certificate: tuple[Path, Path]
 ) -> None:

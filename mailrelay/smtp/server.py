@@ -17,7 +17,7 @@ from email._header_value_parser import get_addr_spec, get_angle_addr  # what aio
 from types import MethodType
 from typing import Any, AnyStr, cast
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from mailrelay.config import Settings
 from mailrelay.metrics import Metrics
@@ -350,6 +350,18 @@ class RelaySMTP(OneBufferDataSMTP):
             # RFC 5321 §3.8: a 421 announces that the server closes the channel, and Postfix's smtpd hangs
             # up after each. Without this, a session open at SIGTERM heard 421 4.3.2 at MAIL and stayed open.
             self.transport.close()
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # The client's TLS handshake failed after our 220 to STARTTLS: a protocol version or cipher we do
+            # not share, a scanner, a hang-up halfway. aiosmtpd closes the connection without a reply. It is
+            # the client's failure, not ours: the handler would count it as an internal error, and the alert
+            # on those would page someone for every such client.
+            cause = error.__cause__
+            reason = getattr(cause, "reason", None) or type(cause).__name__
+            log.warning("STARTTLS from [%s] failed: %s", self._client, reason)
+            return replies.TEMPORARY_FAILURE  # not sent
+        return await super().handle_exception(error)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd 1.4.6's _getaddr without the typing.Protocol class it defines on every call (~25 µs,

@@ -6,6 +6,7 @@ included, and share nothing a session changes."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import logging
 import ssl
@@ -105,6 +106,34 @@ async def test_auth_is_refused_without_tls(
         response = await client.execute_command(b"AUTH", b"PLAIN", b"AGhyLWRlc2sAeA==")
         await client.quit()
     assert response.code == 538
+
+
+async def test_auth_during_a_mail_transaction_gets_503(
+    start_relay, make_settings: SettingsFactory, certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """RFC 4954 §4: AUTH during a mail transaction MUST be rejected with 503. Found by review: aiosmtpd ran
+    it, and an outside client that sent MAIL before AUTH had its RCPTs answered `451 4.4.1 Next hop not
+    available` (its MAIL had opened nothing toward the next hop), though the next hop was fine."""
+    async with RecordingSink() as sink:
+        relay = await start_relay(
+            tls_settings(make_settings, sink.port, certificate, tmp_path, '["192.0.2.0/24"]')
+        )
+        client = aiosmtplib.SMTP(
+            hostname=relay.host, port=relay.port, start_tls=True, tls_context=client_tls()
+        )
+        await client.connect()
+        await client.ehlo()
+        assert (await client.mail("hr@acme.co.jp")).code == 250
+        credentials = base64.b64encode(b"\0hr-desk\0" + PASSWORD.encode())
+        during = await client.execute_command(b"AUTH", b"PLAIN", credentials)
+        await client.rset()
+        after = await client.execute_command(b"AUTH", b"PLAIN", credentials)
+        refused, reply = await client.sendmail("hr@acme.co.jp", ["a@gmail.example"], OFFER)
+        await client.quit()
+    assert (during.code, during.message) == (503, "5.5.1 AUTH not permitted during a mail transaction")
+    assert after.code == 235
+    assert refused == {} and reply.startswith("2")
+    assert [m.content for m in sink.messages] == [OFFER]
 
 
 async def test_auth_attempts_are_capped_per_connection_and_throttled_per_client(

@@ -17,7 +17,7 @@ from email._header_value_parser import get_addr_spec, get_angle_addr  # what aio
 from types import MethodType
 from typing import Any, AnyStr, cast
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, TLSSetupException
 
 from mailrelay.config import Settings
 from mailrelay.metrics import Metrics
@@ -227,6 +227,15 @@ class RelayHandler:
             reply = replies.TEMPORARY_FAILURE
         log.info("%s: reply=%s", txn.txn_id, reply)
         return self._count("DATA", reply)
+
+    async def handle_AUTH(self, server: SMTP, session: Session, envelope: Envelope, args: list[str]) -> Any:
+        # RFC 4954 §4: "An AUTH command issued during a mail transaction MUST be rejected with a 503 reply";
+        # aiosmtpd runs it. A client outside client_networks that sent MAIL first then had its RCPTs relayed
+        # into a transaction never opened toward the next hop: 451 4.4.1 "Next hop not available".
+        if envelope.mail_from:
+            log.info("%s: AUTH refused during a mail transaction", self.state(session).txn_id)
+            return replies.AUTH_IN_TRANSACTION
+        return MISSING  # aiosmtpd goes on with the mechanism
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         try:

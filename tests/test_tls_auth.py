@@ -108,6 +108,38 @@ async def test_auth_is_refused_without_tls(
     assert response.code == 538
 
 
+async def test_auth_responses_up_to_rfc_4954s_line_length_are_read(
+    start_relay, make_settings: SettingsFactory, certificate: tuple[Path, Path], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Found by review: the response to AUTH's 334 was read with the stream's limit of 1001 octets. A PLAIN
+    response with the 255 octets RFC 4616 §2 allows in each field (1026 with its CRLF) was answered
+    `451 4.3.0` and counted as an internal error; a longer line was cut there and its rest run as commands.
+    Now: read up to 12288 octets (RFC 4954 §4), and past that `500 5.5.6` (§6), the session intact."""
+    caplog.set_level(logging.DEBUG)
+    settings = tls_settings(make_settings, 25, certificate, tmp_path, '["192.0.2.0/24"]')
+    login, password = "u" * 255, "p" * 255
+    with (tmp_path / "users").open("a", encoding="utf-8") as users:
+        users.write(f"{login}:{hash_password(password)}\n")
+    relay = await start_relay(settings)
+    client = aiosmtplib.SMTP(hostname=relay.host, port=relay.port, start_tls=True, tls_context=client_tls())
+    await client.connect()
+    await client.ehlo()
+    assert (await client.execute_command(b"AUTH", b"PLAIN")).code == 334
+    too_long = await client.execute_command(b"A" * 300_000)  # more than one read of the socket
+    after = await client.execute_command(b"NOOP")
+    assert (await client.execute_command(b"AUTH", b"PLAIN")).code == 334
+    response = base64.b64encode(b"z" * 255 + b"\0" + login.encode() + b"\0" + password.encode())
+    assert len(response) + 2 == 1026
+    longest = await client.execute_command(response)
+    await client.quit()
+    assert (too_long.code, too_long.message) == (500, "5.5.6 Authentication Exchange line is too long")
+    assert after.code == 250
+    assert longest.code == 235
+    assert relay.components.metrics.registry.get_sample_value("mailrelay_internal_errors_total") == 0
+    assert password not in caplog.text
+
+
 async def test_auth_during_a_mail_transaction_gets_503(
     start_relay, make_settings: SettingsFactory, certificate: tuple[Path, Path], tmp_path: Path
 ) -> None:

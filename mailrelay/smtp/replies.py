@@ -19,6 +19,7 @@ BAD_ADDRESS = "501 5.1.3 Bad address syntax"
 BAD_SENDER_ADDRESS = "501 5.1.7 Bad sender address syntax"
 SMTPUTF8_UNSUPPORTED = "553 5.6.7 SMTPUTF8 is not supported by the next hop"  # RFC 6531 §3.7.4
 AUTH_IN_TRANSACTION = "503 5.5.1 AUTH not permitted during a mail transaction"  # RFC 4954 §4
+AUTH_LINE_TOO_LONG = "500 5.5.6 Authentication Exchange line is too long"  # RFC 4954 §6
 # Our own faults: generic text only, never exception text, hosts or secrets (Postfix: "It would not be
 # right to disclose internal details to strangers"). 4xx so that the sender keeps the mail and retries.
 TEMPORARY_FAILURE = "451 4.3.0 Temporary failure, please try again later"

@@ -14,6 +14,7 @@ from bench.ports import free_port
 from conftest import KeyPairs, SettingsFactory
 from mailrelay.app import start_metrics_server
 from mailrelay.cli import main
+from mailrelay.config import Settings, load_settings
 from support.dkim import verify_dkim
 from support.sinks import RecordingSink, send_raw_smtp
 
@@ -147,3 +148,61 @@ async def test_other_sessions_are_served_while_one_message_burns_cpu(
         other_done.set()
         await heavy
     assert finished_first == [["b@gmail.example"]]
+
+
+def with_smtp_timeout(settings: Settings, seconds: float) -> Settings:
+    text = settings.source.read_text(encoding="utf-8")
+    text = text.replace("[smtp]\n", f"[smtp]\ntimeout = {seconds}\n", 1)
+    settings.source.write_text(text, encoding="utf-8")
+    return load_settings(settings.source)
+
+
+async def test_a_client_sending_its_data_steadily_outlasts_the_idle_timeout(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    """smtp.timeout is how long a client may stay silent (config.toml; RFC 5321 §4.5.3.2.7). Found by review:
+    the timer ran from the DATA command, however steadily the data came, so a message that took longer
+    than smtp.timeout to arrive was cut off, and every retry with it."""
+    async with RecordingSink() as sink:
+        relay = await start_relay(with_smtp_timeout(make_settings(sink.port), 1))
+        reader, writer = await asyncio.open_connection(relay.host, relay.port)
+        await reader.readline()
+        writer.write(
+            b"EHLO client.test\r\nMAIL FROM:<recruit@acme.co.jp>\r\nRCPT TO:<applicant@gmail.example>\r\n"
+            b"DATA\r\n"
+        )
+        while not (await reader.readline()).startswith(b"354"):
+            pass
+        step = len(REJECTION) // 10 + 1
+        for start in range(0, len(REJECTION), step):  # ten pieces over 3 s, never 1 s apart
+            writer.write(REJECTION[start : start + step])
+            await writer.drain()
+            await asyncio.sleep(0.3)
+        writer.write(b".\r\nQUIT\r\n")
+        reply = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+    assert reply.startswith(b"250"), reply
+    assert len(sink.messages) == 1
+
+
+async def test_a_client_waiting_for_the_reply_to_its_data_outlasts_the_idle_timeout(
+    start_relay, make_settings: SettingsFactory
+) -> None:
+    """Found by review: the client's idle timer ran on while the relay forwarded its message, and a next hop
+    that took longer to answer than was left of it had the connection closed under a transaction about to
+    answer 250 (the next hop had the message; the client, with no reply, sent it again)."""
+    from aiosmtpd.smtp import SMTP
+
+    class SlowHop:
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            await asyncio.sleep(1.5)
+            return "250 2.0.0 slow but fine"
+
+    loop = asyncio.get_running_loop()
+    hop = await loop.create_server(lambda: SMTP(SlowHop(), hostname="hop.test"), "127.0.0.1", 0)
+    try:
+        relay = await start_relay(with_smtp_timeout(make_settings(hop.sockets[0].getsockname()[1]), 1))
+        refused, reply = await relay.send("recruit@acme.co.jp", ["applicant@gmail.example"], REJECTION)
+    finally:
+        hop.close()
+    assert refused == {} and reply == "2.0.0 slow but fine"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import re
 from dataclasses import dataclass
 
@@ -160,6 +161,25 @@ async def read_data(
 class OneBufferDataSMTP(SMTP):
     """aiosmtpd's SMTP reading DATA with read_data; for handlers with handle_DATA and decode_data off."""
 
+    _last_heard = -math.inf  # the loop's time when the client's last bytes arrived
+    _reading_data = False
+
+    def data_received(self, data: bytes) -> None:
+        self._last_heard = self.loop.time()
+        super().data_received(data)
+
+    def _timeout_cb(self) -> None:
+        # smtp.timeout is how long a client may stay silent (RFC 5321 §4.5.3.2.7; Postfix's smtpd_timeout
+        # is per read). aiosmtpd restarts its timer at each command only: a message that took longer than
+        # that to arrive, however steadily, was cut off, and the retry with it. During DATA the timer is
+        # moved on, when it fires, by the time since the client's last bytes.
+        if self._reading_data:
+            idle = self.loop.time() - self._last_heard
+            if idle < self._timeout_duration:
+                self._reset_timeout(self._timeout_duration - idle)
+                return
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd 1.4.6's smtp_DATA with its data loop replaced by read_data: same replies, same order."""
         if await self.check_helo_needed():
@@ -174,6 +194,7 @@ class OneBufferDataSMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self._reading_data = True
         try:
             data = await read_data(
                 self._reader,
@@ -185,6 +206,8 @@ class OneBufferDataSMTP(SMTP):
             log.info("connection lost during DATA")
             self._writer.close()
             raise
+        finally:
+            self._reading_data = False
         if data.state is DataState.LINE_TOO_LONG:
             await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
             self._end_transaction()
@@ -195,7 +218,15 @@ class OneBufferDataSMTP(SMTP):
             return
         self.envelope.content = data.content
         self.envelope.original_content = data.content
-        status = await self._call_handler_hook("DATA")
+        # Nor is the client idle while it waits for our reply (forwarding takes up to transaction_timeout):
+        # its idle timer ran on, and past it the connection closed under a transaction about to answer.
+        assert self._timeout_handle is not None
+        self._timeout_handle.cancel()
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            if self.transport is not None:  # else the connection is gone, its timer with it
+                self._reset_timeout()
         self._end_transaction()
         await self.push("250 OK" if status is MISSING else status)
 

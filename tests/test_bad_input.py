@@ -3,12 +3,14 @@ crash, never a 250 followed by truncation, never a bare CR or LF toward the next
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 import pytest
 
 from conftest import SettingsFactory
+from mailrelay.config import load_settings
 from support.sinks import RecordingSink, send_raw_smtp
 
 E2E = Path(__file__).resolve().parent / "e2e"
@@ -144,6 +146,39 @@ async def test_size_over_the_limit_552_at_mail_and_after_the_dot(
         )  # fmt: skip
     assert "552" in replies_text(replies).split("354", 1)[1]
     assert sink.messages == []
+
+
+@pytest.mark.parametrize(
+    ("body", "reply"),
+    [
+        (HEAD + (b"y" * 98 + b"\r\n") * 101, "552 Error: Too much mail data"),
+        (HEAD + b"x" * 1000 + b"\r\n", "500 Line too long"),
+    ],
+    ids=["too much", "line too long"],
+)
+async def test_data_refused_after_the_dot_is_logged_and_counted(
+    start_relay, make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture, body: bytes, reply: str
+) -> None:
+    """Bad input gets its reply, a log line under the transaction id and a count, like every refusal the
+    handler words. Found by review: data refused by the reader (over max_message_size, a line too long)
+    reached neither: the sender bounced the message, and the relay's log and metrics showed nothing."""
+    caplog.set_level(logging.INFO, logger="mailrelay")
+    async with RecordingSink() as sink:
+        source = make_settings(sink.port).source
+        text = source.read_text(encoding="utf-8").replace("[smtp]\n", "[smtp]\nmax_message_size = 10000\n", 1)
+        source.write_text(text, encoding="utf-8")
+        relay = await start_relay(load_settings(source))
+        replies = await send_raw_smtp(
+            relay.host, relay.port,
+            session(b"MAIL FROM:<recruit@acme.co.jp>\r\n", b"RCPT TO:<x@gmail.example>\r\n", b"DATA\r\n",
+                    body + b".\r\n"),
+        )  # fmt: skip
+    assert reply in replies_text(replies).split("354", 1)[1]
+    assert sink.messages == []
+    logged = rf"[0-9A-F]{{10}}: client=\[127\.0\.0\.1\] data refused: {re.escape(reply)}"
+    assert re.search(logged, caplog.text), caplog.text
+    registry = relay.components.metrics.registry
+    assert registry.get_sample_value("mailrelay_smtp_replies_total", {"command": "DATA", "class": "5xx"}) == 1
 
 
 async def test_ten_thousand_recipients_get_452_past_the_limit(

@@ -16,6 +16,9 @@ from mailrelay.message import WireReady
 log = logging.getLogger("mailrelay.smtp")
 
 END_OF_DATA = b".\r\n"
+# aiosmtpd 1.4.6's replies to data refused after the final dot (RFC 5321 §4.2.5), quoted by the docs.
+LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
+TOO_MUCH = "552 Error: Too much mail data"
 _STUFFED_LINE = re.compile(rb"\r\n\.")  # a line after the first that starts with a dot
 # readuntil returns without yielding while the stream's buffer holds what it looks for, and one read from the
 # socket can bring 256 KiB: thousands of short pieces. Let other sessions run every so many.
@@ -212,12 +215,10 @@ class OneBufferDataSMTP(SMTP):
             raise
         finally:
             self._reading_data = False
-        if data.state is DataState.LINE_TOO_LONG:
-            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
-            self._end_transaction()
-            return
-        if data.state is DataState.TOO_MUCH:
-            await self.push("552 Error: Too much mail data")
+        if data.state is not DataState.COMPLETE:
+            reply = LINE_TOO_LONG if data.state is DataState.LINE_TOO_LONG else TOO_MUCH
+            self.data_refused(reply)
+            await self.push(reply)
             self._end_transaction()
             return
         self.envelope.content = data.content
@@ -233,6 +234,9 @@ class OneBufferDataSMTP(SMTP):
                 self._reset_timeout()
         self._end_transaction()
         await self.push("250 OK" if status is MISSING else status)
+
+    def data_refused(self, reply: str) -> None:
+        """Called with the reply to data refused before the handler saw it, for the log and the metrics."""
 
     def _end_transaction(self) -> None:
         self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd: new Envelope, clears state

@@ -234,6 +234,12 @@ class RelayHandler:
         log.info("%s: reply=%s", txn.txn_id, reply)
         return self._count("DATA", reply)
 
+    def data_refused(self, session: Session, reply: str) -> None:
+        """Data refused by the reader before handle_DATA (a line too long, more than max_message_size)."""
+        state = self.state(session)
+        log.info("%s: client=[%s] data refused: %s", state.txn_id, state.peer_ip, reply)
+        self._count("DATA", reply)
+
     async def handle_AUTH(self, server: SMTP, session: Session, envelope: Envelope, args: list[str]) -> Any:
         # RFC 4954 §4: "An AUTH command issued during a mail transaction MUST be rejected with a 503 reply";
         # aiosmtpd runs it. A client outside client_networks that sent MAIL first then had its RCPTs relayed
@@ -365,6 +371,12 @@ class RelaySMTP(OneBufferDataSMTP):
             # RFC 5321 §3.8: a 421 announces that the server closes the channel, and Postfix's smtpd hangs
             # up after each. Without this, a session open at SIGTERM heard 421 4.3.2 at MAIL and stayed open.
             self.transport.close()
+
+    def data_refused(self, reply: str) -> None:
+        # Like every reply the handler gives: a log line under the transaction id, and a count. Without them
+        # an oversized message, which the sender bounces, left no trace in the relay's log or metrics.
+        assert self.session is not None
+        self._relay_handler.data_refused(self.session, reply)
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, TLSSetupException):

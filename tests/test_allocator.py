@@ -82,6 +82,8 @@ def test_another_c_library_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.setattr(allocator.os, "confstr", not_glibc)
+    # Another test in this process may have run `serve` (cli.main), which capped the arenas and said so.
+    monkeypatch.setattr(allocator, "_capped_here", None)
     allocator.limit_malloc_arenas()
     assert allocator.arena_cap() == "libc default"
 

@@ -41,6 +41,28 @@ SIGNED_HEADERS = (
     "content-transfer-encoding",
     "x-mailrelay-decorated",
 )
+# Signed, and over-signed likewise, when the message carries them: the rest of RFC 6376 §5.4.1's list, and
+# Sender. A decorated copy loses the company's own signature (strip-dkim), so ours is the only one left to
+# cover them: RFC 8058 §4 has receivers offer one-click unsubscribe only when List-Unsubscribe and
+# List-Unsubscribe-Post are in the h= of a valid signature, and a List-Unsubscribe outside it can be
+# rewritten under our signature. Absent, they are not listed: h= stays as it was for ordinary mail.
+SIGNED_WHEN_PRESENT = (
+    "sender",
+    "list-id",
+    "list-help",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+    "list-subscribe",
+    "list-post",
+    "list-owner",
+    "list-archive",
+    "resent-date",
+    "resent-from",
+    "resent-sender",
+    "resent-to",
+    "resent-cc",
+    "resent-message-id",
+)
 
 log = logging.getLogger("mailrelay.dkim")
 
@@ -236,6 +258,9 @@ def include_headers(raw: bytes) -> list[bytes]:
     names: list[bytes] = []
     for name in SIGNED_HEADERS:
         names.extend([name.encode()] * (counts.get(name, 0) + 1))
+    for name in SIGNED_WHEN_PRESENT:
+        if counts.get(name):
+            names.extend([name.encode()] * (counts[name] + 1))
     return names
 
 

@@ -33,6 +33,7 @@ HEADER_LINES = [
     b"Received: from a by b; Mon, 30 Nov 2026 06:00:00 +0900\r\n",
     b"X-Mailrelay-Decorated: 1\r\n",
     b"X-Other: \r\n",
+    b"List-Unsubscribe: <https://acme.example/u/1>,\r\n <mailto:u@acme.example>\r\n",
 ]
 BODY_PIECES = [b"\r\n", b" ", b"\t", b"  \t ", b"text", b"\xe3\x81\x82", b" \r\n", b"\r\n\r\n", b"\n", b"."]
 
@@ -145,6 +146,36 @@ def test_signature_verifies_with_mail_dkim(keys: dict[str, tuple[bytes, str]], a
     result = verify_dkim(signed, {"sel._domainkey.acme.example": txt}, require_domain="acme.example")
     assert result.passed, result
     assert [(s["algorithm"], s["result"]) for s in result.signatures] == [(algorithm, "pass")]
+
+
+def test_list_unsubscribe_sender_and_resent_fields_are_signed_and_over_signed_when_present(
+    keys: dict[str, tuple[bytes, str]],
+) -> None:
+    """A decorated copy has lost the company's own signature (strip-dkim), so ours is the only one: RFC 8058
+    §4 offers one-click unsubscribe only when List-Unsubscribe and List-Unsubscribe-Post are in its h=, and
+    a field outside it can be rewritten, or added a second time, under our signature."""
+    message = (
+        b"From: recruit@acme.example\r\nTo: a@b.example\r\nSubject: s\r\nSender: ats@acme.example\r\n"
+        b"List-Unsubscribe: <https://acme.example/u/1>\r\n"
+        b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+        b"Resent-From: hr@acme.example\r\n\r\nbody\r\n"
+    )
+    private, txt = keys["rsa-sha256"]
+    dns = {"sel._domainkey.acme.example": txt}
+    signed = ours(message, "rsa-sha256", private) + message
+    assert verify_dkim(signed, dns, require_domain="acme.example").passed
+    for tampered in (
+        signed.replace(b"acme.example/u/1", b"evil.example/u/1"),
+        signed.replace(b"One-Click", b"Two-Click"),
+        signed.replace(b"Sender: ats@", b"Sender: evil@"),
+        signed.replace(b"Resent-From: hr@", b"Resent-From: evil@"),
+        signed.replace(b"\r\n\r\n", b"\r\nList-Unsubscribe: <https://evil.example/u>\r\n\r\n", 1),
+    ):
+        assert not verify_dkim(tampered, dns, require_domain="acme.example").passed, tampered
+    # Mail without them is signed as before: h= does not grow.
+    plain = b"From: recruit@acme.example\r\nSubject: s\r\n\r\nbody\r\n"
+    assert b"list-" not in b"".join(signing.include_headers(plain))
+    assert b"sender" not in signing.include_headers(plain)
 
 
 FIELD_VALUE_PIECES = [b" ", b"\t", b"\r\n", b"\n", b"\r", b"  \t ", b"a", b"\xe3\x81\x82"]

@@ -445,12 +445,11 @@ class DkimSigner:
         }
 
     def signing_domain(self, tenant: TenantSettings, from_domain: str) -> str:
-        """d= is the tenant domain the From address belongs to, so DMARC aligns (RFC 7489 §3.1.1)."""
+        """d= is the tenant domain the From address belongs to, so DMARC aligns (RFC 7489 §3.1.1): the
+        nearest one, whatever the order of `domains`, so that a listed subdomain aligns strictly as well."""
         from_domain = from_domain.lower().rstrip(".")
-        for domain in tenant.domains:
-            if from_domain == domain or from_domain.endswith("." + domain):
-                return domain
-        return tenant.domains[0]
+        owning = [d for d in tenant.domains if from_domain == d or from_domain.endswith("." + d)]
+        return max(owning, key=len) if owning else tenant.domains[0]
 
     def sign(self, raw: bytes, tenant: TenantSettings, domain: str) -> tuple[bytes, list[str]]:
         """Returns the DKIM-Signature header lines to prepend (CRLF-terminated) and the algorithms used."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import aiohttp
@@ -12,9 +13,10 @@ import pytest
 
 from bench.ports import free_port
 from conftest import KeyPairs, SettingsFactory
-from mailrelay.app import start_metrics_server
+from mailrelay.app import build, start_metrics_server
 from mailrelay.cli import main
 from mailrelay.config import Settings, load_settings
+from mailrelay.relay import Transaction
 from support.dkim import verify_dkim
 from support.sinks import RecordingSink, send_raw_smtp
 
@@ -95,6 +97,34 @@ async def test_the_senders_own_broken_dkim_signature_is_removed_and_ours_verifie
     dns = {**keys.dns(), "hr._domainkey.acme.co.jp": hr_txt}
     result = verify_dkim(delivered, dns, require_domain="acme.co.jp")
     assert any(s["domain"] == "acme.co.jp" and s["result"] == "pass" for s in result.signatures), result
+
+
+def test_d_is_the_tenant_domain_nearest_the_from_domain(
+    make_settings: SettingsFactory, keys: KeyPairs
+) -> None:
+    """A copy is signed with d= the domain of its From: address (docs/install.md). A tenant that listed its
+    parent domain before a subdomain it sends from got d= the parent, which DMARC's strict alignment
+    (adkim=s, RFC 7489 §3.1.1) fails although the subdomain's own key is published."""
+    settings = make_settings()
+    tenant = dataclasses.replace(
+        settings.tenants[0], domains=("acme.co.jp", "jobs.acme.co.jp", "acme.example")
+    )
+    components = build(dataclasses.replace(settings, tenants=(tenant,)))
+    content = REJECTION.replace(b"recruit@acme.co.jp", b"recruit@jobs.acme.co.jp")
+    assert content != REJECTION
+    txn = Transaction("T1", "recruit@jobs.acme.co.jp", [], ["applicant@gmail.example"], content)
+    (group,) = components.relay.plan(txn, lambda _reason: None).groups
+    assert group.copy is not None and group.copy.signed_domain == "jobs.acme.co.jp"
+    result = verify_dkim(group.content, keys.dns("jobs.acme.co.jp"), require_domain="jobs.acme.co.jp")
+    assert result.passed, result
+    # A deeper subdomain takes the nearest listed domain; one under no other listed domain, its parent.
+    nearest = components.signer.signing_domain
+    assert nearest(tenant, "hr.jobs.acme.co.jp") == "jobs.acme.co.jp"
+    assert nearest(tenant, "hr.acme.co.jp") == "acme.co.jp"
+    assert nearest(tenant, "ACME.example.") == "acme.example"
+    assert nearest(tenant, "other.example") == "acme.co.jp"
+    components.relay.journal.close()
+    components.store.close()
 
 
 def test_a_broken_rule_file_stops_the_daemon_with_exit_2(

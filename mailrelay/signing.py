@@ -410,7 +410,7 @@ def _p_tag(txt: str) -> str:
 
 def verify_published(selector: str, domain: str, txt: str) -> str:
     """ "matches", "differs", "missing" or "unreachable": what DNS says of our key (RFC 6376 §3.6.1)."""
-    published = published_txt(f"{selector}._domainkey.{domain}")
+    published = published_txt(f"{selector}._domainkey.{a_label(domain)}")
     if published is None:
         return "unreachable"
     if not published:
@@ -428,10 +428,16 @@ def is_domain(text: str) -> bool:
     return "." in text and is_host_name(text)
 
 
+def a_label(domain: str) -> str:
+    """A domain as DNS and d= carry it (RFC 6376 §3.5, RFC 5890 §2.3.2.1): config takes U-labels too (an
+    SMTPUTF8 From domain arrives so), and checks they convert with the same codec."""
+    return domain if domain.isascii() else domain.encode("idna").decode("ascii")
+
+
 def dns_record(selector: str, domain: str, txt: str) -> str:
     """A zone-file line; TXT strings are split at 255 octets (RFC 1035 §3.3.14)."""
     chunks = " ".join(f'"{txt[i : i + 255]}"' for i in range(0, len(txt), 255))
-    return f"{selector}._domainkey.{domain}. IN TXT ( {chunks} )"
+    return f"{selector}._domainkey.{a_label(domain)}. IN TXT ( {chunks} )"
 
 
 class DkimSigner:
@@ -446,10 +452,11 @@ class DkimSigner:
 
     def signing_domain(self, tenant: TenantSettings, from_domain: str) -> str:
         """d= is the tenant domain the From address belongs to, so DMARC aligns (RFC 7489 §3.1.1): the
-        nearest one, whatever the order of `domains`, so that a listed subdomain aligns strictly as well."""
+        nearest one, whatever the order of `domains`, so that a listed subdomain aligns strictly as well;
+        in A-labels, as d= carries it."""
         from_domain = from_domain.lower().rstrip(".")
         owning = [d for d in tenant.domains if from_domain == d or from_domain.endswith("." + d)]
-        return max(owning, key=len) if owning else tenant.domains[0]
+        return a_label(max(owning, key=len) if owning else tenant.domains[0])
 
     def sign(self, raw: bytes, tenant: TenantSettings, domain: str) -> tuple[bytes, list[str]]:
         """Returns the DKIM-Signature header lines to prepend (CRLF-terminated) and the algorithms used."""

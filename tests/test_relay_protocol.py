@@ -13,6 +13,7 @@ import pytest
 
 from bench.ports import free_port
 from conftest import KeyPairs, SettingsFactory
+from mailrelay import signing
 from mailrelay.app import build, start_metrics_server
 from mailrelay.cli import main
 from mailrelay.config import Settings, load_settings
@@ -123,6 +124,30 @@ def test_d_is_the_tenant_domain_nearest_the_from_domain(
     assert nearest(tenant, "hr.acme.co.jp") == "acme.co.jp"
     assert nearest(tenant, "ACME.example.") == "acme.example"
     assert nearest(tenant, "other.example") == "acme.co.jp"
+    components.relay.journal.close()
+    components.store.close()
+
+
+def test_an_idn_tenant_domain_is_signed_for_in_a_labels(
+    make_settings: SettingsFactory, keys: KeyPairs
+) -> None:
+    """RFC 6376 §3.5: d= carries an internationalised domain name as A-labels. A tenant domain written in
+    U-labels (config takes them: an SMTPUTF8 From domain arrives so) went into d= and i= as UTF-8, a name no
+    verifier finds the key under; `dkim dns` printed a zone line for that name, not the A-label one."""
+    settings = make_settings()
+    tenant = dataclasses.replace(settings.tenants[0], domains=("例え.jp",))
+    components = build(dataclasses.replace(settings, tenants=(tenant,)))
+    content = REJECTION.replace(b"recruit@acme.co.jp", "recruit@例え.jp".encode())
+    txn = Transaction("T2", "recruit@例え.jp", ["SMTPUTF8"], ["applicant@gmail.example"], content)
+    (group,) = components.relay.plan(txn, lambda _reason: None).groups
+    assert group.copy is not None and group.copy.signed_domain == "xn--r8jz45g.jp"
+    assert (
+        b"d=xn--r8jz45g.jp;" in group.content
+        and "From: Acme Recruiting <recruit@例え.jp>".encode() in group.content
+    )
+    result = verify_dkim(group.content, keys.dns("xn--r8jz45g.jp"), require_domain="xn--r8jz45g.jp")
+    assert result.passed, result
+    assert signing.dns_record("mr1", "例え.jp", "v=DKIM1").startswith("mr1._domainkey.xn--r8jz45g.jp. IN TXT")
     components.relay.journal.close()
     components.store.close()
 

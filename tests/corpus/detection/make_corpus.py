@@ -617,17 +617,41 @@ def en_others() -> list[Mail]:
     ]  # fmt: skip
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Cases added after the first corpus, each with the rule change it shows: (folder, mail, layouts), append
+# only. They are written after the first corpus and numbered on from it, in this order, so that adding one
+# leaves every file written before byte for byte as it was.
+
+
+def later() -> list[tuple[str, Mail, tuple[str, ...]]]:
+    return [
+        # An acknowledgement or an offer that mentions a wish it may not meet, written with 沿 (only the 添
+        # form of "ご期待に添えない場合" was vetoed) or about ご希望 (配属 in an offer).
+        ("other", Mail("ja_entry_ack_sou", "ご応募の受付について",
+                       "小松様\n\nこのたびは弊社の中途採用にご応募いただき、誠にありがとうございます。\n"
+                       "書類選考の結果は、1週間以内にメールにてお知らせいたします。\n"
+                       "応募者多数のため、ご期待に沿えない場合もございますが、あらかじめご了承ください。" + SIG_JA,
+                       SENDER_JA), LAYOUTS_JA),
+        ("other", Mail("ja_offer_assignment", "採用決定のご連絡",
+                       "西村様\n\n先日は最終面接にお越しいただき、ありがとうございました。\n"
+                       "選考の結果、西村様の採用が決まりましたのでお知らせいたします。\n"
+                       "配属先につきましては、ご希望に添えない場合もございますので、あらかじめご了承ください。\n"
+                       "入社日は別途ご相談させてください。" + SIG_JA, SENDER_JA), LAYOUTS_JA),
+    ]  # fmt: skip
+
+
 def main() -> None:
     groups = {
         "rejection": [(m, LAYOUTS_JA) for m in ja_rejections()] + [(m, LAYOUTS_EN) for m in en_rejections()],
         "other": [(m, LAYOUTS_JA) for m in ja_others()] + [(m, LAYOUTS_EN) for m in en_others()],
     }
+    for label in groups:
+        shutil.rmtree(HERE / label, ignore_errors=True)
+        (HERE / label).mkdir()
+    batches = [[(label, m, layouts) for m, layouts in mails] for label, mails in groups.items()]
     number = 0
-    for label, mails in groups.items():
-        folder = HERE / label
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir()
-        for index, (mail, layouts) in enumerate(mails):
+    for batch in [*batches, later()]:
+        for index, (label, mail, layouts) in enumerate(batch):
             number += 1
             layout = mail.layout or layouts[index % len(layouts)]
             try:
@@ -636,7 +660,7 @@ def main() -> None:
                 # Half-width kana and a few symbols have no ISO-2022-JP form: such mail is sent in UTF-8.
                 layout = "utf8-8bit" if layouts is LAYOUTS_JA else "utf8-qp"
                 raw = render(mail, layout, number)
-            (folder / f"{mail.name}_{layout.replace('-', '_')}.eml").write_bytes(raw)
+            (HERE / label / f"{mail.name}_{layout.replace('-', '_')}.eml").write_bytes(raw)
 
 
 if __name__ == "__main__":

@@ -637,6 +637,15 @@ def later() -> list[tuple[str, Mail, tuple[str, ...]]]:
                        "選考の結果、西村様の採用が決まりましたのでお知らせいたします。\n"
                        "配属先につきましては、ご希望に添えない場合もございますので、あらかじめご了承ください。\n"
                        "入社日は別途ご相談させてください。" + SIG_JA, SENDER_JA), LAYOUTS_JA),
+        # お見送り + する / いたす: the honorific noun form, which no 見送る stem covered.
+        ("rejection", Mail("ja_omiokuri_suru", "選考結果のご連絡",
+                           "山口 健 様\n\nこのたびは弊社の中途採用にご応募いただき、誠にありがとうございました。\n"
+                           "慎重に選考を重ねました結果、誠に残念ではございますが、今回は採用をお見送りすることとなりました。\n"
+                           "何卒ご了承くださいますようお願い申し上げます。" + SIG_JA, SENDER_JA), LAYOUTS_JA),
+        ("rejection", Mail("ja_omiokuri_itasu", "一次面接の結果について",
+                           "小島様\n\n先日は一次面接にお越しいただき、ありがとうございました。\n"
+                           "慎重に検討いたしましたが、今回はお見送りいたします。\n何卒ご了承ください。" + SIG_JA, SENDER_JA),
+         LAYOUTS_JA),
     ]  # fmt: skip
 
 

@@ -646,6 +646,28 @@ def later() -> list[tuple[str, Mail, tuple[str, ...]]]:
                            "小島様\n\n先日は一次面接にお越しいただき、ありがとうございました。\n"
                            "慎重に検討いたしましたが、今回はお見送りいたします。\n何卒ご了承ください。" + SIG_JA, SENDER_JA),
          LAYOUTS_JA),
+        # Common English wordings no phrase covered: "applicants" for "candidates", "the role" for "the
+        # position", "has now been filled", "moving your application forward".
+        ("rejection", Mail("en_other_applicants", "Your application to Bluefin Robotics",
+                           "Hi Jordan,\n\nThank you for applying for the Product Designer role.\n\n"
+                           "Unfortunately, we have decided to move forward with other applicants.\n\n"
+                           "We wish you every success in your job search.\n\nBest regards,\nBluefin Robotics Talent Team\n",
+                           "Bluefin Robotics <careers@bluefin.example.com>"), LAYOUTS_EN),
+        ("rejection", Mail("en_role_offered", "Update on your application for Data Analyst",
+                           "Hi Priya,\n\nThank you for taking the time to interview with us for the Data Analyst role.\n\n"
+                           "We have offered the role to another candidate.\n\n"
+                           "Thank you again for your time.\n\nBest regards,\nNorthwind Analytics Talent Team\n",
+                           "Northwind Analytics <talent@northwind.example.com>"), LAYOUTS_EN),
+        ("rejection", Mail("en_position_now_filled", "Kestrel Health: Legal Counsel",
+                           "Hi Sam,\n\nThank you for your interest in the Legal Counsel position at Kestrel Health.\n\n"
+                           "We wanted to let you know that the position has now been filled.\n\n"
+                           "Best regards,\nKestrel Health Talent Team\n", "Kestrel Health <jobs@kestrel.example.org>"),
+         LAYOUTS_EN),
+        ("rejection", Mail("en_not_moving_application_forward", "Your candidacy at Orbit Payments",
+                           "Hi Maria,\n\nThanks so much for applying to Orbit Payments.\n\n"
+                           "After reviewing your experience, we will not be moving your application forward.\n\n"
+                           "Best regards,\nOrbit Payments Talent Team\n", "Orbit Payments <people@orbitpay.example.com>"),
+         LAYOUTS_EN),
     ]  # fmt: skip
 
 

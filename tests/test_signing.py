@@ -178,6 +178,20 @@ def test_list_unsubscribe_sender_and_resent_fields_are_signed_and_over_signed_wh
     assert b"sender" not in signing.include_headers(plain)
 
 
+@pytest.mark.parametrize("end", [b"\x0b", b"\x0c", b" \x0b \t", b"\x0c\r\n\t"])
+def test_a_field_ending_in_a_vertical_tab_or_form_feed_verifies_with_mail_dkim(
+    keys: dict[str, tuple[bytes, str]], end: bytes
+) -> None:
+    """Relaxed canonicalisation deletes only WSP, space and tab, at the end of a value (RFC 6376 §3.4.2);
+    dkimpy's bytes.strip() also took a vertical tab or a form feed there, Mail::DKIM keeps them, and the
+    signature failed ("message has been altered"). Word's own text has \\x0b for a manual line break: a
+    subject a script takes from it can end in one."""
+    message = b"From: recruit@acme.example\r\nSubject: s" + end + b"\r\nTo: a@b.example\r\n\r\nbody\r\n"
+    private, txt = keys["rsa-sha256"]
+    result = verify_dkim(ours(message, "rsa-sha256", private) + message, {"sel._domainkey.acme.example": txt})
+    assert result.passed, result
+
+
 FIELD_VALUE_PIECES = [b" ", b"\t", b"\r\n", b"\n", b"\r", b"  \t ", b"a", b"\xe3\x81\x82"]
 
 

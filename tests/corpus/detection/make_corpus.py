@@ -668,6 +668,11 @@ def later() -> list[tuple[str, Mail, tuple[str, ...]]]:
                            "After reviewing your experience, we will not be moving your application forward.\n\n"
                            "Best regards,\nOrbit Payments Talent Team\n", "Orbit Payments <people@orbitpay.example.com>"),
          LAYOUTS_EN),
+        # A newsletter that quotes rejection phrases and whose opt-out says 配信解除, not 配信停止.
+        ("other", Mail("ja_newsletter_haishin_kaijo", "【採用通信】お祈りメールの読み方",
+                       "みどり商事 採用通信 第12号\n\n「今回はご縁がなかったということで」——選考でそう書かれたメールを受け取ったら、\n"
+                       "次の応募に向けて何をすべきかをご紹介します。\n\nメールの配信解除はこちら: https://midori-shoji.example.jp/mail/off",
+                       SENDER_JA), LAYOUTS_JA),
     ]  # fmt: skip
 
 

@@ -673,6 +673,11 @@ def later() -> list[tuple[str, Mail, tuple[str, ...]]]:
                        "みどり商事 採用通信 第12号\n\n「今回はご縁がなかったということで」——選考でそう書かれたメールを受け取ったら、\n"
                        "次の応募に向けて何をすべきかをご紹介します。\n\nメールの配信解除はこちら: https://midori-shoji.example.jp/mail/off",
                        SENDER_JA), LAYOUTS_JA),
+        # Interview scheduling that apologises for not meeting the applicant's wished-for time.
+        ("other", Mail("ja_interview_slot_taken", "面接日時について",
+                       "佐藤様\n\nご連絡ありがとうございます。\n大変恐縮ですが、ご希望の日時はすでに他の方の面接が入っており、ご希望に沿えず申し訳ございません。\n"
+                       "下記の日時でご調整いただくことは可能でしょうか。\n・6月10日（水）14:00\n・6月12日（金）10:00" + SIG_JA,
+                       SENDER_JA), LAYOUTS_JA),
     ]  # fmt: skip
 
 

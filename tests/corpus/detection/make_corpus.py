@@ -678,6 +678,12 @@ def later() -> list[tuple[str, Mail, tuple[str, ...]]]:
                        "佐藤様\n\nご連絡ありがとうございます。\n大変恐縮ですが、ご希望の日時はすでに他の方の面接が入っており、ご希望に沿えず申し訳ございません。\n"
                        "下記の日時でご調整いただくことは可能でしょうか。\n・6月10日（水）14:00\n・6月12日（金）10:00" + SIG_JA,
                        SENDER_JA), LAYOUTS_JA),
+        # An interview moved, not called off, with "regret to inform you".
+        ("other", Mail("en_interview_moved", "Change to your interview time",
+                       "Hi Priya,\n\nWe regret to inform you that we need to move your interview for the Data Analyst role to\n"
+                       "Thursday at 2 pm, as the hiring manager is travelling. Please confirm that the new time works for you.\n\n"
+                       "Best regards,\nNorthwind Analytics Talent Team\n",
+                       "Northwind Analytics Talent Team <talent@northwind.example.com>"), LAYOUTS_EN),
     ]  # fmt: skip
 
 

@@ -152,6 +152,35 @@ def test_an_idn_tenant_domain_is_signed_for_in_a_labels(
     components.store.close()
 
 
+def test_an_idn_tenants_own_signature_with_d_in_a_labels_is_removed(
+    make_settings: SettingsFactory, keys: KeyPairs, tmp_path: Path
+) -> None:
+    """A DKIM-Signature carries d= in A-labels (RFC 6376 §3.5); strip-dkim compared it with the tenant's
+    domains as config holds them, in U-labels, so the company's own signature, broken by the footer, was
+    left on the copy beside ours."""
+    from mailrelay.signing import make_key_pair
+
+    hr_txt = make_key_pair(tmp_path / "hr.key", "rsa-sha256")
+    content = REJECTION.replace(b"recruit@acme.co.jp", "recruit@例え.jp".encode())
+    hr_signature = dkim.sign(
+        content, b"hr", b"xn--r8jz45g.jp", (tmp_path / "hr.key").read_bytes(), include_headers=[b"from"]
+    )
+    settings = make_settings()
+    tenant = dataclasses.replace(settings.tenants[0], domains=("例え.jp",))
+    components = build(dataclasses.replace(settings, tenants=(tenant,)))
+    txn = Transaction(
+        "T3", "recruit@例え.jp", ["SMTPUTF8"], ["applicant@gmail.example"], hr_signature + content
+    )
+    (group,) = components.relay.plan(txn, lambda _reason: None).groups
+    assert group.copy is not None
+    assert b"s=hr;" not in group.content.replace(b"\r\n ", b" ")
+    dns = {**keys.dns("xn--r8jz45g.jp"), "hr._domainkey.xn--r8jz45g.jp": hr_txt}
+    result = verify_dkim(group.content, dns, require_domain="xn--r8jz45g.jp")
+    assert result.passed, result
+    components.relay.journal.close()
+    components.store.close()
+
+
 def test_a_broken_rule_file_stops_the_daemon_with_exit_2(
     make_settings: SettingsFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from mailrelay.message import remove_header_fields
+from mailrelay.signing import a_label
 from mailrelay.stages import Copy, Stage, StageContext
 
 _D_TAG = re.compile(rb"(?:^|;)\s*d\s*=\s*([^;\s]+)", re.IGNORECASE)
@@ -18,7 +19,13 @@ def build(context: StageContext) -> Stage:
             if name != b"dkim-signature":
                 return False
             match = _D_TAG.search(b" ".join(value.split()))
-            return match is not None and copy.tenant.owns(match.group(1).decode("ascii", "replace"))
+            if match is None:
+                return False
+            domain = match.group(1).decode("ascii", "replace").lower().rstrip(".")
+            # d= is in A-labels (RFC 6376 §3.5); a tenant domain may be written in U-labels.
+            return copy.tenant.owns(domain) or any(
+                domain == d or domain.endswith("." + d) for d in map(a_label, copy.tenant.domains)
+            )
 
         raw = copy.raw
         blank = raw.find(b"\r\n\r\n")

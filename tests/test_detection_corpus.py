@@ -120,3 +120,15 @@ def test_both_extractions_agree(rules: RuleSet, path: Path) -> None:
     raw = path.read_bytes()
     ours, stdlib = rules.evaluate(detection_input(raw)), rules.evaluate(stdlib_input(raw))
     assert (ours.rejection, ours.rule, ours.fired) == (stdlib.rejection, stdlib.rule, stdlib.fired)
+
+
+@pytest.mark.parametrize(
+    "stem", ["ja_procurement_job", "ja_order_clerk_job", "en_vendor_manager_job", "en_mortgage_advisor_job"]
+)
+def test_a_rejection_for_a_job_named_by_a_trap_word_is_detected(rules: RuleSet, stem: str) -> None:
+    """A veto names the situation it guards against, not a line of work: 調達, 発注, 見積, 納品, "vendor" or
+    "mortgage" alone vetoed every rejection for the 調達・購買 or 受発注 job, the Vendor Manager or the
+    Mortgage Advisor role, in its subject or body."""
+    (path,) = [p for p in REJECTIONS if p.name.startswith(f"{stem}_")]
+    verdict = rules.evaluate(detection_input(path.read_bytes()))
+    assert verdict.rejection, verdict

@@ -684,6 +684,25 @@ def later() -> list[tuple[str, Mail, tuple[str, ...]]]:
                        "Thursday at 2 pm, as the hiring manager is travelling. Please confirm that the new time works for you.\n\n"
                        "Best regards,\nNorthwind Analytics Talent Team\n",
                        "Northwind Analytics Talent Team <talent@northwind.example.com>"), LAYOUTS_EN),
+        # Rejections for jobs named by a procurement word (調達, 受発注, 見積, 納品), which vetoed on its own.
+        ("rejection", Mail("ja_procurement_job", "【選考結果】調達・購買職",
+                           "石田 亮 様\n\nこのたびは弊社の調達・購買職の求人にご応募いただき、誠にありがとうございました。\n"
+                           "書類選考の結果、誠に残念ながら今回は採用を見送らせていただくことになりました。\n"
+                           "石田様の今後のご活躍をお祈り申し上げます。" + SIG_JA, SENDER_JA), LAYOUTS_JA),
+        ("rejection", Mail("ja_order_clerk_job", "受発注事務スタッフ 一次面接の結果について",
+                           "森田様\n\n先日は受発注事務スタッフ（見積書作成・納品管理）の一次面接にお越しいただき、ありがとうございました。\n"
+                           "慎重に検討いたしました結果、今回はご期待に添えない結果となりました。" + SIG_JA, SENDER_JA),
+         LAYOUTS_JA),
+        ("rejection", Mail("en_vendor_manager_job", "Your application: Vendor Manager",
+                           "Hi Daniel,\n\nThank you for applying for the Vendor Manager position at Harbor & Vale.\n\n"
+                           "Unfortunately, we have decided to move forward with another candidate.\n\n"
+                           "Best regards,\nHarbor & Vale Talent Team\n", "Harbor & Vale LLP <recruiting@harborvale.example.com>"),
+         LAYOUTS_EN),
+        ("rejection", Mail("en_mortgage_advisor_job", "Update on your application for Mortgage Advisor",
+                           "Hi Olivia,\n\nThank you for taking the time to interview for the Mortgage Advisor role.\n\n"
+                           "We regret to inform you that we will not be progressing your application.\n\n"
+                           "Best regards,\nOrbit Payments Talent Team\n", "Orbit Payments <people@orbitpay.example.com>"),
+         LAYOUTS_EN),
     ]  # fmt: skip
 
 

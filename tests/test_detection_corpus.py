@@ -132,3 +132,12 @@ def test_a_rejection_for_a_job_named_by_a_trap_word_is_detected(rules: RuleSet, 
     (path,) = [p for p in REJECTIONS if p.name.startswith(f"{stem}_")]
     verdict = rules.evaluate(detection_input(path.read_bytes()))
     assert verdict.rejection, verdict
+
+
+@pytest.mark.parametrize("stem", ["ja_fugoukaku", "ja_futsuuka"])
+def test_a_rejection_saying_fugoukaku_or_futsuuka_is_detected(rules: RuleSet, stem: str) -> None:
+    """不合格 and 不通過 hold the pass notices' 合格となりました and 通過となりました: as vetoes, those killed
+    every rejection that says 不合格となりました or 不通過となりました, whatever else it said."""
+    (path,) = [p for p in REJECTIONS if p.name.startswith(f"{stem}_")]
+    verdict = rules.evaluate(detection_input(path.read_bytes()))
+    assert verdict.rejection, verdict

@@ -703,6 +703,15 @@ def later() -> list[tuple[str, Mail, tuple[str, ...]]]:
                            "We regret to inform you that we will not be progressing your application.\n\n"
                            "Best regards,\nOrbit Payments Talent Team\n", "Orbit Payments <people@orbitpay.example.com>"),
          LAYOUTS_EN),
+        # 不合格 / 不通過: the pass vetoes 合格となりました, 通過となりました sit inside them.
+        ("rejection", Mail("ja_fugoukaku", "一次選考結果のご連絡",
+                           "大野 翼 様\n\nこのたびは弊社の新卒採用にエントリーいただき、誠にありがとうございました。\n"
+                           "一次選考の結果、誠に残念ながら不合格となりました。今回は採用を見送らせていただきます。\n"
+                           "大野様の今後のご活躍を心よりお祈り申し上げます。" + SIG_JA, SENDER_JA), LAYOUTS_JA),
+        ("rejection", Mail("ja_futsuuka", "書類選考結果のご連絡",
+                           "上田様\n\nこのたびは弊社の求人にご応募いただき、ありがとうございました。\n"
+                           "書類選考の結果、不通過となりましたのでご連絡いたします。\n上田様の今後のご活躍をお祈り申し上げます。" + SIG_JA,
+                           SENDER_JA), LAYOUTS_JA),
     ]  # fmt: skip
 
 
